@@ -11,7 +11,7 @@
 namespace dreamer_fast {
 namespace {
 
-constexpr int kTile = 64;
+constexpr int kTile = 256;
 
 template <typename scalar_t, typename acc_t>
 struct CpuCvt {

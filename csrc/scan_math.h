@@ -24,6 +24,10 @@
 #define DF_HOST_DEVICE inline
 #endif
 
+// Outputs never alias inputs; telling the compiler lets it vectorise the column
+// loops without runtime overlap checks.
+#define DF_RESTRICT __restrict__
+
 namespace dreamer_fast {
 namespace scan {
 
@@ -65,8 +69,8 @@ DF_HOST_DEVICE acc_t lambda_return_pcont_grad(acc_t g, acc_t next_value, acc_t n
 // Generic reverse scan, forward (one reverse-time pass):
 //   R[T] = init;  R[t] = inputs[t] + decay[t] * R[t+1]   for t = T-1 .. 0.
 template <int W, typename Cvt, typename scalar_t, typename acc_t>
-DF_HOST_DEVICE void reverse_scan_forward_tile(const scalar_t* inputs, const scalar_t* decay,
-                                              const scalar_t* init, scalar_t* out,
+DF_HOST_DEVICE void reverse_scan_forward_tile(const scalar_t* DF_RESTRICT inputs, const scalar_t* DF_RESTRICT decay,
+                                              const scalar_t* DF_RESTRICT init, scalar_t* DF_RESTRICT out,
                                               int64_t T, int64_t N, int64_t n0, int width) {
   acc_t carry[W];
   for (int j = 0; j < width; ++j) carry[j] = Cvt::load(init[n0 + j]);
@@ -84,10 +88,10 @@ DF_HOST_DEVICE void reverse_scan_forward_tile(const scalar_t* inputs, const scal
 //   d inputs[t] = G[t];  d decay[t] = G[t] * R[t+1] (R[T] = init);
 //   d init = decay[T-1] * G[T-1].
 template <int W, typename Cvt, typename scalar_t, typename acc_t>
-DF_HOST_DEVICE void reverse_scan_backward_tile(const scalar_t* gout, const scalar_t* decay,
-                                               const scalar_t* init, const scalar_t* out,
-                                               scalar_t* ginputs, scalar_t* gdecay,
-                                               scalar_t* ginit, int64_t T, int64_t N,
+DF_HOST_DEVICE void reverse_scan_backward_tile(const scalar_t* DF_RESTRICT gout, const scalar_t* DF_RESTRICT decay,
+                                               const scalar_t* DF_RESTRICT init, const scalar_t* DF_RESTRICT out,
+                                               scalar_t* DF_RESTRICT ginputs, scalar_t* DF_RESTRICT gdecay,
+                                               scalar_t* DF_RESTRICT ginit, int64_t T, int64_t N,
                                                int64_t n0, int width) {
   acc_t g[W];
   acc_t prev_decay[W];
@@ -97,12 +101,13 @@ DF_HOST_DEVICE void reverse_scan_backward_tile(const scalar_t* gout, const scala
   }
   for (int64_t t = 0; t < T; ++t) {
     const int64_t row = t * N + n0;
-    const bool last = (t + 1 == T);
+    // R[t+1]: the next row of `out`, or `init` at the last step. Selecting the row
+    // pointer outside the column loop keeps that loop branch-free (it vectorises).
+    const scalar_t* next_r_row = (t + 1 < T) ? out + row + N : init + n0;
     for (int j = 0; j < width; ++j) {
       g[j] = adjoint_step<acc_t>(Cvt::load(gout[row + j]), prev_decay[j], g[j]);
-      const acc_t next_r = last ? Cvt::load(init[n0 + j]) : Cvt::load(out[row + N + j]);
       ginputs[row + j] = Cvt::store(g[j]);
-      gdecay[row + j] = Cvt::store(g[j] * next_r);
+      gdecay[row + j] = Cvt::store(g[j] * Cvt::load(next_r_row[j]));
       prev_decay[j] = Cvt::load(decay[row + j]);
     }
   }
@@ -113,9 +118,9 @@ DF_HOST_DEVICE void reverse_scan_backward_tile(const scalar_t* gout, const scala
 //   next_value[t] = value[t+1] (t < T-1),  next_value[T-1] = bootstrap,  R[T] = bootstrap,
 //   R[t] = reward[t] + pcont[t] * ((1 - λ) * next_value[t] + λ * R[t+1]).
 template <int W, typename Cvt, typename scalar_t, typename acc_t>
-DF_HOST_DEVICE void lambda_return_forward_tile(const scalar_t* reward, const scalar_t* value,
-                                               const scalar_t* pcont,
-                                               const scalar_t* bootstrap, scalar_t* out,
+DF_HOST_DEVICE void lambda_return_forward_tile(const scalar_t* DF_RESTRICT reward, const scalar_t* DF_RESTRICT value,
+                                               const scalar_t* DF_RESTRICT pcont,
+                                               const scalar_t* DF_RESTRICT bootstrap, scalar_t* DF_RESTRICT out,
                                                acc_t lambda, int64_t T, int64_t N,
                                                int64_t n0, int width) {
   acc_t carry[W];       // R[t+1]
@@ -144,9 +149,9 @@ DF_HOST_DEVICE void lambda_return_forward_tile(const scalar_t* reward, const sca
 //   d bootstrap = pcont[T-1] G[T-1]   (it is both next_value[T-1] and R[T])
 template <int W, typename Cvt, typename scalar_t, typename acc_t>
 DF_HOST_DEVICE void lambda_return_backward_tile(
-    const scalar_t* gout, const scalar_t* value, const scalar_t* pcont,
-    const scalar_t* bootstrap, const scalar_t* out, scalar_t* greward, scalar_t* gvalue,
-    scalar_t* gpcont, scalar_t* gbootstrap, acc_t lambda, int64_t T, int64_t N, int64_t n0,
+    const scalar_t* DF_RESTRICT gout, const scalar_t* DF_RESTRICT value, const scalar_t* DF_RESTRICT pcont,
+    const scalar_t* DF_RESTRICT bootstrap, const scalar_t* DF_RESTRICT out, scalar_t* DF_RESTRICT greward, scalar_t* DF_RESTRICT gvalue,
+    scalar_t* DF_RESTRICT gpcont, scalar_t* DF_RESTRICT gbootstrap, acc_t lambda, int64_t T, int64_t N, int64_t n0,
     int width) {
   acc_t g[W];           // G[t-1]
   acc_t prev_pcont[W];  // pcont[t-1]
@@ -156,17 +161,18 @@ DF_HOST_DEVICE void lambda_return_backward_tile(
   }
   for (int64_t t = 0; t < T; ++t) {
     const int64_t row = t * N + n0;
+    // next_value[t] and R[t+1]: the next rows of `value` and `out`, or `bootstrap`
+    // at the last step (row pointers chosen outside the column loop, see above).
     const bool last = (t + 1 == T);
+    const scalar_t* next_value_row = last ? bootstrap + n0 : value + row + N;
+    const scalar_t* next_r_row = last ? bootstrap + n0 : out + row + N;
     for (int j = 0; j < width; ++j) {
       // Gradient reaching value[t] through next_value[t-1].
       gvalue[row + j] = Cvt::store((acc_t(1) - lambda) * prev_pcont[j] * g[j]);
       g[j] = adjoint_step<acc_t>(Cvt::load(gout[row + j]), lambda * prev_pcont[j], g[j]);
-      const acc_t boot = Cvt::load(bootstrap[n0 + j]);
-      const acc_t next_value = last ? boot : Cvt::load(value[row + N + j]);
-      const acc_t next_r = last ? boot : Cvt::load(out[row + N + j]);
       greward[row + j] = Cvt::store(g[j]);
-      gpcont[row + j] =
-          Cvt::store(lambda_return_pcont_grad<acc_t>(g[j], next_value, next_r, lambda));
+      gpcont[row + j] = Cvt::store(lambda_return_pcont_grad<acc_t>(
+          g[j], Cvt::load(next_value_row[j]), Cvt::load(next_r_row[j]), lambda));
       prev_pcont[j] = Cvt::load(pcont[row + j]);
     }
   }

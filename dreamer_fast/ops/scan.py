@@ -64,7 +64,9 @@ def _time_major(op: str, names: tuple[str, ...], seqs: list[torch.Tensor], init_
                 f"{tuple(first.shape)} without the time axis {ax}), got {tuple(init.shape)}"
             )
         _checks.check_dtype_device(op, names[0], first, init_name, init)
-    return [x.movedim(ax, 0) for x in seqs], init, ax
+    if ax != 0:  # a view; skipped when already time-major (saves ~2 µs per tensor)
+        seqs = [x.movedim(ax, 0) for x in seqs]
+    return seqs, init, ax
 
 
 def _lambda_return_args(reward, value, pcont, bootstrap, lambda_, axis):
@@ -97,7 +99,7 @@ def lambda_return(reward: torch.Tensor, value: torch.Tensor, pcont: torch.Tensor
     r, v, p, b, lam, ax = _lambda_return_args(reward, value, pcont, bootstrap, lambda_, axis)
     _extension.require_device_kernels("lambda_return", r.device)
     out = torch.ops.dreamer_fast.lambda_return(r, v, p, b, lam)
-    return out.movedim(0, ax)
+    return out if ax == 0 else out.movedim(0, ax)
 
 
 def reverse_scan(inputs: torch.Tensor, decay: torch.Tensor | float,
@@ -106,7 +108,7 @@ def reverse_scan(inputs: torch.Tensor, decay: torch.Tensor | float,
     x, d, r0, ax = _reverse_scan_args(inputs, decay, init, axis)
     _extension.require_device_kernels("reverse_scan", x.device)
     out = torch.ops.dreamer_fast.reverse_scan(x, d, r0)
-    return out.movedim(0, ax)
+    return out if ax == 0 else out.movedim(0, ax)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``dreamer-fast bench`` (timing helpers, cases, report)."""
