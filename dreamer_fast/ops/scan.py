@@ -146,24 +146,59 @@ def reverse_scan_ref(inputs: torch.Tensor, decay: torch.Tensor | float,
 # torch.library registration: fake (meta) kernels and autograd
 # --------------------------------------------------------------------------------------
 
+def _check_native_args(op: str, seqs: dict[str, torch.Tensor], init_name: str,
+                       init: torch.Tensor, lambda_: float | None = None) -> None:
+    """The checks of csrc/scan_checks.h, for the fake kernels: with a meta (or fake)
+    tensor among the inputs the dispatcher runs the fake kernel instead of the C++
+    one, and it must reject what the C++ kernel would."""
+    (first_name, first), *rest = seqs.items()
+    torch._check(first.dim() >= 1 and first.shape[0] >= 1,
+                 lambda: f"{op}: `{first_name}` must have a time axis of length >= 1, "
+                         f"got shape {tuple(first.shape)}")
+    torch._check(first.is_floating_point(),
+                 lambda: f"{op}: `{first_name}` must be a floating-point tensor, got {first.dtype}")
+    for name, x in [*rest, (init_name, init)]:
+        expected = first.shape if name != init_name else first.shape[1:]
+        torch._check(x.shape == expected,
+                     lambda: f"{op}: `{name}` has shape {tuple(x.shape)}, expected "
+                             f"{tuple(expected)}")
+        torch._check(x.dtype == first.dtype,
+                     lambda: f"{op}: `{name}` has dtype {x.dtype} but `{first_name}` has dtype "
+                             f"{first.dtype}")
+        torch._check(x.device == first.device,
+                     lambda: f"{op}: `{name}` is on {x.device} but `{first_name}` is on "
+                             f"{first.device}")
+    if lambda_ is not None:
+        torch._check(0.0 <= lambda_ <= 1.0,
+                     lambda: f"{op}: `lambda_` must be in [0, 1], got {lambda_}")
+
+
 def _register() -> None:
     def _contiguous_like(x: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("dreamer_fast::reverse_scan")
     def _(inputs, decay, init):
+        _check_native_args("reverse_scan", {"inputs": inputs, "decay": decay}, "init", init)
         return _contiguous_like(inputs)
 
     @torch.library.register_fake("dreamer_fast::reverse_scan_backward")
     def _(grad, decay, init, out):
+        _check_native_args("reverse_scan_backward", {"grad": grad, "decay": decay, "out": out},
+                           "init", init)
         return _contiguous_like(grad), _contiguous_like(grad), _contiguous_like(init)
 
     @torch.library.register_fake("dreamer_fast::lambda_return")
     def _(reward, value, pcont, bootstrap, lambda_):
+        _check_native_args("lambda_return", {"reward": reward, "value": value, "pcont": pcont},
+                           "bootstrap", bootstrap, lambda_)
         return _contiguous_like(reward)
 
     @torch.library.register_fake("dreamer_fast::lambda_return_backward")
     def _(grad, value, pcont, bootstrap, out, lambda_):
+        _check_native_args("lambda_return_backward",
+                           {"grad": grad, "value": value, "pcont": pcont, "out": out},
+                           "bootstrap", bootstrap, lambda_)
         return (_contiguous_like(grad), _contiguous_like(grad), _contiguous_like(grad),
                 _contiguous_like(bootstrap))
 

@@ -1,0 +1,120 @@
+"""Shared helpers for the dreamer_fast op tests.
+
+* ``TOLERANCES``: per-dtype ``(rtol, atol)`` for comparing a fast result computed in
+  that dtype against the reference computed in float64 on the *same* (upcast) input
+  values. ``atol`` is relative to the magnitude of the reference (see
+  :func:`assert_close_to_ref`), so it is meaningful for returns of any scale.
+* ``DEVICES``: "cpu" always, "cuda" as a ``pytest.param`` skipped (with a reason) when
+  there is no CUDA device or the extension was built without CUDA kernels.
+* Deterministic random inputs: :func:`make_generator` / :func:`rand_inputs`.
+
+The extension is deliberately *not* a skip condition: the project always builds the
+CPU extension, so if ``dreamer_fast._C`` is missing every fast-op test must fail
+(``require_device_kernels`` raises a RuntimeError with the rebuild hint), never skip.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+import dreamer_fast
+
+# --------------------------------------------------------------------------------------
+# Tolerances
+# --------------------------------------------------------------------------------------
+
+#: dtype -> (rtol, atol) for ``fast(dtype)`` vs ``ref(float64)`` on the same values.
+#: atol is scaled by max(1, max|ref|) in :func:`assert_close_to_ref`.
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+    torch.bfloat16: (2e-2, 2e-2),  # 8-bit mantissa: one rounding of the output ~4e-3
+    torch.float16: (1e-2, 1e-2),  # 11-bit mantissa: one rounding of the output ~5e-4
+}
+
+
+def tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    return TOLERANCES[dtype]
+
+
+def assert_close_to_ref(fast: torch.Tensor, ref64: torch.Tensor, dtype: torch.dtype,
+                        msg: str = "") -> None:
+    """``fast`` (computed in ``dtype``) matches ``ref64`` (computed in float64).
+
+    The absolute tolerance is ``atol * max(1, max|ref64|)`` over finite entries, so a
+    low-precision result is judged relative to the scale of the whole tensor (a
+    return of ~50 in bf16 cannot be better than ~0.2 absolute near zero crossings).
+    NaNs must be in the same places.
+    """
+    assert fast.dtype == dtype, f"{msg}: dtype {fast.dtype}, expected {dtype}"
+    assert fast.shape == ref64.shape, f"{msg}: shape {tuple(fast.shape)} != {tuple(ref64.shape)}"
+    assert ref64.dtype == torch.float64, "reference must be computed in float64"
+    rtol, atol = TOLERANCES[dtype]
+    ref64 = ref64.detach().cpu()
+    finite = ref64[torch.isfinite(ref64)]
+    scale = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
+    torch.testing.assert_close(
+        fast.detach().cpu().to(torch.float64), ref64, rtol=rtol, atol=atol * scale,
+        equal_nan=True, msg=lambda m: f"{msg} [{dtype}, scale {scale:.3g}]\n{m}",
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Devices
+# --------------------------------------------------------------------------------------
+
+CUDA_SKIP_REASON = "no CUDA device / extension built without CUDA kernels"
+HAS_CUDA_KERNELS = dreamer_fast.has_cuda_kernels()
+requires_cuda = pytest.mark.skipif(not HAS_CUDA_KERNELS, reason=CUDA_SKIP_REASON)
+
+CUDA_PARAM = pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda], id="cuda")
+DEVICES = [pytest.param("cpu", id="cpu"), CUDA_PARAM]
+
+
+# --------------------------------------------------------------------------------------
+# Deterministic random inputs
+# --------------------------------------------------------------------------------------
+
+def make_generator(*key: object) -> torch.Generator:
+    """A CPU generator seeded from ``key`` (stable across runs and processes)."""
+    g = torch.Generator()
+    g.manual_seed(zlib.crc32(repr(key).encode()))
+    return g
+
+
+def randn(shape, gen: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(tuple(shape), generator=gen, dtype=torch.float64) * scale
+
+
+def rand_pcont(shape, gen: torch.Generator, discount: float = 0.99,
+               p_terminal: float = 0.05) -> torch.Tensor:
+    """discount * continue-probability in (0, 1), with occasional episode ends (0)."""
+    cont = torch.rand(tuple(shape), generator=gen, dtype=torch.float64) * 0.5 + 0.5
+    ends = torch.rand(tuple(shape), generator=gen, dtype=torch.float64) < p_terminal
+    return torch.where(ends, torch.zeros_like(cont), discount * cont)
+
+
+def time_shape(T: int, batch: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    """Shape with a time axis of length ``T`` inserted at ``axis`` (negative allowed)
+    into ``batch``: axis=1 with batch (B,) gives (B, T); with (B, C) gives (B, T, C)."""
+    ndim = len(batch) + 1
+    ax = axis % ndim
+    shape = list(batch)
+    shape.insert(ax, T)
+    return tuple(shape)
+
+
+@pytest.fixture
+def gen(request) -> torch.Generator:
+    """A generator seeded from the test's node id (deterministic per test case)."""
+    return make_generator(request.node.nodeid)
+
+
+def pytest_report_header(config):
+    err = dreamer_fast.extension_error()
+    return (f"dreamer_fast: has_extension={dreamer_fast.has_extension()} "
+            f"has_cuda_kernels={HAS_CUDA_KERNELS} torch={torch.__version__}"
+            + (f" extension_error={err!r}" if err else ""))
