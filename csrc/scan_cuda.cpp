@@ -3,29 +3,14 @@
 // allocation, no device-to-host copy). Every launch's error is checked.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda_glue.h"
 #include "scan_checks.h"
 #include "scan_cuda.h"
 
 namespace dreamer_fast {
 namespace {
-
-cuda::Dtype to_kernel_dtype(const char* op, at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cuda::Dtype::kFloat;
-    case at::kDouble: return cuda::Dtype::kDouble;
-    case at::kHalf: return cuda::Dtype::kHalf;
-    case at::kBFloat16: return cuda::Dtype::kBFloat16;
-    default: TORCH_CHECK(false, op, ": unsupported dtype ", t,
-                         " (expected float32, float64, float16 or bfloat16)");
-  }
-}
-
-void check_launch(const char* op, cudaError_t err) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
-}
 
 at::Tensor reverse_scan_cuda(const at::Tensor& inputs, const at::Tensor& decay,
                              const at::Tensor& init) {
@@ -35,10 +20,10 @@ at::Tensor reverse_scan_cuda(const at::Tensor& inputs, const at::Tensor& decay,
   auto x = inputs.contiguous(), d = decay.contiguous(), r0 = init.contiguous();
   auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
   check_launch("reverse_scan",
-               cuda::reverse_scan_forward(to_kernel_dtype("reverse_scan", x.scalar_type()),
+               cuda::reverse_scan_forward(kernel_dtype("reverse_scan", x.scalar_type()),
                                           x.const_data_ptr(), d.const_data_ptr(),
                                           r0.const_data_ptr(), out.mutable_data_ptr(), T, N,
-                                          c10::cuda::getCurrentCUDAStream().stream()));
+                                          current_stream()));
   return out;
 }
 
@@ -56,10 +41,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reverse_scan_backward_cuda(
   auto ginit = at::empty_like(r0, at::MemoryFormat::Contiguous);
   check_launch("reverse_scan_backward",
                cuda::reverse_scan_backward(
-                   to_kernel_dtype("reverse_scan_backward", g.scalar_type()), g.const_data_ptr(),
+                   kernel_dtype("reverse_scan_backward", g.scalar_type()), g.const_data_ptr(),
                    d.const_data_ptr(), r0.const_data_ptr(), r.const_data_ptr(),
                    ginputs.mutable_data_ptr(), gdecay.mutable_data_ptr(),
-                   ginit.mutable_data_ptr(), T, N, c10::cuda::getCurrentCUDAStream().stream()));
+                   ginit.mutable_data_ptr(), T, N, current_stream()));
   return {ginputs, gdecay, ginit};
 }
 
@@ -75,11 +60,11 @@ at::Tensor lambda_return_cuda(const at::Tensor& reward, const at::Tensor& value,
        b = bootstrap.contiguous();
   auto out = at::empty_like(r, at::MemoryFormat::Contiguous);
   check_launch("lambda_return",
-               cuda::lambda_return_forward(to_kernel_dtype("lambda_return", r.scalar_type()),
+               cuda::lambda_return_forward(kernel_dtype("lambda_return", r.scalar_type()),
                                            r.const_data_ptr(), v.const_data_ptr(),
                                            p.const_data_ptr(), b.const_data_ptr(),
                                            out.mutable_data_ptr(), lambda, T, N,
-                                           c10::cuda::getCurrentCUDAStream().stream()));
+                                           current_stream()));
   return out;
 }
 
@@ -100,12 +85,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lambda_return_backwar
   auto gboot = at::empty_like(b, at::MemoryFormat::Contiguous);
   check_launch("lambda_return_backward",
                cuda::lambda_return_backward(
-                   to_kernel_dtype("lambda_return_backward", g.scalar_type()),
+                   kernel_dtype("lambda_return_backward", g.scalar_type()),
                    g.const_data_ptr(), v.const_data_ptr(), p.const_data_ptr(),
                    b.const_data_ptr(), r.const_data_ptr(), greward.mutable_data_ptr(),
                    gvalue.mutable_data_ptr(), gpcont.mutable_data_ptr(),
                    gboot.mutable_data_ptr(), lambda, T, N,
-                   c10::cuda::getCurrentCUDAStream().stream()));
+                   current_stream()));
   return {greward, gvalue, gpcont, gboot};
 }
 

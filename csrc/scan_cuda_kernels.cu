@@ -2,10 +2,7 @@
 // Thread n touches element t * N + n, so each time step's loads and stores are
 // coalesced across the warp. The recurrences come from scan_math.h (W = 1 tile).
 // Half and bfloat16 are loaded/stored in storage type and accumulated in float.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
+#include "cuda_common.cuh"
 #include "scan_cuda.h"
 #include "scan_math.h"
 
@@ -14,35 +11,6 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-template <typename scalar_t>
-struct CudaCvt;
-template <>
-struct CudaCvt<float> {
-  using acc_t = float;
-  static __device__ __forceinline__ float load(float x) { return x; }
-  static __device__ __forceinline__ float store(float x) { return x; }
-};
-template <>
-struct CudaCvt<double> {
-  using acc_t = double;
-  static __device__ __forceinline__ double load(double x) { return x; }
-  static __device__ __forceinline__ double store(double x) { return x; }
-};
-template <>
-struct CudaCvt<__half> {
-  using acc_t = float;
-  static __device__ __forceinline__ float load(__half x) { return __half2float(x); }
-  static __device__ __forceinline__ __half store(float x) { return __float2half_rn(x); }
-};
-template <>
-struct CudaCvt<__nv_bfloat16> {
-  using acc_t = float;
-  static __device__ __forceinline__ float load(__nv_bfloat16 x) { return __bfloat162float(x); }
-  static __device__ __forceinline__ __nv_bfloat16 store(float x) {
-    return __float2bfloat16_rn(x);
-  }
-};
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
@@ -99,22 +67,7 @@ __global__ void __launch_bounds__(kThreads) lambda_return_backward_kernel(
       n, 1);
 }
 
-inline dim3 grid_for(int64_t N) {
-  return dim3(static_cast<unsigned>((N + kThreads - 1) / kThreads));
-}
-
-// Calls fn(scalar_t{}) with the C++ type matching `dtype`.
-template <typename Fn>
-cudaError_t dispatch(Dtype dtype, const Fn& fn) {
-  switch (dtype) {
-    case Dtype::kFloat: fn(float{}); break;
-    case Dtype::kDouble: fn(double{}); break;
-    case Dtype::kHalf: fn(__half{}); break;
-    case Dtype::kBFloat16: fn(__nv_bfloat16{}); break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
-}
+inline dim3 grid_for(int64_t N) { return dim3(blocks_for(N, kThreads)); }
 
 }  // namespace
 
@@ -122,7 +75,7 @@ cudaError_t reverse_scan_forward(Dtype dtype, const void* inputs, const void* de
                                  const void* init, void* out, int64_t T, int64_t N,
                                  cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
-  return dispatch(dtype, [&](auto tag) {
+  return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     reverse_scan_forward_kernel<s><<<grid_for(N), kThreads, 0, stream>>>(
         static_cast<const s*>(inputs), static_cast<const s*>(decay),
@@ -135,7 +88,7 @@ cudaError_t reverse_scan_backward(Dtype dtype, const void* gout, const void* dec
                                   void* gdecay, void* ginit, int64_t T, int64_t N,
                                   cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
-  return dispatch(dtype, [&](auto tag) {
+  return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     reverse_scan_backward_kernel<s><<<grid_for(N), kThreads, 0, stream>>>(
         static_cast<const s*>(gout), static_cast<const s*>(decay),
@@ -148,7 +101,7 @@ cudaError_t lambda_return_forward(Dtype dtype, const void* reward, const void* v
                                   const void* pcont, const void* bootstrap, void* out,
                                   double lambda, int64_t T, int64_t N, cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
-  return dispatch(dtype, [&](auto tag) {
+  return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     using acc_t = typename CudaCvt<s>::acc_t;
     lambda_return_forward_kernel<s><<<grid_for(N), kThreads, 0, stream>>>(
@@ -164,7 +117,7 @@ cudaError_t lambda_return_backward(Dtype dtype, const void* gout, const void* va
                                    void* gbootstrap, double lambda, int64_t T, int64_t N,
                                    cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
-  return dispatch(dtype, [&](auto tag) {
+  return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     using acc_t = typename CudaCvt<s>::acc_t;
     lambda_return_backward_kernel<s><<<grid_for(N), kThreads, 0, stream>>>(

@@ -1,0 +1,109 @@
+// CPU launchers of the recurrent-cell math in rnn_math.h: parallel over batch rows.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include "rnn_launch.h"
+#include "rnn_math.h"
+
+namespace dreamer_fast {
+namespace rnn {
+namespace {
+
+template <typename scalar_t, typename acc_t>
+struct CpuCvt {
+  static inline acc_t load(scalar_t x) { return static_cast<acc_t>(x); }
+  static inline scalar_t store(acc_t x) { return static_cast<scalar_t>(x); }
+};
+
+// Rows per task so that a task has ~16k elements of work.
+inline int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, cols)); }
+
+#define DF_DISPATCH_FLOATS(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+}  // namespace
+
+void gru_forward_cpu(const at::Tensor& gi, const at::Tensor& gh, const at::Tensor& hx,
+                     at::Tensor& hy, at::Tensor& workspace) {
+  const int64_t B = hx.size(0), H = hx.size(1);
+  DF_DISPATCH_FLOATS(hx.scalar_type(), "gru_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using Cvt = CpuCvt<scalar_t, acc_t>;
+    const scalar_t *pgi = gi.const_data_ptr<scalar_t>(), *pgh = gh.const_data_ptr<scalar_t>(),
+                   *ph = hx.const_data_ptr<scalar_t>();
+    scalar_t *py = hy.mutable_data_ptr<scalar_t>(), *pw = workspace.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B, row_grain(4 * H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t j = 0; j < H; ++j)
+          gru_forward_element<Cvt, scalar_t, acc_t>(pgi, pgh, ph, py, pw, b, j, H);
+    });
+  });
+}
+
+void gru_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& workspace,
+                      const at::Tensor& hx, at::Tensor& dgi, at::Tensor& dgh,
+                      at::Tensor& dh_direct) {
+  const int64_t B = hx.size(0), H = hx.size(1);
+  DF_DISPATCH_FLOATS(hx.scalar_type(), "gru_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using Cvt = CpuCvt<scalar_t, acc_t>;
+    const scalar_t *pg = grad_hy.const_data_ptr<scalar_t>(),
+                   *pw = workspace.const_data_ptr<scalar_t>(), *ph = hx.const_data_ptr<scalar_t>();
+    scalar_t *pdgi = dgi.mutable_data_ptr<scalar_t>(), *pdgh = dgh.mutable_data_ptr<scalar_t>(),
+             *pdh = dh_direct.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B, row_grain(7 * H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t j = 0; j < H; ++j)
+          gru_backward_element<Cvt, scalar_t, acc_t>(pg, pw, ph, pdgi, pdgh, pdh, b, j, H);
+    });
+  });
+}
+
+void ln_gru_forward_cpu(const at::Tensor& parts, const at::Tensor& hx, const at::Tensor& gamma,
+                        const at::Tensor& beta, double eps, double update_bias, at::Tensor& hy,
+                        at::Tensor& stats) {
+  const int64_t B = hx.size(0), H = hx.size(1);
+  DF_DISPATCH_FLOATS(hx.scalar_type(), "ln_gru_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using Cvt = CpuCvt<scalar_t, acc_t>;
+    const scalar_t *pp = parts.const_data_ptr<scalar_t>(), *ph = hx.const_data_ptr<scalar_t>(),
+                   *pg = gamma.const_data_ptr<scalar_t>(), *pb = beta.const_data_ptr<scalar_t>();
+    scalar_t* py = hy.mutable_data_ptr<scalar_t>();
+    acc_t* ps = stats.mutable_data_ptr<acc_t>();
+    const acc_t e = static_cast<acc_t>(eps), ub = static_cast<acc_t>(update_bias);
+    at::parallel_for(0, B, row_grain(4 * H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        ln_gru_forward_row<Cvt>(pp + b * 3 * H, ph + b * H, pg, pb, e, ub, H, py + b * H,
+                                ps + 2 * b, SerialLanes{});
+    });
+  });
+}
+
+void ln_gru_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& parts,
+                         const at::Tensor& hx, const at::Tensor& gamma, const at::Tensor& beta,
+                         const at::Tensor& stats, double update_bias, at::Tensor& dy,
+                         at::Tensor& dy_xhat, at::Tensor& dparts, at::Tensor& dh_direct) {
+  const int64_t B = hx.size(0), H = hx.size(1);
+  DF_DISPATCH_FLOATS(hx.scalar_type(), "ln_gru_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using Cvt = CpuCvt<scalar_t, acc_t>;
+    const scalar_t *pgy = grad_hy.const_data_ptr<scalar_t>(),
+                   *pp = parts.const_data_ptr<scalar_t>(), *ph = hx.const_data_ptr<scalar_t>(),
+                   *pg = gamma.const_data_ptr<scalar_t>(), *pb = beta.const_data_ptr<scalar_t>();
+    const acc_t* ps = stats.const_data_ptr<acc_t>();
+    acc_t *pdy = dy.mutable_data_ptr<acc_t>(), *pdyx = dy_xhat.mutable_data_ptr<acc_t>();
+    scalar_t *pdp = dparts.mutable_data_ptr<scalar_t>(),
+             *pdh = dh_direct.mutable_data_ptr<scalar_t>();
+    const acc_t ub = static_cast<acc_t>(update_bias);
+    at::parallel_for(0, B, row_grain(12 * H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        ln_gru_backward_row<Cvt>(pgy + b * H, pp + b * 3 * H, ph + b * H, pg, pb, ps + 2 * b,
+                                 ub, H, pdy + b * 3 * H, pdyx + b * 3 * H, pdp + b * 3 * H,
+                                 pdh + b * H, SerialLanes{});
+    });
+  });
+}
+
+}  // namespace rnn
+}  // namespace dreamer_fast

@@ -1,0 +1,44 @@
+// Pointwise / row-wise launchers of the recurrent cells, one per device. The cell
+// ops (rnn_cells.cpp) run the GEMMs through ATen and call these for everything
+// else. Tensors are contiguous 2-D [rows, cols] (see rnn_math.h for layouts).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace dreamer_fast {
+namespace rnn {
+
+// hy [B,H], workspace [B,4H] <- gi, gh [B,3H], hx [B,H]
+void gru_forward_cpu(const at::Tensor& gi, const at::Tensor& gh, const at::Tensor& hx,
+                     at::Tensor& hy, at::Tensor& workspace);
+// dgi, dgh [B,3H], dh_direct [B,H] <- grad_hy [B,H], workspace [B,4H], hx [B,H]
+void gru_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& workspace,
+                      const at::Tensor& hx, at::Tensor& dgi, at::Tensor& dgh,
+                      at::Tensor& dh_direct);
+// hy [B,H], stats [B,2] (acc dtype) <- parts [B,3H], hx [B,H], gamma/beta [3H]
+void ln_gru_forward_cpu(const at::Tensor& parts, const at::Tensor& hx, const at::Tensor& gamma,
+                        const at::Tensor& beta, double eps, double update_bias, at::Tensor& hy,
+                        at::Tensor& stats);
+// dy, dy_xhat [B,3H] (acc dtype), dparts [B,3H], dh_direct [B,H]
+void ln_gru_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& parts,
+                         const at::Tensor& hx, const at::Tensor& gamma, const at::Tensor& beta,
+                         const at::Tensor& stats, double update_bias, at::Tensor& dy,
+                         at::Tensor& dy_xhat, at::Tensor& dparts, at::Tensor& dh_direct);
+
+#ifdef DREAMER_FAST_WITH_CUDA
+void gru_forward_cuda(const at::Tensor& gi, const at::Tensor& gh, const at::Tensor& hx,
+                      at::Tensor& hy, at::Tensor& workspace);
+void gru_backward_cuda(const at::Tensor& grad_hy, const at::Tensor& workspace,
+                       const at::Tensor& hx, at::Tensor& dgi, at::Tensor& dgh,
+                       at::Tensor& dh_direct);
+void ln_gru_forward_cuda(const at::Tensor& parts, const at::Tensor& hx, const at::Tensor& gamma,
+                         const at::Tensor& beta, double eps, double update_bias, at::Tensor& hy,
+                         at::Tensor& stats);
+void ln_gru_backward_cuda(const at::Tensor& grad_hy, const at::Tensor& parts,
+                          const at::Tensor& hx, const at::Tensor& gamma, const at::Tensor& beta,
+                          const at::Tensor& stats, double update_bias, at::Tensor& dy,
+                          at::Tensor& dy_xhat, at::Tensor& dparts, at::Tensor& dh_direct);
+#endif
+
+}  // namespace rnn
+}  // namespace dreamer_fast
