@@ -5,8 +5,8 @@ beside it (same signature and semantics).
 """
 
 from dreamer_fast._extension import extension_error, has_cuda_kernels, has_extension
-from dreamer_fast import ops
+from dreamer_fast import nn, ops
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "has_extension", "has_cuda_kernels", "extension_error", "__version__"]
+__all__ = ["nn", "ops", "has_extension", "has_cuda_kernels", "extension_error", "__version__"]

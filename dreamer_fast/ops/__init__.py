@@ -4,8 +4,14 @@
 |---|---|
 | ``lambda_return(reward, value, pcont, bootstrap, lambda_, axis)`` | DreamerV1/V2 λ-return |
 | ``reverse_scan(inputs, decay, init, axis)`` | ``R[t] = inputs[t] + decay[t] * R[t+1]`` |
+| ``gru_cell(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)`` | ``torch.nn.GRUCell`` |
+| ``ln_gru_cell(input, hx, weight, norm_weight, norm_bias, update_bias, eps)`` | DreamerV2 LayerNorm GRU |
 """
 
+from dreamer_fast.ops.cells import gru_cell, gru_cell_ref, ln_gru_cell, ln_gru_cell_ref
 from dreamer_fast.ops.scan import lambda_return, lambda_return_ref, reverse_scan, reverse_scan_ref
 
-__all__ = ["lambda_return", "lambda_return_ref", "reverse_scan", "reverse_scan_ref"]
+__all__ = [
+    "lambda_return", "lambda_return_ref", "reverse_scan", "reverse_scan_ref",
+    "gru_cell", "gru_cell_ref", "ln_gru_cell", "ln_gru_cell_ref",
+]

@@ -1,0 +1,283 @@
+"""Recurrent cells of the RSSM: fused native ops and their PyTorch references.
+
+``gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None)``
+    Exactly ``torch.nn.GRUCell`` (DreamerV1, TorchRL, pydreamer), same weight layout
+    (``weight_ih [3H, I]``, ``weight_hh [3H, H]``, gate order r, z, n)::
+
+        gi = x W_ih^T + b_ih,  gh = h W_hh^T + b_hh
+        r = σ(gi_r + gh_r),  z = σ(gi_z + gh_z),  n = tanh(gi_n + r ⊙ gh_n)
+        h' = (1 − z) ⊙ n + z ⊙ h
+
+``ln_gru_cell(input, hx, weight, norm_weight, norm_bias, update_bias=-1.0, eps=1e-3)``
+    The DreamerV2 / NM512 dreamerv3-torch / sheeprl cell (``weight [3H, I + H]``, no
+    linear bias)::
+
+        parts = LayerNorm(cat([x, h], -1) @ weight^T; norm_weight, norm_bias, eps)
+        reset, cand, update = parts.chunk(3, -1)
+        r = σ(reset),  c = tanh(r ⊙ cand),  u = σ(update + update_bias)
+        h' = u ⊙ c + (1 − u) ⊙ h
+
+``input`` is ``[..., I]`` and ``hx`` ``[..., H]`` with the same leading (batch) dims,
+or ``hx=None`` for zeros. The fast ops run the GEMMs through ATen (BLAS/cuBLAS) and
+everything else in one fused kernel forward and one backward. Differentiable in
+every tensor argument.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dreamer_fast import _extension
+from dreamer_fast.ops import _checks
+
+__all__ = ["gru_cell", "gru_cell_ref", "ln_gru_cell", "ln_gru_cell_ref"]
+
+
+# --------------------------------------------------------------------------------------
+# Argument checks shared by fast and reference
+# --------------------------------------------------------------------------------------
+
+def _check_state(op: str, input, hx) -> tuple[torch.Tensor, torch.Tensor | None]:
+    input = _checks.check_float_tensor(op, "input", input)
+    if input.dim() < 1:
+        raise ValueError(f"{op}: `input` must be at least 1-D [..., I], got a 0-dim tensor")
+    if hx is not None:
+        hx = _checks.check_float_tensor(op, "hx", hx)
+        _checks.check_dtype_device(op, "input", input, "hx", hx)
+        if hx.dim() != input.dim() or hx.shape[:-1] != input.shape[:-1]:
+            raise ValueError(
+                f"{op}: `hx` must have the batch shape of `input` {tuple(input.shape[:-1])} "
+                f"plus a hidden size, got {tuple(hx.shape)}")
+    return input, hx
+
+
+def _check_param(op: str, name: str, x, input: torch.Tensor, shape: tuple[int, ...],
+                 what: str) -> torch.Tensor:
+    x = _checks.check_float_tensor(op, name, x)
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{op}: `{name}` must have shape {shape} ({what}), "
+                         f"got {tuple(x.shape)}")
+    _checks.check_dtype_device(op, "input", input, name, x)
+    return x
+
+
+def _gru_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
+    op = "gru_cell"
+    input, hx = _check_state(op, input, hx)
+    weight_hh = _checks.check_float_tensor(op, "weight_hh", weight_hh)
+    if weight_hh.dim() != 2 or weight_hh.shape[0] != 3 * weight_hh.shape[1]:
+        raise ValueError(f"{op}: `weight_hh` must have shape [3H, H], got {tuple(weight_hh.shape)}")
+    H, I = weight_hh.shape[1], input.shape[-1]
+    _check_param(op, "weight_hh", weight_hh, input, (3 * H, H), "3H x H")
+    _check_param(op, "weight_ih", weight_ih, input, (3 * H, I),
+                 f"3H x I with H={H} from weight_hh and I={I} from input")
+    if bias_ih is not None:
+        _check_param(op, "bias_ih", bias_ih, input, (3 * H,), f"3H with H={H}")
+    if bias_hh is not None:
+        _check_param(op, "bias_hh", bias_hh, input, (3 * H,), f"3H with H={H}")
+    if hx is None:
+        hx = input.new_zeros(*input.shape[:-1], H)
+    elif hx.shape[-1] != H:
+        raise ValueError(f"{op}: `hx` has hidden size {hx.shape[-1]} but `weight_hh` is for "
+                         f"H={H}")
+    return input, hx
+
+
+def _ln_gru_args(input, hx, weight, norm_weight, norm_bias, update_bias, eps):
+    op = "ln_gru_cell"
+    input, hx = _check_state(op, input, hx)
+    weight = _checks.check_float_tensor(op, "weight", weight)
+    if weight.dim() != 2 or weight.shape[0] % 3 != 0:
+        raise ValueError(f"{op}: `weight` must have shape [3H, I + H], got {tuple(weight.shape)}")
+    H, I = weight.shape[0] // 3, input.shape[-1]
+    _check_param(op, "weight", weight, input, (3 * H, I + H),
+                 f"3H x (I + H) with H={H} from weight.shape[0] and I={I} from input")
+    _check_param(op, "norm_weight", norm_weight, input, (3 * H,), f"3H with H={H}")
+    _check_param(op, "norm_bias", norm_bias, input, (3 * H,), f"3H with H={H}")
+    if isinstance(update_bias, bool) or not isinstance(update_bias, (int, float)):
+        raise TypeError(f"{op}: `update_bias` must be a float, got {type(update_bias).__name__}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"{op}: `eps` must be a float > 0, got {eps!r}")
+    if hx is None:
+        hx = input.new_zeros(*input.shape[:-1], H)
+    elif hx.shape[-1] != H:
+        raise ValueError(f"{op}: `hx` has hidden size {hx.shape[-1]} but `weight` is for H={H}")
+    return input, hx, float(update_bias), float(eps)
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+# --------------------------------------------------------------------------------------
+# Fast ops
+# --------------------------------------------------------------------------------------
+
+def gru_cell(input: torch.Tensor, hx: torch.Tensor | None, weight_ih: torch.Tensor,
+             weight_hh: torch.Tensor, bias_ih: torch.Tensor | None = None,
+             bias_hh: torch.Tensor | None = None) -> torch.Tensor:
+    """``torch.nn.GRUCell`` math, fused (see the module docstring). Returns ``[..., H]``."""
+    input, hx = _gru_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    _extension.require_device_kernels("gru_cell", input.device)
+    hy, _ = torch.ops.dreamer_fast.gru_cell(_flat(input), _flat(hx), weight_ih, weight_hh,
+                                            bias_ih, bias_hh)
+    return hy.reshape(hx.shape)
+
+
+def ln_gru_cell(input: torch.Tensor, hx: torch.Tensor | None, weight: torch.Tensor,
+                norm_weight: torch.Tensor, norm_bias: torch.Tensor, update_bias: float = -1.0,
+                eps: float = 1e-3) -> torch.Tensor:
+    """The LayerNorm GRU of DreamerV2, fused (see the module docstring)."""
+    input, hx, update_bias, eps = _ln_gru_args(input, hx, weight, norm_weight, norm_bias,
+                                               update_bias, eps)
+    _extension.require_device_kernels("ln_gru_cell", input.device)
+    hy, _, _ = torch.ops.dreamer_fast.ln_gru_cell(_flat(input), _flat(hx), weight, norm_weight,
+                                                  norm_bias, update_bias, eps)
+    return hy.reshape(hx.shape)
+
+
+# --------------------------------------------------------------------------------------
+# References
+# --------------------------------------------------------------------------------------
+
+def gru_cell_ref(input: torch.Tensor, hx: torch.Tensor | None, weight_ih: torch.Tensor,
+                 weight_hh: torch.Tensor, bias_ih: torch.Tensor | None = None,
+                 bias_hh: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference ``torch.nn.GRUCell`` math in plain PyTorch ops."""
+    input, hx = _gru_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    i_r, i_z, i_n = F.linear(input, weight_ih, bias_ih).chunk(3, -1)
+    h_r, h_z, h_n = F.linear(hx, weight_hh, bias_hh).chunk(3, -1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return (1 - z) * n + z * hx
+
+
+def ln_gru_cell_ref(input: torch.Tensor, hx: torch.Tensor | None, weight: torch.Tensor,
+                    norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+                    update_bias: float = -1.0, eps: float = 1e-3) -> torch.Tensor:
+    """Reference LayerNorm GRU in plain PyTorch ops."""
+    input, hx, update_bias, eps = _ln_gru_args(input, hx, weight, norm_weight, norm_bias,
+                                               update_bias, eps)
+    parts = F.linear(torch.cat([input, hx], -1), weight)
+    parts = F.layer_norm(parts, (parts.shape[-1],), norm_weight, norm_bias, eps)
+    reset, cand, update = parts.chunk(3, -1)
+    reset = torch.sigmoid(reset)
+    cand = torch.tanh(reset * cand)
+    update = torch.sigmoid(update + update_bias)
+    return update * cand + (1 - update) * hx
+
+
+# --------------------------------------------------------------------------------------
+# torch.library registration: fake kernels (with the C++ checks) and autograd
+# --------------------------------------------------------------------------------------
+
+def _fake_check(op: str, ok, message: str) -> None:
+    torch._check(ok, lambda: f"{op}: {message}")
+
+
+def _fake_check_like(op: str, name: str, x: torch.Tensor, like: torch.Tensor,
+                     shape: tuple) -> None:
+    _fake_check(op, tuple(x.shape) == tuple(shape),
+                f"`{name}` must have shape {tuple(shape)}, got {tuple(x.shape)}")
+    _fake_check(op, x.dtype == like.dtype, f"`{name}` has dtype {x.dtype}, expected {like.dtype}")
+    _fake_check(op, x.device == like.device,
+                f"`{name}` is on {x.device}, expected {like.device}")
+
+
+def _fake_check_state(op: str, input: torch.Tensor, hx: torch.Tensor) -> tuple:
+    _fake_check(op, input.dim() == 2, f"`input` must be 2-D [B, I], got {tuple(input.shape)}")
+    _fake_check(op, input.is_floating_point(), f"`input` must be floating-point, got {input.dtype}")
+    _fake_check(op, hx.dim() == 2, f"`hx` must be 2-D [B, H], got {tuple(hx.shape)}")
+    B, I, H = input.shape[0], input.shape[1], hx.shape[1]
+    _fake_check_like(op, "hx", hx, input, (B, H))
+    return B, I, H
+
+
+def _register() -> None:
+    lib = "dreamer_fast::"
+    acc_dtype = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+
+    @torch.library.register_fake(lib + "gru_cell")
+    def _(input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
+        op = "gru_cell"
+        B, I, H = _fake_check_state(op, input, hx)
+        _fake_check_like(op, "weight_ih", weight_ih, input, (3 * H, I))
+        _fake_check_like(op, "weight_hh", weight_hh, input, (3 * H, H))
+        for name, b in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
+            if b is not None:
+                _fake_check_like(op, name, b, input, (3 * H,))
+        return input.new_empty(B, H), input.new_empty(B, 4 * H)
+
+    @torch.library.register_fake(lib + "gru_cell_backward")
+    def _(grad_hy, workspace, input, hx, weight_ih, weight_hh):
+        op = "gru_cell_backward"
+        B, I, H = _fake_check_state(op, input, hx)
+        _fake_check_like(op, "grad_hy", grad_hy, input, (B, H))
+        _fake_check_like(op, "workspace", workspace, input, (B, 4 * H))
+        _fake_check_like(op, "weight_ih", weight_ih, input, (3 * H, I))
+        _fake_check_like(op, "weight_hh", weight_hh, input, (3 * H, H))
+        return (input.new_empty(B, I), input.new_empty(B, H), input.new_empty(3 * H, I),
+                input.new_empty(3 * H, H), input.new_empty(3 * H), input.new_empty(3 * H))
+
+    def _fake_ln_checks(op, input, hx, weight, norm_weight, norm_bias):
+        B, I, H = _fake_check_state(op, input, hx)
+        _fake_check_like(op, "weight", weight, input, (3 * H, I + H))
+        _fake_check_like(op, "norm_weight", norm_weight, input, (3 * H,))
+        _fake_check_like(op, "norm_bias", norm_bias, input, (3 * H,))
+        return B, I, H
+
+    @torch.library.register_fake(lib + "ln_gru_cell")
+    def _(input, hx, weight, norm_weight, norm_bias, update_bias, eps):
+        op = "ln_gru_cell"
+        B, I, H = _fake_ln_checks(op, input, hx, weight, norm_weight, norm_bias)
+        _fake_check(op, eps > 0, f"`eps` must be > 0, got {eps}")
+        stats = input.new_empty(B, 2, dtype=acc_dtype.get(input.dtype, input.dtype))
+        return input.new_empty(B, H), input.new_empty(B, 3 * H), stats
+
+    @torch.library.register_fake(lib + "ln_gru_cell_backward")
+    def _(grad_hy, parts, stats, input, hx, weight, norm_weight, norm_bias, update_bias):
+        op = "ln_gru_cell_backward"
+        B, I, H = _fake_ln_checks(op, input, hx, weight, norm_weight, norm_bias)
+        _fake_check_like(op, "grad_hy", grad_hy, input, (B, H))
+        _fake_check_like(op, "parts", parts, input, (B, 3 * H))
+        _fake_check(op, tuple(stats.shape) == (B, 2), f"`stats` must be [{B}, 2]")
+        return (input.new_empty(B, I), input.new_empty(B, H), input.new_empty(3 * H, I + H),
+                input.new_empty(3 * H), input.new_empty(3 * H))
+
+    def gru_setup(ctx, inputs, output):
+        input, hx, weight_ih, weight_hh, bias_ih, bias_hh = inputs
+        _, workspace = output
+        ctx.mark_non_differentiable(workspace)
+        ctx.has_bias = (bias_ih is not None, bias_hh is not None)
+        ctx.save_for_backward(workspace, input, hx, weight_ih, weight_hh)
+
+    def gru_backward(ctx, grad_hy, _grad_workspace):
+        workspace, input, hx, weight_ih, weight_hh = ctx.saved_tensors
+        dx, dh, dw_ih, dw_hh, db_ih, db_hh = torch.ops.dreamer_fast.gru_cell_backward(
+            grad_hy, workspace, input, hx, weight_ih, weight_hh)
+        return (dx, dh, dw_ih, dw_hh, db_ih if ctx.has_bias[0] else None,
+                db_hh if ctx.has_bias[1] else None)
+
+    torch.library.register_autograd(lib + "gru_cell", gru_backward, setup_context=gru_setup)
+
+    def ln_gru_setup(ctx, inputs, output):
+        input, hx, weight, norm_weight, norm_bias, update_bias, _eps = inputs
+        _, parts, stats = output
+        ctx.mark_non_differentiable(parts, stats)
+        ctx.update_bias = update_bias
+        ctx.save_for_backward(parts, stats, input, hx, weight, norm_weight, norm_bias)
+
+    def ln_gru_backward(ctx, grad_hy, _grad_parts, _grad_stats):
+        parts, stats, input, hx, weight, norm_weight, norm_bias = ctx.saved_tensors
+        dx, dh, dweight, dgamma, dbeta = torch.ops.dreamer_fast.ln_gru_cell_backward(
+            grad_hy, parts, stats, input, hx, weight, norm_weight, norm_bias, ctx.update_bias)
+        return dx, dh, dweight, dgamma, dbeta, None, None
+
+    torch.library.register_autograd(lib + "ln_gru_cell", ln_gru_backward,
+                                    setup_context=ln_gru_setup)
+
+
+if _extension.has_extension():
+    _register()
