@@ -6,12 +6,15 @@
 | ``reverse_scan(inputs, decay, init, axis)`` | ``R[t] = inputs[t] + decay[t] * R[t+1]`` |
 | ``gru_cell(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)`` | ``torch.nn.GRUCell`` |
 | ``ln_gru_cell(input, hx, weight, norm_weight, norm_bias, update_bias, eps)`` | DreamerV2 LayerNorm GRU |
+| ``linear_norm_act(input, weight, bias, norm_weight, norm_bias, norm, act, eps)`` | ``act(norm(x W^T + b))`` |
 """
 
 from dreamer_fast.ops.cells import gru_cell, gru_cell_ref, ln_gru_cell, ln_gru_cell_ref
+from dreamer_fast.ops.dense import linear_norm_act, linear_norm_act_ref
 from dreamer_fast.ops.scan import lambda_return, lambda_return_ref, reverse_scan, reverse_scan_ref
 
 __all__ = [
     "lambda_return", "lambda_return_ref", "reverse_scan", "reverse_scan_ref",
     "gru_cell", "gru_cell_ref", "ln_gru_cell", "ln_gru_cell_ref",
+    "linear_norm_act", "linear_norm_act_ref",
 ]

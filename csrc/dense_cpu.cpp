@@ -1,0 +1,81 @@
+// CPU launchers of the dense-layer epilogue (layer_math.h): parallel over rows.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include "dense.h"
+#include "layer_math.h"
+
+namespace dreamer_fast {
+namespace dense {
+namespace {
+
+template <typename scalar_t, typename acc_t>
+struct CpuCvt {
+  static inline acc_t load(scalar_t x) { return static_cast<acc_t>(x); }
+  static inline scalar_t store(acc_t x) { return static_cast<scalar_t>(x); }
+};
+
+template <typename scalar_t>
+const scalar_t* ptr_or_null(const std::optional<at::Tensor>& t) {
+  return t ? t->const_data_ptr<scalar_t>() : nullptr;
+}
+
+inline int64_t row_grain(int64_t cols) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, cols));
+}
+
+}  // namespace
+
+void epilogue_forward_cpu(const at::Tensor& z, const Params& p, at::Tensor& out,
+                          at::Tensor& stats) {
+  const int64_t B = z.size(0), N = z.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "dense_fwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using Cvt = CpuCvt<scalar_t, acc_t>;
+    const auto nw = p.norm_weight ? std::optional<at::Tensor>(p.norm_weight->contiguous())
+                                  : std::nullopt;
+    const auto nb = p.norm_bias ? std::optional<at::Tensor>(p.norm_bias->contiguous())
+                                : std::nullopt;
+    const scalar_t *pz = z.const_data_ptr<scalar_t>(), *pw = ptr_or_null<scalar_t>(nw),
+                   *pb = ptr_or_null<scalar_t>(nb);
+    scalar_t* po = out.mutable_data_ptr<scalar_t>();
+    acc_t* ps = stats.mutable_data_ptr<acc_t>();
+    const acc_t eps = static_cast<acc_t>(p.eps);
+    at::parallel_for(0, B, row_grain(N), [&](int64_t b0, int64_t b1) {
+      for (int64_t r = b0; r < b1; ++r)
+        layer::norm_act_forward_row<Cvt>(pz + r * N, pw, pb, N, p.norm, p.act, eps, po + r * N,
+                                         ps + 2 * r, rnn::SerialLanes{});
+    });
+  });
+}
+
+void epilogue_backward_cpu(const at::Tensor& dout, const at::Tensor& z, const at::Tensor& stats,
+                           const Params& p, at::Tensor* dy, at::Tensor* dy_xhat,
+                           at::Tensor& dz) {
+  const int64_t B = z.size(0), N = z.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "dense_bwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using Cvt = CpuCvt<scalar_t, acc_t>;
+    const auto nw = p.norm_weight ? std::optional<at::Tensor>(p.norm_weight->contiguous())
+                                  : std::nullopt;
+    const auto nb = p.norm_bias ? std::optional<at::Tensor>(p.norm_bias->contiguous())
+                                : std::nullopt;
+    const scalar_t *pg = dout.const_data_ptr<scalar_t>(), *pz = z.const_data_ptr<scalar_t>(),
+                   *pw = ptr_or_null<scalar_t>(nw), *pb = ptr_or_null<scalar_t>(nb);
+    const acc_t* ps = stats.const_data_ptr<acc_t>();
+    acc_t* pdy = dy ? dy->mutable_data_ptr<acc_t>() : nullptr;
+    acc_t* pdyx = dy_xhat ? dy_xhat->mutable_data_ptr<acc_t>() : nullptr;
+    scalar_t* pdz = dz.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B, row_grain(3 * N), [&](int64_t b0, int64_t b1) {
+      for (int64_t r = b0; r < b1; ++r)
+        layer::norm_act_backward_row<Cvt>(pg + r * N, pz + r * N, pw, pb, ps + 2 * r, N, p.norm,
+                                          p.act, pdy ? pdy + r * N : nullptr,
+                                          pdyx ? pdyx + r * N : nullptr, pdz + r * N,
+                                          rnn::SerialLanes{});
+    });
+  });
+}
+
+}  // namespace dense
+}  // namespace dreamer_fast

@@ -1,0 +1,173 @@
+// Math of a dense layer's epilogue, `a = act(norm(z))`, forward and backward, per row,
+// shared by the CPU launcher and the CUDA kernels (see rnn_math.h for the Lanes policy:
+// one lane per row on the CPU, a warp per row on the GPU).
+//
+//   z  [N]  the linear output x W^T + b (the GEMM runs outside)
+//   norm:  kNone   y = z
+//          kLayer  y = (z − mean) · rstd · w + b,   rstd = 1 / sqrt(var + eps)
+//          kRms    y = z · rstd · w,                rstd = 1 / sqrt(mean(z²) + eps)
+//   act:   none, silu (x σ(x)), elu (x > 0 ? x : eᵡ − 1), tanh, gelu (exact, erf),
+//          sigmoid
+// Saved for backward: z and the per-row (mean, rstd) in acc_t; y is recomputed.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "rnn_math.h"
+
+namespace dreamer_fast {
+namespace layer {
+
+enum Norm : int { kNone = 0, kLayer = 1, kRms = 2 };
+enum Act : int { kIdentity = 0, kSilu = 1, kElu = 2, kTanh = 3, kGelu = 4, kSigmoid = 5 };
+
+DF_HOST_DEVICE float df_erf(float x) { return ::erff(x); }
+DF_HOST_DEVICE double df_erf(double x) { return ::erf(x); }
+
+template <typename acc_t>
+DF_HOST_DEVICE acc_t act_forward(int act, acc_t y) {
+  switch (act) {
+    case kSilu: return y * rnn::sigmoid<acc_t>(y);
+    case kElu: return y > acc_t(0) ? y : rnn::df_exp(y) - acc_t(1);
+    case kTanh: return rnn::df_tanh(y);
+    case kGelu: return acc_t(0.5) * y * (acc_t(1) + df_erf(y * acc_t(0.70710678118654752440)));
+    case kSigmoid: return rnn::sigmoid<acc_t>(y);
+    default: return y;
+  }
+}
+
+// d act(y) / d y
+template <typename acc_t>
+DF_HOST_DEVICE acc_t act_derivative(int act, acc_t y) {
+  switch (act) {
+    case kSilu: {
+      const acc_t s = rnn::sigmoid<acc_t>(y);
+      return s * (acc_t(1) + y * (acc_t(1) - s));
+    }
+    case kElu: return y > acc_t(0) ? acc_t(1) : rnn::df_exp(y);
+    case kTanh: {
+      const acc_t t = rnn::df_tanh(y);
+      return acc_t(1) - t * t;
+    }
+    case kGelu: {
+      const acc_t cdf = acc_t(0.5) * (acc_t(1) + df_erf(y * acc_t(0.70710678118654752440)));
+      const acc_t pdf = rnn::df_exp(acc_t(-0.5) * y * y) * acc_t(0.39894228040143267794);
+      return cdf + y * pdf;
+    }
+    case kSigmoid: {
+      const acc_t s = rnn::sigmoid<acc_t>(y);
+      return s * (acc_t(1) - s);
+    }
+    default: return acc_t(1);
+  }
+}
+
+// Row statistics: (mean, rstd) for kLayer, (0, rstd) for kRms, (0, 1) for kNone.
+template <typename Cvt, typename Lanes, typename scalar_t, typename acc_t>
+DF_HOST_DEVICE void norm_stats_row(const scalar_t* DF_RESTRICT z, int64_t N, int norm,
+                                   acc_t eps, acc_t* mean_out, acc_t* rstd_out,
+                                   const Lanes& lanes) {
+  acc_t mean = 0, rstd = 1;
+  if (norm == kLayer) {
+    acc_t s = 0;
+    for (int64_t k = lanes.lane; k < N; k += lanes.count) s += Cvt::load(z[k]);
+    mean = lanes.sum(s) / acc_t(N);
+    acc_t sq = 0;  // two-pass variance
+    for (int64_t k = lanes.lane; k < N; k += lanes.count) {
+      const acc_t d = Cvt::load(z[k]) - mean;
+      sq += d * d;
+    }
+    rstd = rnn::df_rsqrt(lanes.sum(sq) / acc_t(N) + eps);
+  } else if (norm == kRms) {
+    acc_t sq = 0;
+    for (int64_t k = lanes.lane; k < N; k += lanes.count) {
+      const acc_t v = Cvt::load(z[k]);
+      sq += v * v;
+    }
+    rstd = rnn::df_rsqrt(lanes.sum(sq) / acc_t(N) + eps);
+  }
+  *mean_out = mean;
+  *rstd_out = rstd;
+}
+
+// y = norm(z) at column k (w, b may be null when the norm has no such parameter).
+template <typename Cvt, typename scalar_t, typename acc_t>
+DF_HOST_DEVICE acc_t norm_apply(acc_t z, int norm, acc_t mean, acc_t rstd,
+                                const scalar_t* w, const scalar_t* b, int64_t k) {
+  if (norm == kNone) return z;
+  acc_t y = (z - mean) * rstd;
+  if (w) y *= Cvt::load(w[k]);
+  if (b) y += Cvt::load(b[k]);
+  return y;
+}
+
+// Forward of one row: out[k] = act(norm(z[k])); stats = (mean, rstd).
+template <typename Cvt, typename Lanes, typename scalar_t, typename acc_t>
+DF_HOST_DEVICE void norm_act_forward_row(const scalar_t* DF_RESTRICT z,
+                                         const scalar_t* DF_RESTRICT w,
+                                         const scalar_t* DF_RESTRICT b, int64_t N, int norm,
+                                         int act, acc_t eps, scalar_t* DF_RESTRICT out,
+                                         acc_t* DF_RESTRICT stats, const Lanes& lanes) {
+  acc_t mean, rstd;
+  norm_stats_row<Cvt>(z, N, norm, eps, &mean, &rstd, lanes);
+  for (int64_t k = lanes.lane; k < N; k += lanes.count) {
+    const acc_t y = norm_apply<Cvt>(Cvt::load(z[k]), norm, mean, rstd, w, b, k);
+    out[k] = Cvt::store(act_forward<acc_t>(act, y));
+  }
+  if (lanes.lane == 0) {
+    stats[0] = mean;
+    stats[1] = rstd;
+  }
+}
+
+// Backward of one row. Given d out, writes
+//   dy [N] (acc_t)       dL/dy (y = norm output)   -> d b = Σ_rows dy   (kLayer)
+//   dy_xhat [N] (acc_t)  dy ⊙ x̂                    -> d w = Σ_rows dy ⊙ x̂
+//   dz [N]               kNone: dy;  kRms: rstd (ĝ − x̂ mean(ĝ x̂));
+//                        kLayer: rstd (ĝ − mean(ĝ) − x̂ mean(ĝ x̂)),  ĝ = dy ⊙ w
+// dy / dy_xhat may be null when no norm parameter needs a gradient.
+template <typename Cvt, typename Lanes, typename scalar_t, typename acc_t>
+DF_HOST_DEVICE void norm_act_backward_row(const scalar_t* DF_RESTRICT dout,
+                                          const scalar_t* DF_RESTRICT z,
+                                          const scalar_t* DF_RESTRICT w,
+                                          const scalar_t* DF_RESTRICT b,
+                                          const acc_t* DF_RESTRICT stats, int64_t N, int norm,
+                                          int act, acc_t* DF_RESTRICT dy,
+                                          acc_t* DF_RESTRICT dy_xhat,
+                                          scalar_t* DF_RESTRICT dz, const Lanes& lanes) {
+  const acc_t mean = stats[0], rstd = stats[1];
+  if (norm == kNone) {
+    for (int64_t k = lanes.lane; k < N; k += lanes.count) {
+      const acc_t zk = Cvt::load(z[k]);
+      dz[k] = Cvt::store(Cvt::load(dout[k]) * act_derivative<acc_t>(act, zk));
+    }
+    return;
+  }
+  acc_t sum_g = 0, sum_gx = 0;
+  for (int64_t k = lanes.lane; k < N; k += lanes.count) {
+    const acc_t xhat = (Cvt::load(z[k]) - mean) * rstd;
+    const acc_t wk = w ? Cvt::load(w[k]) : acc_t(1);
+    const acc_t y = xhat * wk + (b ? Cvt::load(b[k]) : acc_t(0));
+    const acc_t d = Cvt::load(dout[k]) * act_derivative<acc_t>(act, y);
+    if (dy) dy[k] = d;
+    if (dy_xhat) dy_xhat[k] = d * xhat;
+    const acc_t g = d * wk;
+    sum_g += g;
+    sum_gx += g * xhat;
+  }
+  const acc_t mean_g = norm == kLayer ? lanes.sum(sum_g) / acc_t(N) : acc_t(0);
+  const acc_t mean_gx = lanes.sum(sum_gx) / acc_t(N);
+  // Second pass recomputes ĝ (cheaper than a round trip through memory, and no lane
+  // reads another lane's writes).
+  for (int64_t k = lanes.lane; k < N; k += lanes.count) {
+    const acc_t xhat = (Cvt::load(z[k]) - mean) * rstd;
+    const acc_t wk = w ? Cvt::load(w[k]) : acc_t(1);
+    const acc_t y = xhat * wk + (b ? Cvt::load(b[k]) : acc_t(0));
+    const acc_t g = Cvt::load(dout[k]) * act_derivative<acc_t>(act, y) * wk;
+    dz[k] = Cvt::store(rstd * (g - mean_g - xhat * mean_gx));
+  }
+}
+
+}  // namespace layer
+}  // namespace dreamer_fast
