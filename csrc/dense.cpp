@@ -53,10 +53,10 @@ void check(const char* op, const Tensor& x, const Params& p) {
   TORCH_CHECK(p.norm == layer::kNone || p.eps > 0, op, ": `eps` must be > 0, got ", p.eps);
 }
 
-Forward forward(const Tensor& x, const Params& p) {
+Forward apply_epilogue(const Tensor& z, const Params& p) {
   Forward f;
-  f.z = p.bias ? at::addmm(*p.bias, x, p.weight.t()) : at::mm(x, p.weight.t());
-  f.stats = at::empty({x.size(0), 2}, x.options().dtype(at::toOpMathType(x.scalar_type())));
+  f.z = z.contiguous();
+  f.stats = at::empty({z.size(0), 2}, z.options().dtype(at::toOpMathType(z.scalar_type())));
   if (!has_epilogue(p)) {
     f.out = f.z;
     f.stats.zero_();
@@ -64,13 +64,18 @@ Forward forward(const Tensor& x, const Params& p) {
   }
   f.out = at::empty_like(f.z);
 #ifdef DREAMER_FAST_WITH_CUDA
-  if (x.is_cuda()) {
+  if (z.is_cuda()) {
     epilogue_forward_cuda(f.z, p, f.out, f.stats);
     return f;
   }
 #endif
   epilogue_forward_cpu(f.z, p, f.out, f.stats);
   return f;
+}
+
+Forward forward(const Tensor& x, const Params& p) {
+  return apply_epilogue(p.bias ? at::addmm(*p.bias, x, p.weight.t()) : at::mm(x, p.weight.t()),
+                        p);
 }
 
 Tensor backward_epilogue(const Tensor& dout, const Forward& saved, const Params& p,

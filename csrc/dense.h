@@ -35,6 +35,10 @@ void check(const char* op, const at::Tensor& x, const Params& p);
 
 Forward forward(const at::Tensor& x, const Params& p);
 
+// The epilogue alone, on a linear output z [B, N] computed by the caller
+// (p.weight / p.bias are not used).
+Forward apply_epilogue(const at::Tensor& z, const Params& p);
+
 // dz only (the gradient w.r.t. the linear output), plus the norm parameter grads.
 at::Tensor backward_epilogue(const at::Tensor& dout, const Forward& saved, const Params& p,
                              at::Tensor* d_norm_weight, at::Tensor* d_norm_bias);

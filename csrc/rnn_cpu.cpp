@@ -105,5 +105,43 @@ void ln_gru_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& parts,
   });
 }
 
+void block_gru_forward_cpu(const at::Tensor& parts, const at::Tensor& hx, int64_t blocks,
+                           double update_bias, at::Tensor& hy) {
+  const int64_t B = hx.size(0), D = hx.size(1), Dg = D / blocks;
+  DF_DISPATCH_FLOATS(hx.scalar_type(), "block_gru_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using Cvt = CpuCvt<scalar_t, acc_t>;
+    const scalar_t *pp = parts.const_data_ptr<scalar_t>(), *ph = hx.const_data_ptr<scalar_t>();
+    scalar_t* py = hy.mutable_data_ptr<scalar_t>();
+    const acc_t ub = static_cast<acc_t>(update_bias);
+    at::parallel_for(0, B, row_grain(4 * D), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t j = 0; j < D; ++j)
+          block_gru_forward_element<Cvt, scalar_t, acc_t>(pp, ph, py, ub, b, j, D, Dg);
+    });
+  });
+}
+
+void block_gru_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& parts,
+                            const at::Tensor& hx, int64_t blocks, double update_bias,
+                            at::Tensor& dparts, at::Tensor& dh_direct) {
+  const int64_t B = hx.size(0), D = hx.size(1), Dg = D / blocks;
+  DF_DISPATCH_FLOATS(hx.scalar_type(), "block_gru_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using Cvt = CpuCvt<scalar_t, acc_t>;
+    const scalar_t *pg = grad_hy.const_data_ptr<scalar_t>(),
+                   *pp = parts.const_data_ptr<scalar_t>(), *ph = hx.const_data_ptr<scalar_t>();
+    scalar_t *pdp = dparts.mutable_data_ptr<scalar_t>(),
+             *pdh = dh_direct.mutable_data_ptr<scalar_t>();
+    const acc_t ub = static_cast<acc_t>(update_bias);
+    at::parallel_for(0, B, row_grain(6 * D), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t j = 0; j < D; ++j)
+          block_gru_backward_element<Cvt, scalar_t, acc_t>(pg, pp, ph, pdp, pdh, ub, b, j, D,
+                                                           Dg);
+    });
+  });
+}
+
 }  // namespace rnn
 }  // namespace dreamer_fast

@@ -54,5 +54,26 @@ void ln_gru_backward_cuda(const at::Tensor& grad_hy, const at::Tensor& parts,
                                      hx.size(0), hx.size(1), current_stream()));
 }
 
+void block_gru_forward_cuda(const at::Tensor& parts, const at::Tensor& hx, int64_t blocks,
+                            double update_bias, at::Tensor& hy) {
+  check_launch("block_gru_cell",
+               cuda::block_gru_forward(kernel_dtype("block_gru_cell", hx.scalar_type()),
+                                       parts.const_data_ptr(), hx.const_data_ptr(), update_bias,
+                                       hy.mutable_data_ptr(), hx.size(0), hx.size(1),
+                                       hx.size(1) / blocks, current_stream()));
+}
+
+void block_gru_backward_cuda(const at::Tensor& grad_hy, const at::Tensor& parts,
+                             const at::Tensor& hx, int64_t blocks, double update_bias,
+                             at::Tensor& dparts, at::Tensor& dh_direct) {
+  check_launch("block_gru_cell_backward",
+               cuda::block_gru_backward(kernel_dtype("block_gru_cell_backward", hx.scalar_type()),
+                                        grad_hy.const_data_ptr(), parts.const_data_ptr(),
+                                        hx.const_data_ptr(), update_bias,
+                                        dparts.mutable_data_ptr(), dh_direct.mutable_data_ptr(),
+                                        hx.size(0), hx.size(1), hx.size(1) / blocks,
+                                        current_stream()));
+}
+
 }  // namespace rnn
 }  // namespace dreamer_fast

@@ -28,5 +28,12 @@ cudaError_t ln_gru_backward(Dtype dtype, const void* grad_hy, const void* parts,
                             void* dparts, void* dh_direct, int64_t B, int64_t H,
                             cudaStream_t stream);
 
+cudaError_t block_gru_forward(Dtype dtype, const void* parts, const void* hx, double update_bias,
+                              void* hy, int64_t B, int64_t D, int64_t Dg, cudaStream_t stream);
+cudaError_t block_gru_backward(Dtype dtype, const void* grad_hy, const void* parts,
+                               const void* hx, double update_bias, void* dparts,
+                               void* dh_direct, int64_t B, int64_t D, int64_t Dg,
+                               cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace dreamer_fast

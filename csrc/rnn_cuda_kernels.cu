@@ -68,7 +68,56 @@ __global__ void __launch_bounds__(kThreads) ln_gru_backward_kernel(
       dh_direct + row * H, lanes);
 }
 
+template <typename scalar_t, typename acc_t = typename CudaCvt<scalar_t>::acc_t>
+__global__ void __launch_bounds__(kThreads)
+    block_gru_forward_kernel(const scalar_t* __restrict__ parts, const scalar_t* __restrict__ hx,
+                             acc_t update_bias, scalar_t* __restrict__ hy, int64_t B, int64_t D,
+                             int64_t Dg) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= B * D) return;
+  rnn::block_gru_forward_element<CudaCvt<scalar_t>, scalar_t, acc_t>(parts, hx, hy, update_bias,
+                                                                     i / D, i % D, D, Dg);
+}
+
+template <typename scalar_t, typename acc_t = typename CudaCvt<scalar_t>::acc_t>
+__global__ void __launch_bounds__(kThreads) block_gru_backward_kernel(
+    const scalar_t* __restrict__ grad_hy, const scalar_t* __restrict__ parts,
+    const scalar_t* __restrict__ hx, acc_t update_bias, scalar_t* __restrict__ dparts,
+    scalar_t* __restrict__ dh_direct, int64_t B, int64_t D, int64_t Dg) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= B * D) return;
+  rnn::block_gru_backward_element<CudaCvt<scalar_t>, scalar_t, acc_t>(
+      grad_hy, parts, hx, dparts, dh_direct, update_bias, i / D, i % D, D, Dg);
+}
+
 }  // namespace
+
+cudaError_t block_gru_forward(Dtype dtype, const void* parts, const void* hx, double update_bias,
+                              void* hy, int64_t B, int64_t D, int64_t Dg, cudaStream_t stream) {
+  if (B * D == 0) return cudaSuccess;
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using s = decltype(tag);
+    using acc_t = typename CudaCvt<s>::acc_t;
+    block_gru_forward_kernel<s><<<blocks_for(B * D, kThreads), kThreads, 0, stream>>>(
+        static_cast<const s*>(parts), static_cast<const s*>(hx), static_cast<acc_t>(update_bias),
+        static_cast<s*>(hy), B, D, Dg);
+  });
+}
+
+cudaError_t block_gru_backward(Dtype dtype, const void* grad_hy, const void* parts,
+                               const void* hx, double update_bias, void* dparts,
+                               void* dh_direct, int64_t B, int64_t D, int64_t Dg,
+                               cudaStream_t stream) {
+  if (B * D == 0) return cudaSuccess;
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using s = decltype(tag);
+    using acc_t = typename CudaCvt<s>::acc_t;
+    block_gru_backward_kernel<s><<<blocks_for(B * D, kThreads), kThreads, 0, stream>>>(
+        static_cast<const s*>(grad_hy), static_cast<const s*>(parts), static_cast<const s*>(hx),
+        static_cast<acc_t>(update_bias), static_cast<s*>(dparts), static_cast<s*>(dh_direct), B,
+        D, Dg);
+  });
+}
 
 cudaError_t gru_forward(Dtype dtype, const void* gi, const void* gh, const void* hx, void* hy,
                         void* workspace, int64_t B, int64_t H, cudaStream_t stream) {

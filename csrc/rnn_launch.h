@@ -25,7 +25,20 @@ void ln_gru_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& parts,
                          const at::Tensor& stats, double update_bias, at::Tensor& dy,
                          at::Tensor& dy_xhat, at::Tensor& dparts, at::Tensor& dh_direct);
 
+// hy [B,D] <- parts [B,3D] (block layout, see rnn_math.h), hx [B,D]
+void block_gru_forward_cpu(const at::Tensor& parts, const at::Tensor& hx, int64_t blocks,
+                           double update_bias, at::Tensor& hy);
+// dparts [B,3D], dh_direct [B,D]
+void block_gru_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& parts,
+                            const at::Tensor& hx, int64_t blocks, double update_bias,
+                            at::Tensor& dparts, at::Tensor& dh_direct);
+
 #ifdef DREAMER_FAST_WITH_CUDA
+void block_gru_forward_cuda(const at::Tensor& parts, const at::Tensor& hx, int64_t blocks,
+                            double update_bias, at::Tensor& hy);
+void block_gru_backward_cuda(const at::Tensor& grad_hy, const at::Tensor& parts,
+                             const at::Tensor& hx, int64_t blocks, double update_bias,
+                             at::Tensor& dparts, at::Tensor& dh_direct);
 void gru_forward_cuda(const at::Tensor& gi, const at::Tensor& gh, const at::Tensor& hx,
                       at::Tensor& hy, at::Tensor& workspace);
 void gru_backward_cuda(const at::Tensor& grad_hy, const at::Tensor& workspace,

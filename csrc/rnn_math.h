@@ -202,5 +202,52 @@ DF_HOST_DEVICE void ln_gru_backward_row(
   }
 }
 
+// ---------------------------------------------------------------------------
+// Block GRU gates (DreamerV3 core). `parts` [B, 3D] is the output of the last
+// block-diagonal linear layer: block g (of G, Dg = D / G units each) owns columns
+// [3 Dg g, 3 Dg (g + 1)) = (reset_g, cand_g, update_g). Unit j = g Dg + k:
+//   r = σ(reset),  c = tanh(r ⊙ cand),  u = σ(update + update_bias)   (update_bias = −1)
+//   h' = u ⊙ c + (1 − u) ⊙ h
+// ---------------------------------------------------------------------------
+
+DF_HOST_DEVICE int64_t block_gate_column(int64_t j, int64_t Dg) {
+  return (j / Dg) * 3 * Dg + (j % Dg);  // column of reset_j; cand at +Dg, update at +2 Dg
+}
+
+template <typename Cvt, typename scalar_t, typename acc_t>
+DF_HOST_DEVICE void block_gru_forward_element(const scalar_t* DF_RESTRICT parts,
+                                              const scalar_t* DF_RESTRICT hx,
+                                              scalar_t* DF_RESTRICT hy, acc_t update_bias,
+                                              int64_t b, int64_t j, int64_t D, int64_t Dg) {
+  const int64_t c0 = b * 3 * D + block_gate_column(j, Dg), s = b * D + j;
+  const acc_t r = sigmoid<acc_t>(Cvt::load(parts[c0]));
+  const acc_t c = df_tanh(r * Cvt::load(parts[c0 + Dg]));
+  const acc_t u = sigmoid<acc_t>(Cvt::load(parts[c0 + 2 * Dg]) + update_bias);
+  hy[s] = Cvt::store(u * c + (acc_t(1) - u) * Cvt::load(hx[s]));
+}
+
+// d parts (same block layout) and dh_direct = dh' (1 − u).
+template <typename Cvt, typename scalar_t, typename acc_t>
+DF_HOST_DEVICE void block_gru_backward_element(const scalar_t* DF_RESTRICT grad_hy,
+                                               const scalar_t* DF_RESTRICT parts,
+                                               const scalar_t* DF_RESTRICT hx,
+                                               scalar_t* DF_RESTRICT dparts,
+                                               scalar_t* DF_RESTRICT dh_direct,
+                                               acc_t update_bias, int64_t b, int64_t j,
+                                               int64_t D, int64_t Dg) {
+  const int64_t c0 = b * 3 * D + block_gate_column(j, Dg), s = b * D + j;
+  const acc_t cand = Cvt::load(parts[c0 + Dg]);
+  const acc_t r = sigmoid<acc_t>(Cvt::load(parts[c0]));
+  const acc_t c = df_tanh(r * cand);
+  const acc_t u = sigmoid<acc_t>(Cvt::load(parts[c0 + 2 * Dg]) + update_bias);
+  const acc_t h = Cvt::load(hx[s]);
+  const acc_t d_out = Cvt::load(grad_hy[s]);
+  const acc_t dc_pre = d_out * u * (acc_t(1) - c * c);
+  dparts[c0] = Cvt::store(dc_pre * cand * r * (acc_t(1) - r));
+  dparts[c0 + Dg] = Cvt::store(dc_pre * r);
+  dparts[c0 + 2 * Dg] = Cvt::store(d_out * (c - h) * u * (acc_t(1) - u));
+  dh_direct[s] = Cvt::store(d_out * (acc_t(1) - u));
+}
+
 }  // namespace rnn
 }  // namespace dreamer_fast

@@ -1,5 +1,5 @@
 """Modules built on the fused ops; each takes ``backend='auto'|'fused'|'ref'``."""
 
-from dreamer_fast.nn.cells import GRUCell, LNGRUCell
+from dreamer_fast.nn.cells import BlockGRUCell, GRUCell, LNGRUCell
 
-__all__ = ["GRUCell", "LNGRUCell"]
+__all__ = ["BlockGRUCell", "GRUCell", "LNGRUCell"]

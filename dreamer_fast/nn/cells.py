@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from dreamer_fast.nn._backend import check_backend, use_fused
+from dreamer_fast.ops.block_gru import block_gru_cell, block_gru_cell_ref
 from dreamer_fast.ops.cells import gru_cell, gru_cell_ref, ln_gru_cell, ln_gru_cell_ref
 
 
@@ -61,3 +62,53 @@ class LNGRUCell(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, update_bias={self.update_bias}, "
                 f"eps={self.eps}, backend={self.backend!r}")
+
+
+class BlockGRUCell(nn.Module):
+    """The DreamerV3 block GRU core (see :mod:`dreamer_fast.ops.block_gru` for the
+    equations): ``forward(deter [B, D], stoch [B, S], action [B, A]) -> deter' [B, D]``.
+
+    ``stoch`` is the flattened stochastic state (``stoch * classes`` for categorical
+    latents). Initialisation: PyTorch's Linear default for every weight (block weights
+    use fan-in ``in / blocks``), zero biases, unit RMSNorm scales.
+    """
+
+    def __init__(self, deter: int, stoch: int, action: int, hidden: int, blocks: int = 8,
+                 dynlayers: int = 1, act: str = "silu", eps: float = 1e-4, device=None,
+                 dtype=None, backend: str = "auto") -> None:
+        super().__init__()
+        if deter % blocks:
+            raise ValueError(f"BlockGRUCell: `blocks`={blocks} must divide `deter`={deter}")
+        if dynlayers < 1:
+            raise ValueError(f"BlockGRUCell: `dynlayers` must be >= 1, got {dynlayers}")
+        kw = {"device": device, "dtype": dtype}
+        self.deter, self.blocks, self.act, self.eps = deter, blocks, act, float(eps)
+        self.backend = check_backend(backend)
+        dg = deter // blocks
+        self.in_params = nn.ParameterList()
+        for fan_in in (deter, stoch, action):
+            self.in_params.extend([nn.Parameter(torch.empty(hidden, fan_in, **kw)),
+                                   nn.Parameter(torch.zeros(hidden, **kw)),
+                                   nn.Parameter(torch.ones(hidden, **kw))])
+        self.hidden_params = nn.ParameterList()
+        for layer in range(dynlayers):
+            in_g = dg + 3 * hidden if layer == 0 else dg
+            self.hidden_params.extend([nn.Parameter(torch.empty(blocks, in_g, dg, **kw)),
+                                       nn.Parameter(torch.zeros(deter, **kw)),
+                                       nn.Parameter(torch.ones(deter, **kw))])
+        self.gru_weight = nn.Parameter(torch.empty(blocks, dg, 3 * dg, **kw))
+        self.gru_bias = nn.Parameter(torch.zeros(3 * deter, **kw))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        weights = [self.in_params[i] for i in (0, 3, 6)]
+        weights += [self.hidden_params[i] for i in range(0, len(self.hidden_params), 3)]
+        for w in weights + [self.gru_weight]:
+            bound = 1 / math.sqrt(w.shape[-1] if w.dim() == 2 else w.shape[1])
+            nn.init.uniform_(w, -bound, bound)
+
+    def forward(self, deter: torch.Tensor, stoch: torch.Tensor,
+                action: torch.Tensor) -> torch.Tensor:
+        fn = block_gru_cell if use_fused(self.backend, deter) else block_gru_cell_ref
+        return fn(deter, stoch, action, list(self.in_params), list(self.hidden_params),
+                  self.gru_weight, self.gru_bias, self.blocks, self.act, self.eps)

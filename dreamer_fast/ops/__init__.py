@@ -6,9 +6,11 @@
 | ``reverse_scan(inputs, decay, init, axis)`` | ``R[t] = inputs[t] + decay[t] * R[t+1]`` |
 | ``gru_cell(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)`` | ``torch.nn.GRUCell`` |
 | ``ln_gru_cell(input, hx, weight, norm_weight, norm_bias, update_bias, eps)`` | DreamerV2 LayerNorm GRU |
+| ``block_gru_cell(deter, stoch, action, in_params, hidden_params, gru_weight, gru_bias, blocks, act, eps)`` | DreamerV3 block GRU core |
 | ``linear_norm_act(input, weight, bias, norm_weight, norm_bias, norm, act, eps)`` | ``act(norm(x W^T + b))`` |
 """
 
+from dreamer_fast.ops.block_gru import block_gru_cell, block_gru_cell_ref
 from dreamer_fast.ops.cells import gru_cell, gru_cell_ref, ln_gru_cell, ln_gru_cell_ref
 from dreamer_fast.ops.dense import linear_norm_act, linear_norm_act_ref
 from dreamer_fast.ops.scan import lambda_return, lambda_return_ref, reverse_scan, reverse_scan_ref
@@ -16,5 +18,5 @@ from dreamer_fast.ops.scan import lambda_return, lambda_return_ref, reverse_scan
 __all__ = [
     "lambda_return", "lambda_return_ref", "reverse_scan", "reverse_scan_ref",
     "gru_cell", "gru_cell_ref", "ln_gru_cell", "ln_gru_cell_ref",
-    "linear_norm_act", "linear_norm_act_ref",
+    "linear_norm_act", "linear_norm_act_ref", "block_gru_cell", "block_gru_cell_ref",
 ]
