@@ -1,5 +1,6 @@
 """Modules built on the fused ops; each takes ``backend='auto'|'fused'|'ref'``."""
 
 from dreamer_fast.nn.cells import BlockGRUCell, GRUCell, LNGRUCell
+from dreamer_fast.nn.dense import MLP, Dense
 
-__all__ = ["BlockGRUCell", "GRUCell", "LNGRUCell"]
+__all__ = ["BlockGRUCell", "Dense", "GRUCell", "LNGRUCell", "MLP"]
