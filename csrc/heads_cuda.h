@@ -1,0 +1,43 @@
+// Plain-C++ interface between the torch-side CUDA entry points of the distribution
+// heads (heads_cuda.cpp) and their kernels (heads_cuda_kernels.cu). Only CUDA
+// runtime types cross it, so the .cu file compiles with nvcc alone, without torch
+// headers.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace dreamer_fast {
+namespace cuda {
+namespace heads {
+
+enum class Dtype { kFloat, kDouble, kHalf, kBFloat16 };
+
+// All pointers are device pointers to contiguous arrays of `dtype`; a gradient
+// pointer may be null (that output got no gradient). Each returns
+// cudaGetLastError() after the launch (cudaSuccess when there is nothing to do).
+
+// stats [R, 2S]; noise, sample, mean, std [R, S]. One thread per element.
+cudaError_t gaussian_sample_forward(Dtype dtype, const void* stats, const void* noise,
+                                    void* sample, void* mean, void* std, double min_std,
+                                    int64_t R, int64_t S, cudaStream_t stream);
+// g_sample, g_mean, g_std (nullable), noise, g_noise [R, S]; stats, g_stats [R, 2S].
+cudaError_t gaussian_sample_backward(Dtype dtype, const void* g_sample, const void* g_mean,
+                                     const void* g_std, const void* stats, const void* noise,
+                                     void* g_stats, void* g_noise, double min_std, int64_t R,
+                                     int64_t S, cudaStream_t stream);
+
+// logits, probs, sample [R, K]; uniform [R]. One thread per row for small K, one
+// warp per row otherwise.
+cudaError_t categorical_sample_forward(Dtype dtype, const void* logits, const void* uniform,
+                                       void* probs, void* sample, double unimix, int64_t R,
+                                       int64_t K, cudaStream_t stream);
+// g_sample, g_probs (nullable), logits, g_logits [R, K].
+cudaError_t categorical_sample_backward(Dtype dtype, const void* g_sample, const void* g_probs,
+                                        const void* logits, void* g_logits, double unimix,
+                                        int64_t R, int64_t K, cudaStream_t stream);
+
+}  // namespace heads
+}  // namespace cuda
+}  // namespace dreamer_fast
