@@ -2,5 +2,6 @@
 
 from dreamer_fast.nn.cells import BlockGRUCell, GRUCell, LNGRUCell
 from dreamer_fast.nn.dense import MLP, Dense
+from dreamer_fast.nn.rssm import RSSM
 
-__all__ = ["BlockGRUCell", "Dense", "GRUCell", "LNGRUCell", "MLP"]
+__all__ = ["BlockGRUCell", "Dense", "GRUCell", "LNGRUCell", "MLP", "RSSM"]
