@@ -3,6 +3,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#include "cpu_common.h"
 #include "dense.h"
 #include "layer_math.h"
 
@@ -10,19 +11,9 @@ namespace dreamer_fast {
 namespace dense {
 namespace {
 
-template <typename scalar_t, typename acc_t>
-struct CpuCvt {
-  static inline acc_t load(scalar_t x) { return static_cast<acc_t>(x); }
-  static inline scalar_t store(acc_t x) { return static_cast<scalar_t>(x); }
-};
-
 template <typename scalar_t>
 const scalar_t* ptr_or_null(const std::optional<at::Tensor>& t) {
   return t ? t->const_data_ptr<scalar_t>() : nullptr;
-}
-
-inline int64_t row_grain(int64_t cols) {
-  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, cols));
 }
 
 }  // namespace
@@ -30,7 +21,7 @@ inline int64_t row_grain(int64_t cols) {
 void epilogue_forward_cpu(const at::Tensor& z, const Params& p, at::Tensor& out,
                           at::Tensor& stats) {
   const int64_t B = z.size(0), N = z.size(1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "dense_fwd_cpu", [&] {
+  DF_DISPATCH_FLOATS(z.scalar_type(), "dense_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using Cvt = CpuCvt<scalar_t, acc_t>;
     const auto nw = p.norm_weight ? std::optional<at::Tensor>(p.norm_weight->contiguous())
@@ -54,7 +45,7 @@ void epilogue_backward_cpu(const at::Tensor& dout, const at::Tensor& z, const at
                            const Params& p, at::Tensor* dy, at::Tensor* dy_xhat,
                            at::Tensor& dz) {
   const int64_t B = z.size(0), N = z.size(1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "dense_bwd_cpu", [&] {
+  DF_DISPATCH_FLOATS(z.scalar_type(), "dense_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using Cvt = CpuCvt<scalar_t, acc_t>;
     const auto nw = p.norm_weight ? std::optional<at::Tensor>(p.norm_weight->contiguous())

@@ -13,17 +13,13 @@
 #include <optional>
 #include <vector>
 
+#include "cpu_common.h"
 #include "heads_checks.h"
 #include "heads_math.h"
 
 namespace dreamer_fast {
 namespace {
 
-template <typename scalar_t, typename acc_t>
-struct HeadsCpuCvt {
-  static inline acc_t load(scalar_t x) { return static_cast<acc_t>(x); }
-  static inline scalar_t store(acc_t x) { return static_cast<scalar_t>(x); }
-};
 
 #define DF_HEADS_DISPATCH_FLOATS(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
@@ -58,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_sample_cpu(const at::Ten
   auto std_ = at::empty_like(nz, at::MemoryFormat::Contiguous);
   DF_HEADS_DISPATCH_FLOATS(st.scalar_type(), "gaussian_sample_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    using Cvt = HeadsCpuCvt<scalar_t, acc_t>;
+    using Cvt = CpuCvt<scalar_t, acc_t>;
     const scalar_t *ps = st.const_data_ptr<scalar_t>(), *pn = nz.const_data_ptr<scalar_t>();
     scalar_t *po = sample.mutable_data_ptr<scalar_t>(), *pm = mean.mutable_data_ptr<scalar_t>(),
              *pd = std_.mutable_data_ptr<scalar_t>();
@@ -90,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_sample_backward_cpu(
   auto g_noise = at::empty_like(nz, at::MemoryFormat::Contiguous);
   DF_HEADS_DISPATCH_FLOATS(st.scalar_type(), "gaussian_sample_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    using Cvt = HeadsCpuCvt<scalar_t, acc_t>;
+    using Cvt = CpuCvt<scalar_t, acc_t>;
     const scalar_t *ps = st.const_data_ptr<scalar_t>(), *pn = nz.const_data_ptr<scalar_t>();
     const scalar_t *pgs = optional_ptr<scalar_t>(gs), *pgm = optional_ptr<scalar_t>(gm),
                    *pgd = optional_ptr<scalar_t>(gd);
@@ -123,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor> categorical_sample_cpu(const at::Tensor& logi
   auto probs = at::empty_like(lg, at::MemoryFormat::Contiguous);
   DF_HEADS_DISPATCH_FLOATS(lg.scalar_type(), "categorical_sample_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    using Cvt = HeadsCpuCvt<scalar_t, acc_t>;
+    using Cvt = CpuCvt<scalar_t, acc_t>;
     const scalar_t *pl = lg.const_data_ptr<scalar_t>(), *pu = un.const_data_ptr<scalar_t>();
     scalar_t *ps = sample.mutable_data_ptr<scalar_t>(), *pp = probs.mutable_data_ptr<scalar_t>();
     const acc_t keep = static_cast<acc_t>(1.0 - unimix);
@@ -152,7 +148,7 @@ at::Tensor categorical_sample_backward_cpu(const std::optional<at::Tensor>& grad
   auto g_logits = at::empty_like(lg, at::MemoryFormat::Contiguous);
   DF_HEADS_DISPATCH_FLOATS(lg.scalar_type(), "categorical_sample_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    using Cvt = HeadsCpuCvt<scalar_t, acc_t>;
+    using Cvt = CpuCvt<scalar_t, acc_t>;
     const scalar_t* pl = lg.const_data_ptr<scalar_t>();
     const scalar_t *pgs = optional_ptr<scalar_t>(gs), *pgp = optional_ptr<scalar_t>(gp);
     scalar_t* pg = g_logits.mutable_data_ptr<scalar_t>();

@@ -11,14 +11,11 @@
 //   stay in registers (kChunks = ceil(K / 32) of them); larger K re-reads the row,
 //   which is L1/L2-resident.
 // Half and bfloat16 are loaded/stored in storage type and computed in float.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda_common.cuh"  // CudaCvt
 #include "heads_cuda.h"
 #include "heads_math.h"
 
@@ -33,35 +30,6 @@ constexpr int kWarpsPerBlock = kThreads / kWarp;
 constexpr unsigned kFullMask = 0xffffffffu;
 // Rows with at most this many classes get one thread each.
 constexpr int kThreadRowMaxK = 8;
-
-template <typename scalar_t>
-struct CudaCvt;
-template <>
-struct CudaCvt<float> {
-  using acc_t = float;
-  static __device__ __forceinline__ float load(float x) { return x; }
-  static __device__ __forceinline__ float store(float x) { return x; }
-};
-template <>
-struct CudaCvt<double> {
-  using acc_t = double;
-  static __device__ __forceinline__ double load(double x) { return x; }
-  static __device__ __forceinline__ double store(double x) { return x; }
-};
-template <>
-struct CudaCvt<__half> {
-  using acc_t = float;
-  static __device__ __forceinline__ float load(__half x) { return __half2float(x); }
-  static __device__ __forceinline__ __half store(float x) { return __float2half_rn(x); }
-};
-template <>
-struct CudaCvt<__nv_bfloat16> {
-  using acc_t = float;
-  static __device__ __forceinline__ float load(__nv_bfloat16 x) { return __bfloat162float(x); }
-  static __device__ __forceinline__ __nv_bfloat16 store(float x) {
-    return __float2bfloat16_rn(x);
-  }
-};
 
 template <typename scalar_t>
 using acc_of = typename CudaCvt<scalar_t>::acc_t;

@@ -3,26 +3,12 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#include "cpu_common.h"
 #include "rnn_launch.h"
 #include "rnn_math.h"
 
 namespace dreamer_fast {
 namespace rnn {
-namespace {
-
-template <typename scalar_t, typename acc_t>
-struct CpuCvt {
-  static inline acc_t load(scalar_t x) { return static_cast<acc_t>(x); }
-  static inline scalar_t store(acc_t x) { return static_cast<scalar_t>(x); }
-};
-
-// Rows per task so that a task has ~16k elements of work.
-inline int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, cols)); }
-
-#define DF_DISPATCH_FLOATS(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
-
-}  // namespace
 
 void gru_forward_cpu(const at::Tensor& gi, const at::Tensor& gh, const at::Tensor& hx,
                      at::Tensor& hy, at::Tensor& workspace) {

@@ -1,10 +1,11 @@
-// CPU launchers of the scan ops: tiles of 64 columns, parallel over tiles with
+// CPU launchers of the scan ops: tiles of 256 columns, parallel over tiles with
 // at::parallel_for; the recurrences themselves come from scan_math.h.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu_common.h"
 #include "scan_checks.h"
 #include "scan_math.h"
 
@@ -12,12 +13,6 @@ namespace dreamer_fast {
 namespace {
 
 constexpr int kTile = 256;
-
-template <typename scalar_t, typename acc_t>
-struct CpuCvt {
-  static inline acc_t load(scalar_t x) { return static_cast<acc_t>(x); }
-  static inline scalar_t store(acc_t x) { return static_cast<scalar_t>(x); }
-};
 
 // Calls fn(n0, width) for every tile of columns, in parallel when the work is big
 // enough to pay for waking the thread pool (~32k element-steps per task).
@@ -33,8 +28,6 @@ void for_each_tile(int64_t T, int64_t N, const Fn& fn) {
   });
 }
 
-#define DF_DISPATCH_FLOATS(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 at::Tensor reverse_scan_cpu(const at::Tensor& inputs, const at::Tensor& decay,
                             const at::Tensor& init) {
