@@ -112,12 +112,15 @@ class RSSM(nn.Module):
     def _stats_to_state(self, stats: torch.Tensor, deter: torch.Tensor,
                         noise: torch.Tensor | None) -> State:
         fused = use_fused(self.backend, stats)
-        if noise is None:
+        drawn_here = noise is None
+        if drawn_here:
             noise = self.draw_noise(*stats.shape[:-1], like=stats)
         if self.classes:
             logit = stats.reshape(*stats.shape[:-1], self.stoch, self.classes)
             fn = categorical_sample if fused else categorical_sample_ref
-            sample, _ = fn(logit, noise, self.unimix)
+            # torch.rand is in [0, 1) by construction: skip the range check (a device
+            # sync on CUDA) for noise drawn here; check what the caller passed.
+            sample, _ = fn(logit, noise, self.unimix, check_range=not drawn_here)
             return {"deter": deter, "stoch": sample, "logit": logit}
         fn = gaussian_sample if fused else gaussian_sample_ref
         sample, mean, std = fn(stats, noise, self.min_std)
