@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-compile", action="store_true",
                    help="skip the torch.compile(reference) column (compiling is slow on CPU)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per row")
+    p.add_argument("--suite", default="scan",
+                   help="comma-separated: scan (λ-return), rssm (image step per cell at "
+                        "B=1024, observe B16xT64); default scan")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for the Markdown table (default benchmarks/results for a full "
                         "run, nothing for --quick)")
@@ -54,28 +57,27 @@ def run(args: argparse.Namespace) -> int:
     if args.repeats is not None and args.repeats < 1:
         raise SystemExit("dreamer-fast bench: --repeats must be >= 1")
     repeats = args.repeats or (10 if args.quick else 30)
-    sizes = scan_cases.QUICK_SIZES if args.quick else scan_cases.FULL_SIZES
     torch._dynamo.config.recompile_limit = 64  # one compiled graph per shape and mode
 
-    impls = scan_cases.implementations(with_compile=not args.no_compile)
+    suites = [x.strip() for x in args.suite.split(",") if x.strip()]
+    unknown = set(suites) - {"scan", "rssm"}
+    if unknown:
+        raise SystemExit(f"dreamer-fast bench: unknown --suite {sorted(unknown)}; "
+                         "expected scan and/or rssm")
     dev_name = device_name(device)
     print(f"# dreamer-fast bench on {dev_name}, {args.dtype}", flush=True)
-    rows: list[Row] = []
-    for T, B in sizes:
-        inputs = scan_cases.ScanInputs.make(T, B, device, dtype)
-        for mode in scan_cases.MODES:
-            cands = {name: scan_cases.make_candidates(fn, inputs, mode)
-                     for name, fn in impls.items()}
-            timings = interleaved(cands, device, warmup=3, repeats=repeats, min_time_s=0.2)
-            row = Row(f"lambda_return T={T} B={B}", mode,
-                      {name: t.median_us for name, t in timings.items()})
-            rows.append(row)
-            print(markdown_table([row]).splitlines()[-1], flush=True)
+    sections = []
+    if "scan" in suites:
+        rows = _run_scan(args, device, dtype, repeats)
+        sections.append((f"λ-return ({args.dtype})", rows))
+    if "rssm" in suites:
+        rows = _run_rssm(args, device, dtype, max(3, repeats // 3))
+        sections.append((f"RSSM, fused vs reference backend ({args.dtype})", rows))
 
     command = "dreamer-fast bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"]
                                                 else [])
-    text = (f"## λ-return ({args.dtype})\n\n{provenance(dev_name, command.strip())}\n\n"
-            f"{markdown_table(rows)}\n")
+    text = "\n".join(f"## {title}\n\n{provenance(dev_name, command.strip())}\n\n"
+                     f"{markdown_table(rows)}\n" for title, rows in sections)
     print()
     print(text)
     out_dir = args.out if args.out is not None else (None if args.quick
@@ -83,7 +85,44 @@ def run(args: argparse.Namespace) -> int:
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         slug = re.sub(r"[^a-z0-9]+", "-", dev_name.lower()).strip("-")[:40]
-        path = out_dir / f"{slug}-{_dt.date.today().isoformat()}-scan.md"
+        path = out_dir / f"{slug}-{_dt.date.today().isoformat()}-{'-'.join(suites)}.md"
         path.write_text(text)
         print(f"wrote {path}")
     return 0
+
+
+def _measure(cands, device, repeats, case, mode, rows):
+    timings = interleaved(cands, device, warmup=2, repeats=repeats, min_time_s=0.2)
+    row = Row(case, mode, {name: t.median_us for name, t in timings.items()})
+    rows.append(row)
+    print(markdown_table([row]).splitlines()[-1], flush=True)
+
+
+def _run_scan(args, device, dtype, repeats) -> list[Row]:
+    impls = scan_cases.implementations(with_compile=not args.no_compile)
+    rows: list[Row] = []
+    for T, B in sizes:
+        inputs = scan_cases.ScanInputs.make(T, B, device, dtype)
+        for mode in scan_cases.MODES:
+            cands = {name: scan_cases.make_candidates(fn, inputs, mode)
+                     for name, fn in impls.items()}
+            _measure(cands, device, repeats, f"lambda_return T={T} B={B}", mode, rows)
+    return rows
+
+
+def _run_rssm(args, device, dtype, repeats) -> list[Row]:
+    from dreamer_fast.bench import rssm_cases
+
+    rows: list[Row] = []
+    cells = ("ln_gru",) if args.quick else ("gru", "ln_gru", "block_gru")
+    for cell in cells:
+        pair = rssm_cases.make_pair(cell, device, dtype)
+        for mode in rssm_cases.MODES:
+            cands = {n: rssm_cases.image_step_case(m, 1024, mode) for n, m in pair.items()}
+            _measure(cands, device, repeats, f"img_step {cell} B=1024 deter512", mode, rows)
+    pair = rssm_cases.make_pair("ln_gru", device, dtype)
+    for mode in rssm_cases.MODES:
+        cands = {n: rssm_cases.observe_case(m, 16, 64, mode) for n, m in pair.items()}
+        _measure(cands, device, max(3, repeats // 2), "observe ln_gru B16xT64 deter512",
+                 mode, rows)
+    return rows
