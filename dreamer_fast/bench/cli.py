@@ -100,6 +100,7 @@ def _measure(cands, device, repeats, case, mode, rows):
 
 def _run_scan(args, device, dtype, repeats) -> list[Row]:
     impls = scan_cases.implementations(with_compile=not args.no_compile)
+    sizes = scan_cases.QUICK_SIZES if args.quick else scan_cases.FULL_SIZES
     rows: list[Row] = []
     for T, B in sizes:
         inputs = scan_cases.ScanInputs.make(T, B, device, dtype)
