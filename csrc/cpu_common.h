@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cpu_vector_math.h"  // before any shared math header
+
 namespace dreamer_fast {
 
 // Storage <-> accumulation conversions for the shared math headers (the CPU twin of

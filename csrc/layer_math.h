@@ -102,13 +102,32 @@ DF_HOST_DEVICE acc_t norm_apply(acc_t z, int norm, acc_t mean, acc_t rstd,
   return y;
 }
 
+// Calls fn(std::integral_constant-like tag) with the activation as a compile-time
+// constant, so the per-element loops carry no switch (and vectorise on the CPU).
+template <int A>
+struct ActTag {
+  static constexpr int value = A;
+};
+template <typename Fn>
+DF_HOST_DEVICE void with_act(int act, const Fn& fn) {
+  switch (act) {
+    case kSilu: fn(ActTag<kSilu>{}); break;
+    case kElu: fn(ActTag<kElu>{}); break;
+    case kTanh: fn(ActTag<kTanh>{}); break;
+    case kGelu: fn(ActTag<kGelu>{}); break;
+    case kSigmoid: fn(ActTag<kSigmoid>{}); break;
+    default: fn(ActTag<kIdentity>{}); break;
+  }
+}
+
 // Forward of one row: out[k] = act(norm(z[k])); stats = (mean, rstd).
-template <typename Cvt, typename Lanes, typename scalar_t, typename acc_t>
-DF_HOST_DEVICE void norm_act_forward_row(const scalar_t* DF_RESTRICT z,
-                                         const scalar_t* DF_RESTRICT w,
-                                         const scalar_t* DF_RESTRICT b, int64_t N, int norm,
-                                         int act, acc_t eps, scalar_t* DF_RESTRICT out,
-                                         acc_t* DF_RESTRICT stats, const Lanes& lanes) {
+template <int ACT, typename Cvt, typename Lanes, typename scalar_t, typename acc_t>
+DF_HOST_DEVICE void norm_act_forward_row_t(const scalar_t* DF_RESTRICT z,
+                                           const scalar_t* DF_RESTRICT w,
+                                           const scalar_t* DF_RESTRICT b, int64_t N, int norm,
+                                           acc_t eps, scalar_t* DF_RESTRICT out,
+                                           acc_t* DF_RESTRICT stats, const Lanes& lanes) {
+  constexpr int act = ACT;
   acc_t mean, rstd;
   norm_stats_row<Cvt>(z, N, norm, eps, &mean, &rstd, lanes);
   for (int64_t k = lanes.lane; k < N; k += lanes.count) {
@@ -121,21 +140,32 @@ DF_HOST_DEVICE void norm_act_forward_row(const scalar_t* DF_RESTRICT z,
   }
 }
 
+template <typename Cvt, typename Lanes, typename scalar_t, typename acc_t>
+DF_HOST_DEVICE void norm_act_forward_row(const scalar_t* DF_RESTRICT z,
+                                         const scalar_t* DF_RESTRICT w,
+                                         const scalar_t* DF_RESTRICT b, int64_t N, int norm,
+                                         int act, acc_t eps, scalar_t* DF_RESTRICT out,
+                                         acc_t* DF_RESTRICT stats, const Lanes& lanes) {
+  with_act(act, [&](auto tag) {
+    norm_act_forward_row_t<decltype(tag)::value, Cvt>(z, w, b, N, norm, eps, out, stats, lanes);
+  });
+}
+
 // Backward of one row. Given d out, writes
 //   dy [N] (acc_t)       dL/dy (y = norm output)   -> d b = Σ_rows dy   (kLayer)
 //   dy_xhat [N] (acc_t)  dy ⊙ x̂                    -> d w = Σ_rows dy ⊙ x̂
 //   dz [N]               kNone: dy;  kRms: rstd (ĝ − x̂ mean(ĝ x̂));
 //                        kLayer: rstd (ĝ − mean(ĝ) − x̂ mean(ĝ x̂)),  ĝ = dy ⊙ w
 // dy / dy_xhat may be null when no norm parameter needs a gradient.
-template <typename Cvt, typename Lanes, typename scalar_t, typename acc_t>
-DF_HOST_DEVICE void norm_act_backward_row(const scalar_t* DF_RESTRICT dout,
-                                          const scalar_t* DF_RESTRICT z,
-                                          const scalar_t* DF_RESTRICT w,
-                                          const scalar_t* DF_RESTRICT b,
-                                          const acc_t* DF_RESTRICT stats, int64_t N, int norm,
-                                          int act, acc_t* DF_RESTRICT dy,
-                                          acc_t* DF_RESTRICT dy_xhat,
-                                          scalar_t* DF_RESTRICT dz, const Lanes& lanes) {
+template <int ACT, typename Cvt, typename Lanes, typename scalar_t, typename acc_t>
+DF_HOST_DEVICE void norm_act_backward_row_t(const scalar_t* DF_RESTRICT dout,
+                                            const scalar_t* DF_RESTRICT z,
+                                            const scalar_t* DF_RESTRICT w,
+                                            const scalar_t* DF_RESTRICT b,
+                                            const acc_t* DF_RESTRICT stats, int64_t N, int norm,
+                                            acc_t* DF_RESTRICT dy, acc_t* DF_RESTRICT dy_xhat,
+                                            scalar_t* DF_RESTRICT dz, const Lanes& lanes) {
+  constexpr int act = ACT;
   const acc_t mean = stats[0], rstd = stats[1];
   if (norm == kNone) {
     for (int64_t k = lanes.lane; k < N; k += lanes.count) {
@@ -167,6 +197,21 @@ DF_HOST_DEVICE void norm_act_backward_row(const scalar_t* DF_RESTRICT dout,
     const acc_t g = Cvt::load(dout[k]) * act_derivative<acc_t>(act, y) * wk;
     dz[k] = Cvt::store(rstd * (g - mean_g - xhat * mean_gx));
   }
+}
+
+template <typename Cvt, typename Lanes, typename scalar_t, typename acc_t>
+DF_HOST_DEVICE void norm_act_backward_row(const scalar_t* DF_RESTRICT dout,
+                                          const scalar_t* DF_RESTRICT z,
+                                          const scalar_t* DF_RESTRICT w,
+                                          const scalar_t* DF_RESTRICT b,
+                                          const acc_t* DF_RESTRICT stats, int64_t N, int norm,
+                                          int act, acc_t* DF_RESTRICT dy,
+                                          acc_t* DF_RESTRICT dy_xhat,
+                                          scalar_t* DF_RESTRICT dz, const Lanes& lanes) {
+  with_act(act, [&](auto tag) {
+    norm_act_backward_row_t<decltype(tag)::value, Cvt>(dout, z, w, b, stats, N, norm, dy,
+                                                       dy_xhat, dz, lanes);
+  });
 }
 
 }  // namespace layer

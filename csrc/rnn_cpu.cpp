@@ -21,8 +21,7 @@ void gru_forward_cpu(const at::Tensor& gi, const at::Tensor& gh, const at::Tenso
     scalar_t *py = hy.mutable_data_ptr<scalar_t>(), *pw = workspace.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, B, row_grain(4 * H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
-        for (int64_t j = 0; j < H; ++j)
-          gru_forward_element<Cvt, scalar_t, acc_t>(pgi, pgh, ph, py, pw, b, j, H);
+        gru_forward_row<Cvt, scalar_t, acc_t>(pgi, pgh, ph, py, pw, b, H);
     });
   });
 }
@@ -40,8 +39,7 @@ void gru_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& workspace,
              *pdh = dh_direct.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, B, row_grain(7 * H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
-        for (int64_t j = 0; j < H; ++j)
-          gru_backward_element<Cvt, scalar_t, acc_t>(pg, pw, ph, pdgi, pdgh, pdh, b, j, H);
+        gru_backward_row<Cvt, scalar_t, acc_t>(pg, pw, ph, pdgi, pdgh, pdh, b, H);
     });
   });
 }
@@ -102,8 +100,7 @@ void block_gru_forward_cpu(const at::Tensor& parts, const at::Tensor& hx, int64_
     const acc_t ub = static_cast<acc_t>(update_bias);
     at::parallel_for(0, B, row_grain(4 * D), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
-        for (int64_t j = 0; j < D; ++j)
-          block_gru_forward_element<Cvt, scalar_t, acc_t>(pp, ph, py, ub, b, j, D, Dg);
+        block_gru_forward_row<Cvt, scalar_t, acc_t>(pp, ph, py, ub, b, D, Dg);
     });
   });
 }
@@ -122,9 +119,7 @@ void block_gru_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& parts,
     const acc_t ub = static_cast<acc_t>(update_bias);
     at::parallel_for(0, B, row_grain(6 * D), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
-        for (int64_t j = 0; j < D; ++j)
-          block_gru_backward_element<Cvt, scalar_t, acc_t>(pg, pp, ph, pdp, pdh, ub, b, j, D,
-                                                           Dg);
+        block_gru_backward_row<Cvt, scalar_t, acc_t>(pg, pp, ph, pdp, pdh, ub, b, D, Dg);
     });
   });
 }
