@@ -66,9 +66,9 @@ inline cudaError_t dispatch_dtype(Dtype dtype, const Fn& fn) {
   return cudaGetLastError();
 }
 
-inline unsigned blocks_for(int64_t n, int threads) {
-  return static_cast<unsigned>((n + threads - 1) / threads);
-}
+// Blocks of `per_block` work items needed for `n` items (callers that may exceed the
+// grid limit check the result before launching).
+inline int64_t blocks_for(int64_t n, int64_t per_block) { return (n + per_block - 1) / per_block; }
 
 }  // namespace cuda
 }  // namespace dreamer_fast

@@ -8,11 +8,13 @@
 
 #include <cstdint>
 
+#include "scan_cuda.h"  // cuda::Dtype
+
 namespace dreamer_fast {
 namespace cuda {
 namespace heads {
 
-enum class Dtype { kFloat, kDouble, kHalf, kBFloat16 };
+using ::dreamer_fast::cuda::Dtype;
 
 // All pointers are device pointers to contiguous arrays of `dtype`; a gradient
 // pointer may be null (that output got no gradient). Each returns

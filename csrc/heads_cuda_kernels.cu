@@ -278,23 +278,6 @@ __global__ void __launch_bounds__(kThreads) categorical_backward_warp_kernel(
 
 constexpr int64_t kMaxBlocks = 0x7fffffff;
 
-inline int64_t blocks_for(int64_t work, int64_t per_block) {
-  return (work + per_block - 1) / per_block;
-}
-
-// Calls fn(scalar_t{}) with the C++ type matching `dtype`.
-template <typename Fn>
-cudaError_t dispatch(Dtype dtype, const Fn& fn) {
-  switch (dtype) {
-    case Dtype::kFloat: fn(float{}); break;
-    case Dtype::kDouble: fn(double{}); break;
-    case Dtype::kHalf: fn(__half{}); break;
-    case Dtype::kBFloat16: fn(__nv_bfloat16{}); break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
-}
-
 // Calls fn(std::integral_constant<int, kChunks>) for the warp kernel that fits K.
 template <typename Fn>
 void dispatch_chunks(int64_t K, const Fn& fn) {
@@ -321,7 +304,7 @@ cudaError_t gaussian_sample_forward(Dtype dtype, const void* stats, const void* 
   const int64_t blocks = blocks_for(total, kThreads);
   if (blocks > kMaxBlocks) return cudaErrorInvalidConfiguration;
   const bool narrow = total + kThreads <= static_cast<int64_t>(UINT32_MAX);
-  return dispatch(dtype, [&](auto tag) {
+  return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     using acc_t = acc_of<s>;
     const auto launch = [&](auto index_tag) {
@@ -348,7 +331,7 @@ cudaError_t gaussian_sample_backward(Dtype dtype, const void* g_sample, const vo
   const int64_t blocks = blocks_for(total, kThreads);
   if (blocks > kMaxBlocks) return cudaErrorInvalidConfiguration;
   const bool narrow = total + kThreads <= static_cast<int64_t>(UINT32_MAX);
-  return dispatch(dtype, [&](auto tag) {
+  return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     using acc_t = acc_of<s>;
     const auto launch = [&](auto index_tag) {
@@ -376,7 +359,7 @@ cudaError_t categorical_sample_forward(Dtype dtype, const void* logits, const vo
   const int64_t blocks = blocks_for(R, per_thread ? kThreads : kWarpsPerBlock);
   if (blocks > kMaxBlocks) return cudaErrorInvalidConfiguration;
   const int k = static_cast<int>(K);
-  return dispatch(dtype, [&](auto tag) {
+  return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     using acc_t = acc_of<s>;
     const acc_t keep = static_cast<acc_t>(1.0 - unimix);
@@ -407,7 +390,7 @@ cudaError_t categorical_sample_backward(Dtype dtype, const void* g_sample, const
   const int64_t blocks = blocks_for(R, per_thread ? kThreads : kWarpsPerBlock);
   if (blocks > kMaxBlocks) return cudaErrorInvalidConfiguration;
   const int k = static_cast<int>(K);
-  return dispatch(dtype, [&](auto tag) {
+  return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     using acc_t = acc_of<s>;
     const acc_t keep = static_cast<acc_t>(1.0 - unimix);

@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(kThreads) lambda_return_backward_kernel(
       n, 1);
 }
 
-inline dim3 grid_for(int64_t N) { return dim3(blocks_for(N, kThreads)); }
+inline dim3 grid_for(int64_t N) { return dim3(static_cast<unsigned>(blocks_for(N, kThreads))); }
 
 }  // namespace
 

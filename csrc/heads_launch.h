@@ -1,0 +1,46 @@
+// Launchers of the distribution-head kernels, one per device (heads_cpu.cpp,
+// heads_cuda.cpp); the ops themselves (checks, allocation) are in heads_ops.cpp.
+// All tensors are contiguous; a gradient may be undefined (that output got none).
+//   Gaussian:    stats [R, 2S]; noise, sample, mean, std [R, S]
+//   Categorical: logits, probs, sample [R, K]; uniform [R]
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <utility>
+
+namespace dreamer_fast {
+namespace heads {
+
+// (rows, row length) of a contiguous [..., N] tensor.
+inline std::pair<int64_t, int64_t> rows_of(const at::Tensor& t) {
+  const int64_t n = t.size(-1);
+  return {n == 0 ? 0 : t.numel() / n, n};
+}
+
+void gaussian_forward_cpu(const at::Tensor& stats, const at::Tensor& noise, double min_std,
+                          at::Tensor& sample, at::Tensor& mean, at::Tensor& std_);
+void gaussian_backward_cpu(const at::Tensor& g_sample, const at::Tensor& g_mean,
+                           const at::Tensor& g_std, const at::Tensor& stats,
+                           const at::Tensor& noise, double min_std, at::Tensor& g_stats,
+                           at::Tensor& g_noise);
+void categorical_forward_cpu(const at::Tensor& logits, const at::Tensor& uniform, double unimix,
+                             at::Tensor& probs, at::Tensor& sample);
+void categorical_backward_cpu(const at::Tensor& g_sample, const at::Tensor& g_probs,
+                              const at::Tensor& logits, double unimix, at::Tensor& g_logits);
+
+#ifdef DREAMER_FAST_WITH_CUDA
+void gaussian_forward_cuda(const at::Tensor& stats, const at::Tensor& noise, double min_std,
+                           at::Tensor& sample, at::Tensor& mean, at::Tensor& std_);
+void gaussian_backward_cuda(const at::Tensor& g_sample, const at::Tensor& g_mean,
+                            const at::Tensor& g_std, const at::Tensor& stats,
+                            const at::Tensor& noise, double min_std, at::Tensor& g_stats,
+                            at::Tensor& g_noise);
+void categorical_forward_cuda(const at::Tensor& logits, const at::Tensor& uniform,
+                              double unimix, at::Tensor& probs, at::Tensor& sample);
+void categorical_backward_cuda(const at::Tensor& g_sample, const at::Tensor& g_probs,
+                               const at::Tensor& logits, double unimix, at::Tensor& g_logits);
+#endif
+
+}  // namespace heads
+}  // namespace dreamer_fast
