@@ -145,8 +145,9 @@ class RSSM(nn.Module):
         """Posterior step. Resets ``state``/``action`` where ``is_first [B]`` (bool), then
         returns ``(post, prior)``. ``noise = (prior_noise, post_noise)``, each ``[B, S]``."""
         keep = (~is_first.bool()).to(action.dtype)
-        init = self.initial(action.shape[0])
-        state = {k: v * _rpad(keep, v) + init[k] * (1 - _rpad(keep, v)) for k, v in state.items()}
+        # Blend towards initial() without allocating it: every initial entry is zero except
+        # a Gaussian std of one.
+        state = {k: _reset(v, keep, 1.0 if k == "std" else 0.0) for k, v in state.items()}
         action = action * keep.unsqueeze(-1)
         prior_noise, post_noise = noise if noise is not None else (None, None)
         prior = self.img_step(state, action, prior_noise)
@@ -223,6 +224,12 @@ def _unimix_log_probs(logit: torch.Tensor, unimix: float) -> torch.Tensor:
 
 def _rpad(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.reshape(*x.shape, *([1] * (like.dim() - x.dim())))
+
+
+def _reset(v: torch.Tensor, keep: torch.Tensor, initial: float) -> torch.Tensor:
+    """``v`` where ``keep`` is 1, the constant ``initial`` where it is 0."""
+    keep = _rpad(keep, v)
+    return v * keep if initial == 0.0 else v * keep + initial * (1 - keep)
 
 
 def _detach(state: State) -> State:
