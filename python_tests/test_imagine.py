@@ -1,0 +1,109 @@
+"""Tests of the imagination rollout (dreamer_fast.ops.imagine / imagine_ref): shapes,
+the step equations, both gradient modes, and bad arguments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dreamer_fast.nn import RSSM, Actor
+from dreamer_fast.ops import draw_imagine_noise, imagine_ref
+
+RSSMS = {
+    "v1-gru-gauss": dict(cell="gru", classes=None, norm="none", act="elu"),
+    "v2-lngru-cat": dict(cell="ln_gru", classes=4, norm="layer", act="elu"),
+    "v3-block-cat": dict(cell="block_gru", classes=4, norm="rms", act="silu", blocks=4),
+}
+HEADS = ("tanh_normal", "bounded_normal", "categorical")
+
+
+def _models(cfg, head, backend="ref", dtype=torch.float64):
+    torch.manual_seed(0)
+    rssm = RSSM(stoch=5, deter=16, hidden=12, action_size=3, embed_size=7, dtype=dtype,
+                backend=backend, **RSSMS[cfg])
+    actor = Actor(rssm.feat_size, 3, head=head, units=10, layers=2, dtype=dtype, backend=backend)
+    return rssm, actor
+
+
+def _start(rssm, n, dtype=torch.float64):
+    g = torch.Generator().manual_seed(n)
+    state = rssm.initial(n)
+    state = {k: v + 0.3 * torch.randn(v.shape, generator=g, dtype=dtype) for k, v in
+             state.items()}
+    if "std" in state:
+        state["std"] = state["std"].abs() + 0.1
+    return state
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("cfg", list(RSSMS))
+def test_ref_rollout_follows_the_step_equations(cfg, head):
+    rssm, actor = _models(cfg, head)
+    start = _start(rssm, 6)
+    noise = draw_imagine_noise(rssm, actor, 6, 4, like=start["deter"])
+    traj = imagine_ref(rssm, actor, start, 4, noise=noise)
+    F, A = rssm.feat_size, 3
+    assert traj["feat"].shape == (6, 5, F) and traj["action"].shape == (6, 4, A)
+    for k in start:
+        torch.testing.assert_close(traj[k][:, 0], start[k])
+    # recompute each step by hand from the returned states
+    for t in range(4):
+        state = {k: traj[k][:, t] for k in start}
+        feat = rssm.get_feat(state)
+        torch.testing.assert_close(traj["feat"][:, t], feat)
+        action = actor(feat).sample(noise["action"][:, t])
+        torch.testing.assert_close(traj["action"][:, t], action)
+        nxt = rssm.img_step(state, action, noise["stoch"][:, t])
+        for k in start:
+            torch.testing.assert_close(traj[k][:, t + 1], nxt[k])
+    assert not traj["feat"].requires_grad
+
+
+def test_dynamics_gradients_reach_the_actor_and_not_the_world_model():
+    rssm, actor = _models("v2-lngru-cat", "tanh_normal")
+    start = _start(rssm, 3)
+    traj = imagine_ref(rssm, actor, start, 3, grad="dynamics")
+    traj["feat"].square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in actor.parameters())
+    assert all(p.grad is None for p in rssm.parameters())
+
+    actor.zero_grad()
+    traj = imagine_ref(rssm, actor, start, 3, grad="dynamics", wm_grad=True)
+    traj["feat"].square().sum().backward()
+    assert sum(p.grad.abs().sum() for p in rssm.parameters() if p.grad is not None) > 0
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(horizon=0), "`horizon` must be an int >= 1"),
+    (dict(grad="all"), "`grad` must be one of"),
+    (dict(wm_grad=True), "wm_grad=True` needs grad='dynamics'"),
+    (dict(start_drop="deter"), "`start` is missing 'deter'"),
+    (dict(start_shape=("stoch", (6, 5))), r"`start\['stoch'\]` must have shape \[N, 5, 4\]"),
+    (dict(noise_shape=("stoch", (6, 3, 5))), r"`noise\['stoch'\]` must have shape \(6, 4, 5\)"),
+])
+def test_bad_arguments(change, match):
+    rssm, actor = _models("v2-lngru-cat", "categorical")
+    start = _start(rssm, 6)
+    noise = draw_imagine_noise(rssm, actor, 6, 4, like=start["deter"])
+    kw = dict(horizon=4, grad="none", wm_grad=False)
+    kw.update({k: v for k, v in change.items() if k in kw})
+    if "start_drop" in change:
+        del start[change["start_drop"]]
+    if "start_shape" in change:
+        k, shape = change["start_shape"]
+        start[k] = torch.zeros(shape, dtype=torch.float64)
+    if "noise_shape" in change:
+        k, shape = change["noise_shape"]
+        noise[k] = torch.zeros(shape, dtype=torch.float64)
+    with pytest.raises((ValueError, TypeError), match=match):
+        imagine_ref(rssm, actor, start, noise=noise, **kw)
+
+
+def test_actor_that_does_not_fit_the_rssm_is_rejected():
+    rssm, _ = _models("v2-lngru-cat", "categorical")
+    wrong_actions = Actor(rssm.feat_size, 2, head="categorical", dtype=torch.float64)
+    with pytest.raises(ValueError, match="actions but the RSSM expects action_size=3"):
+        imagine_ref(rssm, wrong_actions, _start(rssm, 2), 3)
+    wrong_feat = Actor(rssm.feat_size + 1, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="features of size"):
+        imagine_ref(rssm, wrong_feat, _start(rssm, 2), 3)
