@@ -1,0 +1,131 @@
+"""The Dreamer agent: world model + actor-critic, their optimisers, acting and one
+learner update.
+
+:meth:`Agent.update` on a replayed batch ``[B, T, ...]``:
+
+1. world-model loss (:mod:`.world_model`), one Adam step (gradient norm clipped);
+2. the posteriors, detached and flattened to ``N = B·T`` start states, seed an
+   ``H``-step imagination; actor and critic losses (:mod:`.behavior`), one Adam step
+   each (the actor's gradients are taken w.r.t. the actor's parameters only, so a
+   dynamics-gradient actor loss never moves the world model or the critic);
+3. the slow critic follows the critic.
+
+:meth:`Agent.act` runs the posterior step on the newest observation of each
+environment and samples (or, for evaluation, takes the mode of) the policy.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from dreamer_fast.agents.behavior import ActorCritic
+from dreamer_fast.agents.world_model import WorldModel
+
+
+def _adam(params, lr: float, eps: float) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=lr, eps=eps)
+
+
+class Agent(nn.Module):
+    def __init__(self, cfg, obs_key: str, obs_shape: tuple[int, ...], action_size: int,
+                 discrete: bool, device: torch.device) -> None:
+        super().__init__()
+        self.cfg, self.obs_key, self.discrete = cfg, obs_key, discrete
+        self.action_size = action_size
+        backend = cfg.backend
+        self.wm = WorldModel(cfg, obs_key, obs_shape, action_size, backend)
+        self.ac = ActorCritic(cfg, self.wm.rssm.feat_size, action_size, discrete, backend)
+        self.to(device)
+        self.device = device
+        m, b = cfg.model, cfg.behavior
+        self.wm_opt = _adam(self.wm.parameters(), m.lr, m.eps)
+        self.actor_opt = _adam(self.ac.actor.parameters(), b.actor_lr, b.eps)
+        self.critic_opt = _adam(self.ac.critic.parameters(), b.critic_lr, b.eps)
+
+    # ---- acting ------------------------------------------------------------------------
+
+    def initial_state(self, n: int) -> tuple[dict, torch.Tensor]:
+        latent = self.wm.rssm.initial(n)
+        return latent, torch.zeros(n, self.action_size, device=self.device)
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, np.ndarray], is_first: np.ndarray, state, explore: bool = True):
+        """``obs[key] [N, ...]``, ``is_first [N]`` -> ``(action [N, A] numpy, state)``."""
+        latent, prev_action = state
+        x = torch.as_tensor(obs[self.obs_key], device=self.device)
+        if x.dtype != torch.uint8:
+            x = x.float()
+        first = torch.as_tensor(is_first, device=self.device, dtype=torch.bool)
+        embed = self.wm.encoder(x)
+        latent, _ = self.wm.rssm.obs_step(latent, prev_action, embed, first)
+        dist = self.ac.actor(self.wm.rssm.get_feat(latent))
+        action = dist.sample() if explore else dist.mode()
+        return action.cpu().numpy(), (latent, action)
+
+    def random_action(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        if self.discrete:
+            return np.eye(self.action_size, dtype=np.float32)[rng.integers(0, self.action_size,
+                                                                           n)]
+        return rng.uniform(-1.0, 1.0, (n, self.action_size)).astype(np.float32)
+
+    # ---- learning ----------------------------------------------------------------------
+
+    def to_torch(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, v in batch.items():
+            t = torch.as_tensor(v, device=self.device)
+            if t.dtype == torch.float64:
+                t = t.float()
+            out[k] = t
+        return out
+
+    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        """One learner update (see the module docstring); returns scalar metrics."""
+        t0 = time.perf_counter()
+        m, b = self.cfg.model, self.cfg.behavior
+        data = self.to_torch(batch)
+
+        self.wm_opt.zero_grad(set_to_none=True)
+        wm_loss, metrics, post = self.wm.loss(data)
+        wm_loss.backward()
+        metrics["wm/grad_norm"] = nn.utils.clip_grad_norm_(self.wm.parameters(), m.grad_clip)
+        self.wm_opt.step()
+
+        start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in post.items()}
+        traj = self.ac.imagine(self.wm, start)
+        actor_loss, critic_loss, ac_metrics = self.ac.losses(self.wm, traj)
+        metrics.update(ac_metrics)
+        actor_params = list(self.ac.actor.parameters())
+        critic_params = list(self.ac.critic.parameters())
+        self.actor_opt.zero_grad(set_to_none=True)
+        self.critic_opt.zero_grad(set_to_none=True)
+        # `inputs=`: accumulate only into the actor's parameters (a dynamics-gradient
+        # actor loss also reaches the world model, reward head and critic).
+        actor_loss.backward(inputs=actor_params)
+        critic_loss.backward(inputs=critic_params)
+        metrics["actor/grad_norm"] = nn.utils.clip_grad_norm_(actor_params, b.grad_clip)
+        metrics["critic/grad_norm"] = nn.utils.clip_grad_norm_(critic_params, b.grad_clip)
+        self.actor_opt.step()
+        self.critic_opt.step()
+        self.ac.update_slow_critic()
+
+        out = {k: float(v) for k, v in metrics.items()}
+        out["train/update_s"] = time.perf_counter() - t0
+        return out
+
+    # ---- state -------------------------------------------------------------------------
+
+    def full_state_dict(self) -> dict:
+        return {"model": self.state_dict(), "wm_opt": self.wm_opt.state_dict(),
+                "actor_opt": self.actor_opt.state_dict(),
+                "critic_opt": self.critic_opt.state_dict()}
+
+    def load_full_state_dict(self, state: dict) -> None:
+        self.load_state_dict(state["model"])
+        self.wm_opt.load_state_dict(state["wm_opt"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])

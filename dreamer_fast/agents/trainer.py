@@ -1,0 +1,284 @@
+"""The training loop: environments -> replay -> learner updates, with logging,
+checkpoints and resume.
+
+Per vector step (one action for each of the ``N`` environments):
+
+1. record the newest step of every environment in the replay (the action stored with
+   a step is the one that led to it; zeros and reward 0 on an ``is_first`` step);
+2. act: uniform random actions until ``run.prefill`` env steps, then the policy;
+3. step the environments; env steps count action repeats (``N·repeat`` per vector
+   step, not counting the reset steps);
+4. train: ``run.train_ratio`` replayed steps per agent step, i.e. ``N·train_ratio /
+   (B·T)`` updates per vector step, accumulated fractionally; plus ``run.pretrain``
+   updates when the prefill ends.
+
+Every ``run.checkpoint_every`` env steps, at the end, and on SIGINT/SIGTERM the
+agent, optimisers, counters and RNG states go to ``<logdir>/checkpoint.pt``
+(atomically); replay fragments are on disk as they fill (``<logdir>/replay``).
+``train`` on a logdir holding a checkpoint resumes from it: the environments start
+new episodes, everything else continues.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from dreamer_fast.agents import checkpoint
+from dreamer_fast.agents.agent import Agent
+from dreamer_fast.agents.config import Config, ConfigError, from_dict
+from dreamer_fast.agents.logger import Logger, read_metrics
+from dreamer_fast.agents.replay import Replay
+from dreamer_fast.envs import make_vector_env
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key 'device' is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def env_kwargs(cfg: Config) -> dict:
+    e = cfg.env_opts
+    return dict(obs=e.obs, action_repeat=e.action_repeat, time_limit=e.time_limit,
+                image_size=e.image_size, camera=e.camera)
+
+
+def build_agent(cfg: Config, obs_space, act_spec, device: torch.device) -> Agent:
+    obs_key = "image" if "image" in obs_space.spaces else "vector"
+    shape = tuple(obs_space[obs_key].shape)
+    return Agent(cfg, obs_key, shape, act_spec.size, act_spec.discrete, device)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def saved_config(logdir: Path) -> Config | None:
+    """The config of an existing run in ``logdir`` (None if there is none)."""
+    path = logdir / "config.yaml"
+    if not path.exists():
+        return None
+    return from_dict(yaml.safe_load(path.read_text()))
+
+
+class _Stop:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handlers, no graceful stop
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:  # second signal: give up on the graceful stop
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, logdir: str | os.PathLike) -> None:
+        self.cfg = cfg
+        self.logdir = Path(logdir)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed)
+        self.device = resolve_device(cfg.device)
+        self.envs = make_vector_env(cfg.env, cfg.envs, cfg.seed, **env_kwargs(cfg))
+        self.n = cfg.envs
+        self.agent = build_agent(cfg, self.envs.single_observation_space, self.envs.act_spec,
+                                 self.device)
+        self.replay = Replay(cfg.replay.capacity, self.logdir / "replay", cfg.replay.chunk,
+                             seed=cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.counters = {"step": 0, "updates": 0, "episodes": 0, "owed": 0.0,
+                         "pretrained": False}
+        self.resumed = False
+        ckpt = self.logdir / CHECKPOINT
+        if ckpt.exists():
+            self._restore(ckpt)
+        else:
+            (self.logdir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(),
+                                                                    sort_keys=False))
+        self.logger = Logger(self.logdir)
+
+    # ---- checkpoints -------------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {"agent": self.agent.full_state_dict(), "counters": dict(self.counters),
+                "rng": checkpoint.rng_state(), "env_rng": self.rng.bit_generator.state,
+                "replay": self.replay.state_dict(), "config": self.cfg.to_dict()}
+
+    def save(self) -> None:
+        checkpoint.save_atomic(self.state(), self.logdir / CHECKPOINT)
+
+    def _restore(self, path: Path) -> None:
+        state = checkpoint.load(path, self.device)
+        self.agent.load_full_state_dict(state["agent"])
+        self.counters.update(state["counters"])
+        checkpoint.set_rng_state(state["rng"])
+        self.rng.bit_generator.state = state["env_rng"]
+        loaded = self.replay.load()
+        self.replay.load_state_dict(state["replay"])
+        self.resumed = True
+        _truncate_metrics(self.logdir, self.counters["step"])
+        print(f"[train] resumed {self.logdir} at env step {self.counters['step']} "
+              f"({self.counters['updates']} updates, {loaded} replay steps)", flush=True)
+
+    # ---- loop --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Train until ``cfg.steps`` env steps; returns 0, or 128 + signal number when
+        stopped by SIGINT/SIGTERM (after saving a checkpoint)."""
+        cfg, c = self.cfg, self.counters
+        repeat = cfg.env_opts.action_repeat
+        per_update = cfg.run.batch_size * cfg.run.batch_length
+        n, A = self.n, self.agent.action_size
+        obs, _ = self.envs.reset(seed=cfg.seed + 1000 * c["episodes"])
+        is_first = np.ones(n, bool)
+        is_last = np.zeros(n, bool)
+        is_term = np.zeros(n, bool)
+        reward = np.zeros(n, np.float32)
+        prev_action = np.zeros((n, A), np.float32)
+        policy_state = self.agent.initial_state(n)
+        ep_return, ep_length = np.zeros(n), np.zeros(n, int)
+        recent = collections.deque(maxlen=10)
+        pending: dict[str, list[float]] = collections.defaultdict(list)
+        last_log = c["step"]
+        t_log, steps_log, updates_log = time.perf_counter(), c["step"], c["updates"]
+        bar = _progress(cfg, c["step"])
+        code = 0
+        with _Stop() as stop:
+            while c["step"] < cfg.steps:
+                for i in range(n):
+                    self.replay.add(_step_record(self.agent.obs_key, obs, i, prev_action,
+                                                 reward, is_first, is_last, is_term), i)
+                    if not is_first[i]:
+                        ep_return[i] += reward[i]
+                        ep_length[i] += 1
+                    if is_last[i]:
+                        c["episodes"] += 1
+                        recent.append(float(ep_return[i]))
+                        self.logger.write(c["step"], {"episode/return": ep_return[i],
+                                                      "episode/length": ep_length[i]})
+                        ep_return[i], ep_length[i] = 0.0, 0
+                if c["step"] < cfg.run.prefill:
+                    action = self.agent.random_action(n, self.rng)
+                else:
+                    action, policy_state = self.agent.act(obs, is_first, policy_state)
+                resets = int(is_last.sum())
+                obs, reward, term, trunc, _ = self.envs.step(action)
+                reward = np.asarray(reward, np.float32)
+                is_first = is_last.copy()  # NEXT_STEP autoreset: this step was a reset
+                reward[is_first] = 0.0
+                is_term, is_last = np.asarray(term, bool), np.asarray(term, bool) | trunc
+                prev_action = np.where(is_first[:, None], 0.0, action).astype(np.float32)
+                c["step"] += repeat * (n - resets)
+
+                if c["step"] >= cfg.run.prefill and len(self.replay) >= cfg.run.batch_length:
+                    todo = 0
+                    if not c["pretrained"]:
+                        c["pretrained"] = True
+                        todo += cfg.run.pretrain
+                    c["owed"] += (n - resets) * cfg.run.train_ratio / per_update
+                    todo += int(c["owed"])
+                    c["owed"] -= int(c["owed"])
+                    for _ in range(todo):
+                        batch = self.replay.sample(cfg.run.batch_size, cfg.run.batch_length)
+                        for k, v in self.agent.update(batch).items():
+                            pending[k].append(v)
+                        c["updates"] += 1
+                        if stop.signal is not None:
+                            break
+
+                if c["step"] - last_log >= cfg.run.log_every or c["step"] >= cfg.steps:
+                    now = time.perf_counter()
+                    dt = max(now - t_log, 1e-9)
+                    values = {k: float(np.mean(v)) for k, v in pending.items()}
+                    values.update({"train/fps": (c["step"] - steps_log) / dt,
+                                   "train/updates_per_s": (c["updates"] - updates_log) / dt,
+                                   "train/updates": c["updates"],
+                                   "train/episodes": c["episodes"]})
+                    if recent:
+                        values["episode/return_last10"] = float(np.mean(recent))
+                    self.logger.write(c["step"], values)
+                    self.logger.flush()
+                    pending.clear()
+                    last_log, t_log = c["step"], now
+                    steps_log, updates_log = c["step"], c["updates"]
+                    if bar is not None:
+                        bar.set_postfix(fps=f"{values['train/fps']:.0f}",
+                                        ups=f"{values['train/updates_per_s']:.1f}",
+                                        ret=f"{recent[-1]:.1f}" if recent else "-")
+                if bar is not None:
+                    bar.update(c["step"] - bar.n)
+                if (c["step"] // cfg.run.checkpoint_every
+                        != (c["step"] - repeat * n) // cfg.run.checkpoint_every):
+                    self.save()
+                if stop.signal is not None:
+                    code = 128 + int(stop.signal)
+                    print(f"\n[train] stopped by signal {stop.signal} at env step {c['step']}; "
+                          f"checkpoint saved, run the same command to resume", flush=True)
+                    break
+            self.save()
+        if bar is not None:
+            bar.close()
+        self.logger.close()
+        self.envs.close()
+        return code
+
+
+def _step_record(key, obs, i, prev_action, reward, is_first, is_last, is_term) -> dict:
+    return {key: obs[key][i], "action": prev_action[i], "reward": np.float32(reward[i]),
+            "is_first": bool(is_first[i]), "is_last": bool(is_last[i]),
+            "is_terminal": bool(is_term[i])}
+
+
+def _progress(cfg: Config, initial: int):
+    if not cfg.run.progress:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=cfg.steps, initial=initial, unit="step", dynamic_ncols=True,
+                desc=f"{cfg.algo} {cfg.env}")
+
+
+def _truncate_metrics(logdir: Path, step: int) -> None:
+    """Drop records written after the checkpoint being resumed (a killed run's tail), so
+    the resumed run's records do not duplicate steps."""
+    path = logdir / "metrics.jsonl"
+    if not path.exists():
+        return
+    keep = [r for r in read_metrics(logdir) if r["step"] <= step]
+    tmp = path.with_name(".metrics.jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    os.replace(tmp, path)
