@@ -9,8 +9,10 @@ import sys
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreamer-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    from dreamer_fast.agents import cli as agents_cli
     from dreamer_fast.bench import cli as bench_cli
 
+    agents_cli.add_parsers(sub)
     bench_cli.add_parser(sub)
     return parser
 

@@ -113,7 +113,7 @@ class Agent(nn.Module):
         self.critic_opt.step()
         self.ac.update_slow_critic()
 
-        out = {k: float(v) for k, v in metrics.items()}
+        out = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in metrics.items()}
         out["train/update_s"] = time.perf_counter() - t0
         return out
 

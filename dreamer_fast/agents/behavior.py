@@ -81,9 +81,11 @@ class ActorCritic(nn.Module):
 
     # ---- values ------------------------------------------------------------------------
 
-    def _value(self, net: nn.Module, feat: torch.Tensor) -> torch.Tensor:
-        out = net(feat)
+    def _mean(self, out: torch.Tensor) -> torch.Tensor:
         return self.twohot.mean(out) if self.twohot else out.squeeze(-1)
+
+    def _value(self, net: nn.Module, feat: torch.Tensor) -> torch.Tensor:
+        return self._mean(net(feat))
 
     def value(self, feat: torch.Tensor) -> torch.Tensor:
         return self._value(self.critic, feat)
@@ -124,19 +126,31 @@ class ActorCritic(nn.Module):
         """``(actor_loss, critic_loss, metrics)`` for a rollout from :meth:`imagine`."""
         b = self.cfg
         feat, action = traj["feat"], traj["action"]
-        reward = wm.reward_mean(feat[:, 1:])                         # [N, H]
-        cont = wm.cont_prob(feat[:, 1:])                             # [N, H]
-        value = self.target_value(feat)                              # [N, H+1]
+        dynamics = self.actor_grad == "dynamics"
+        # REINFORCE needs no gradient through rewards, continues or values: compute them
+        # without a graph. One critic pass over all H+1 steps serves both the values and
+        # (for the first H steps) the critic loss.
+        feat_sg = feat.detach()
+        with torch.set_grad_enabled(dynamics):
+            reward = wm.reward_mean(feat[:, 1:])                     # [N, H]
+            cont = wm.cont_prob(feat[:, 1:])                         # [N, H]
+        critic_out = self.critic(feat_sg)                            # [N, H+1, bins|1]
+        if dynamics:
+            value = self.target_value(feat)                          # [N, H+1]
+        elif b.slow_critic == "target":
+            with torch.no_grad():
+                value = self.target_value(feat_sg)
+        else:
+            value = self._mean(critic_out).detach()
         pcont = b.discount * cont
         lam_fn = ops.lambda_return if use_fused(self.backend, feat) else ops.lambda_return_ref
         ret = lam_fn(reward, value[:, :-1], pcont, value[:, -1], b.lambda_, axis=1)
         with torch.no_grad():
             weight = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1),
-                                   1)
+                                   1).detach()
         scale = self._return_scale(ret)
-        dist = self.actor(feat[:, :-1] if self.actor_grad == "dynamics"
-                          else feat[:, :-1].detach())
-        if self.actor_grad == "dynamics":
+        dist = self.actor(feat[:, :-1] if dynamics else feat_sg[:, :-1])
+        if dynamics:
             objective = ret / scale
         else:
             adv = ((ret - value[:, :-1]) / scale).detach()
@@ -144,21 +158,21 @@ class ActorCritic(nn.Module):
         entropy = dist.entropy()
         actor_loss = (weight * (-objective - b.entropy * entropy)).mean()
 
-        feat_c, target = feat[:, :-1].detach(), ret.detach()
-        out = self.critic(feat_c)
+        out, target = critic_out[:, :-1], ret.detach()
         if self.twohot:
             critic_loss = self.twohot.loss(out, target)
             if b.slow_critic == "ema" and b.slow_reg:
                 with torch.no_grad():
-                    slow = self._value(self.slow_critic, feat_c)
+                    slow = self._value(self.slow_critic, feat_sg[:, :-1])
                 critic_loss = critic_loss + b.slow_reg * self.twohot.loss(out, slow)
         else:
             critic_loss = 0.5 * (out.squeeze(-1) - target) ** 2
         critic_loss = (weight * critic_loss).mean()
-        metrics = {"actor/loss": actor_loss, "actor/entropy": entropy.mean(),
-                   "critic/loss": critic_loss, "imag/return": ret.mean(),
-                   "imag/reward": reward.mean(), "imag/return_scale": scale,
-                   "imag/value": value.mean()}
+        metrics = {k: v.detach() for k, v in {
+            "actor/loss": actor_loss, "actor/entropy": entropy.mean(),
+            "critic/loss": critic_loss, "imag/return": ret.mean(),
+            "imag/reward": reward.mean(), "imag/return_scale": scale,
+            "imag/value": value.mean()}.items()}
         return actor_loss, critic_loss, metrics
 
     @torch.no_grad()

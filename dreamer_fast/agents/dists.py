@@ -36,7 +36,7 @@ class TwoHot:
     def encode(self, target: torch.Tensor) -> torch.Tensor:
         """``target [...]`` -> two-hot weights ``[..., bins]`` of ``symlog(target)``."""
         pts = self.points(target)
-        y = symlog(target).clamp(self.low, self.high)
+        y = symlog(target).clamp(self.low, self.high).contiguous()
         # index of the bin at or below y, then the weight of the one above by distance
         below = (torch.bucketize(y, pts, right=True) - 1).clamp(0, self.bins - 2)
         lo, hi = pts[below], pts[below + 1]

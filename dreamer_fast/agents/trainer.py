@@ -106,13 +106,13 @@ class Trainer:
     def __init__(self, cfg: Config, logdir: str | os.PathLike) -> None:
         self.cfg = cfg
         self.logdir = Path(logdir)
-        self.logdir.mkdir(parents=True, exist_ok=True)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
         self.envs = make_vector_env(cfg.env, cfg.envs, cfg.seed, **env_kwargs(cfg))
         self.n = cfg.envs
+        self.logdir.mkdir(parents=True, exist_ok=True)  # after the env id proved valid
         self.agent = build_agent(cfg, self.envs.single_observation_space, self.envs.act_spec,
                                  self.device)
         self.replay = Replay(cfg.replay.capacity, self.logdir / "replay", cfg.replay.chunk,

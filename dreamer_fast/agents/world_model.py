@@ -90,6 +90,6 @@ class WorldModel(nn.Module):
             kl, kl_value = self.rssm.kl_balance_loss(post, prior, m.kl_free, m.kl_balance)
         kl = m.kl_scale * kl
         loss = (dec + m.reward_scale * rew + m.cont_scale * cont + kl).mean()
-        metrics = {"wm/loss": loss, "wm/dec": dec.mean(), "wm/reward": rew.mean(),
+        metrics = {"wm/loss": loss.detach(), "wm/dec": dec.mean(), "wm/reward": rew.mean(),
                    "wm/cont": cont.mean(), "wm/kl": kl_value.mean()}
         return loss, metrics, post

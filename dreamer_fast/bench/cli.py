@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per row")
     p.add_argument("--suite", default="scan",
                    help="comma-separated: scan (λ-return), rssm (image step per cell at "
-                        "B=1024, observe B16xT64); default scan")
+                        "B=1024, observe B16xT64), learner (one full Dreamer update, "
+                        "world model + actor-critic, per algo); default scan")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for the Markdown table (default benchmarks/results for a full "
                         "run, nothing for --quick)")
@@ -60,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
     torch._dynamo.config.recompile_limit = 64  # one compiled graph per shape and mode
 
     suites = [x.strip() for x in args.suite.split(",") if x.strip()]
-    unknown = set(suites) - {"scan", "rssm"}
+    unknown = set(suites) - {"scan", "rssm", "learner"}
     if unknown:
         raise SystemExit(f"dreamer-fast bench: unknown --suite {sorted(unknown)}; "
-                         "expected scan and/or rssm")
+                         "expected scan, rssm and/or learner")
     dev_name = device_name(device)
     print(f"# dreamer-fast bench on {dev_name}, {args.dtype}", flush=True)
     sections = []
@@ -73,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     if "rssm" in suites:
         rows = _run_rssm(args, device, dtype, max(3, repeats // 3))
         sections.append((f"RSSM, fused vs reference backend ({args.dtype})", rows))
+    if "learner" in suites:
+        rows = _run_learner(args, device, max(3, repeats // 5))
+        sections.append(("Learner update (world model + actor-critic), fused vs reference "
+                         "backend (float32)", rows))
 
     command = "dreamer-fast bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"]
                                                 else [])
@@ -126,4 +131,21 @@ def _run_rssm(args, device, dtype, repeats) -> list[Row]:
         cands = {n: rssm_cases.observe_case(m, 16, 64, mode) for n, m in pair.items()}
         _measure(cands, device, max(3, repeats // 2), "observe ln_gru B16xT64 deter512",
                  mode, rows)
+    return rows
+
+
+def _run_learner(args, device, repeats) -> list[Row]:
+    from dreamer_fast.bench import learner_cases
+
+    rows: list[Row] = []
+    algos = ("v3",) if args.quick else ("v1", "v2", "v3")
+    size = "debug" if args.quick or device.type == "cpu" else "S"
+    for algo in algos:
+        pair = learner_cases.make_pair(algo, size, device)
+        batch = learner_cases.synthetic_batch(pair["fast"])
+        cfg = pair["fast"].cfg
+        cands = {n: learner_cases.update_case(a, batch) for n, a in pair.items()}
+        case = (f"{algo} size {size} B{cfg.run.batch_size}xT{cfg.run.batch_length} "
+                f"H{cfg.behavior.horizon}")
+        _measure(cands, device, repeats, case, "update", rows)
     return rows

@@ -1,0 +1,66 @@
+"""Trainer configuration: presets, sizes, overrides and their error messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from dreamer_fast.agents.config import ConfigError, load_config, parse_override
+
+
+def test_presets_pick_the_published_architectures():
+    v1, v2, v3 = (load_config(a, "S") for a in ("v1", "v2", "v3"))
+    assert (v1.model.cell, v1.model.classes, v1.model.stoch, v1.model.deter) == ("gru", 0, 30, 200)
+    assert v1.model.kl == "balance" and v1.model.kl_free == 3.0 and v1.model.kl_balance == 0.5
+    assert v1.behavior.actor_grad == "dynamics" and v1.behavior.actor_head == "tanh_normal"
+    assert (v2.model.cell, v2.model.classes, v2.model.stoch) == ("ln_gru", 32, 32)
+    assert v2.model.kl_balance == 0.8 and v2.model.kl_free == 1.0
+    assert v2.behavior.slow_critic == "target"
+    assert (v3.model.cell, v3.model.deter, v3.model.reward_head, v3.model.bins) == (
+        "block_gru", 512, "twohot", 255)
+    assert (v3.model.kl_free, v3.model.kl_dyn, v3.model.kl_rep) == (1.0, 0.5, 0.1)
+    assert v3.behavior.actor_grad == "reinforce" and v3.behavior.return_norm
+    assert v3.behavior.horizon == 15 and v3.behavior.lambda_ == 0.95
+
+
+def test_defaults_and_sizes():
+    cfg = load_config()
+    assert (cfg.env, cfg.algo, cfg.size) == ("gym:Pendulum-v1", "v3", "debug")
+    assert load_config("v3", "M").model.deter > load_config("v3", "S").model.deter
+    assert load_config("v3", "debug").model.deter < 512
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config(overrides={"model.deter": 256, "behavior.discount": 1, "run.progress":
+                                 False, "algo": "v2"})
+    assert cfg.algo == "v2" and cfg.model.cell == "ln_gru"  # algo override picks the preset
+    assert cfg.model.deter == 256 and cfg.behavior.discount == 1.0
+    assert isinstance(cfg.behavior.discount, float) and cfg.run.progress is False
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"model.detr": 3}, "'model.detr'"),
+    ({"nonsense": 1}, "'nonsense'"),
+    ({"model.deter": "big"}, "'model.deter' expects an integer"),
+    ({"model.deter": 2.5}, "'model.deter' expects an integer"),
+    ({"run.progress": "yes"}, "'run.progress' expects true/false"),
+    ({"model.cell": "lstm"}, "'model.cell' must be one of"),
+    ({"behavior.discount": 1.5}, "'behavior.discount' must be in [0, 1]"),
+    ({"envs": 0}, "'envs' must be >= 1"),
+    ({"algo": "v4"}, "'algo' must be one of"),
+    ({"size": "XL"}, "'size' must be one of"),
+    ({"model": 3}, "'model' is a section"),
+    ({"model.cell": "block_gru", "model.blocks": 3}, "'model.blocks'"),
+])
+def test_bad_config_names_the_key(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=overrides)
+    assert needle in str(e.value)
+
+
+def test_parse_override():
+    assert parse_override("model.deter=256") == ("model.deter", 256)
+    assert parse_override("behavior.discount=0.99") == ("behavior.discount", 0.99)
+    assert parse_override("env=dmc:walker-walk") == ("env", "dmc:walker-walk")
+    assert parse_override("run.progress=false") == ("run.progress", False)
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("model.deter")
