@@ -41,7 +41,8 @@ pip_quiet --no-build-isolation -e .
 job="${1:-test}"
 shift || true
 case "$job" in
-  train) exec dreamer-fast train "$@" ;;
+  # Passive OpenMP waits: on a busy machine spinning worker threads stall every GEMM.
+  train) OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}" exec dreamer-fast train "$@" ;;
   test)  exec python -m pytest python_tests -q "$@" ;;
   bench) exec dreamer-fast bench "$@" ;;
   setup) ;;
