@@ -17,7 +17,8 @@ Actor loss ``mean_{n,t} w_t · (−objective_t − η·H[π(·|feat_t)])`` with
 * ``dynamics`` gradients (V1; V2 continuous): ``objective_t = R_t / S``, differentiated
   through the imagined dynamics (``imagine(grad='dynamics')``);
 * ``reinforce`` (V2 discrete, V3): ``objective_t = log π(a_t|feat_t) · sg((R_t − v_t) /
-  S)``.
+  S)``; for the bounded-normal head ``a_t`` is the unclipped Gaussian sample
+  ``mean_t + std_t·ε_t`` (the dynamics saw its clip to [−1, 1]).
 
 ``S = max(1, P95 − P5)`` with EMA (decay 0.99) percentiles of ``R`` when
 ``return_norm`` (V3), else 1.
@@ -118,8 +119,13 @@ class ActorCritic(nn.Module):
 
     def imagine(self, wm, start: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         grad = "dynamics" if self.actor_grad == "dynamics" else "none"
-        return imagine_fn(self.backend)(wm.rssm, self.actor, start, self.cfg.horizon,
-                                        grad=grad)
+        n, horizon = start["deter"].shape[0], self.cfg.horizon
+        # The noise is drawn here and kept: REINFORCE needs the unclipped sample (below).
+        noise = ops.draw_imagine_noise(wm.rssm, self.actor, n, horizon, like=start["deter"])
+        traj = imagine_fn(self.backend)(wm.rssm, self.actor, start, horizon, grad=grad,
+                                        noise=noise)
+        traj["action_noise"] = noise["action"]
+        return traj
 
     def losses(self, wm, traj: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
                                                                    dict]:
@@ -154,7 +160,15 @@ class ActorCritic(nn.Module):
             objective = ret / scale
         else:
             adv = ((ret - value[:, :-1]) / scale).detach()
-            objective = dist.log_prob(action.detach()) * adv
+            if self.actor.head == "bounded_normal":
+                # The rollout fed the dynamics clip(mean + std·ε, −1, 1); the score function
+                # must be that of the unclipped sample mean + std·ε, which the Gaussian
+                # really drew (the log-density of the clipped value is biased: with a
+                # lagging critic it inflates the policy's std).
+                taken = (dist.mean + dist.std * traj["action_noise"]).detach()
+            else:
+                taken = action.detach()
+            objective = dist.log_prob(taken) * adv
         entropy = dist.entropy()
         actor_loss = (weight * (-objective - b.entropy * entropy)).mean()
 
