@@ -259,6 +259,7 @@ DF_HOST_DEVICE void gru_forward_row(const scalar_t* DF_RESTRICT gi,
                                     const scalar_t* DF_RESTRICT gh,
                                     const scalar_t* DF_RESTRICT hx, scalar_t* DF_RESTRICT hy,
                                     scalar_t* DF_RESTRICT workspace, int64_t b, int64_t H) {
+  DF_SIMD
   for (int64_t j = 0; j < H; ++j)
     gru_forward_element<Cvt, scalar_t, acc_t>(gi, gh, hx, hy, workspace, b, j, H);
 }
@@ -269,6 +270,7 @@ DF_HOST_DEVICE void gru_backward_row(const scalar_t* DF_RESTRICT grad_hy,
                                      const scalar_t* DF_RESTRICT hx, scalar_t* DF_RESTRICT dgi,
                                      scalar_t* DF_RESTRICT dgh, scalar_t* DF_RESTRICT dh_direct,
                                      int64_t b, int64_t H) {
+  DF_SIMD
   for (int64_t j = 0; j < H; ++j)
     gru_backward_element<Cvt, scalar_t, acc_t>(grad_hy, workspace, hx, dgi, dgh, dh_direct, b,
                                                j, H);
@@ -279,6 +281,7 @@ DF_HOST_DEVICE void block_gru_forward_row(const scalar_t* DF_RESTRICT parts,
                                           const scalar_t* DF_RESTRICT hx,
                                           scalar_t* DF_RESTRICT hy, acc_t update_bias, int64_t b,
                                           int64_t D, int64_t Dg) {
+  DF_SIMD
   for (int64_t j = 0; j < D; ++j)
     block_gru_forward_element<Cvt, scalar_t, acc_t>(parts, hx, hy, update_bias, b, j, D, Dg);
 }
@@ -290,6 +293,7 @@ DF_HOST_DEVICE void block_gru_backward_row(const scalar_t* DF_RESTRICT grad_hy,
                                            scalar_t* DF_RESTRICT dparts,
                                            scalar_t* DF_RESTRICT dh_direct, acc_t update_bias,
                                            int64_t b, int64_t D, int64_t Dg) {
+  DF_SIMD
   for (int64_t j = 0; j < D; ++j)
     block_gru_backward_element<Cvt, scalar_t, acc_t>(grad_hy, parts, hx, dparts, dh_direct,
                                                      update_bias, b, j, D, Dg);
