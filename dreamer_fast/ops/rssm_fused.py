@@ -81,6 +81,14 @@ def actor_spec(actor) -> tuple[list[torch.Tensor], list[int], list[float]]:
     return tensors, ints, floats
 
 
+def _obs_tensor_count(ints: list[int]) -> int:
+    """How many of the RSSM's tensors (the last ones) belong to the posterior MLP."""
+    n_obs = ints[9]
+    triples = ints[len(ints) - 3 * n_obs:]
+    return sum(1 + has_bias + (norm != 0) + (norm == 1)
+               for has_bias, norm, _ in zip(triples[0::3], triples[1::3], triples[2::3]))
+
+
 def _needs_graph(*tensors) -> bool:
     return torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in tensors)
@@ -182,6 +190,10 @@ def _register() -> None:
             torch.ops.dreamer_fast.rssm_imagine_backward(
                 gd, gs, ga, gb, g_action, saved, params, ctx.spec, ctx.fspec, a_params,
                 ctx.a_spec, ctx.a_fspec, ctx.use_actor, ctx.need_params, ctx.need_actor))
+        if ctx.need_params:
+            # the posterior MLP takes no part in imagination: no gradient, as in eager
+            n_obs = _obs_tensor_count(ctx.spec)
+            d_params = list(d_params[:len(d_params) - n_obs]) + [None] * n_obs
         return _structured(ctx, (
             d_params if ctx.need_params else None, None, None,
             d_actor if ctx.need_actor else None, None, None, d_deter, d_stoch,
