@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per row")
     p.add_argument("--suite", default="scan",
                    help="comma-separated: scan (λ-return), rssm (image step per cell at "
-                        "B=1024, observe B16xT64); default scan")
+                        "B=1024, observe B16xT64), imagine (1024 starts x H=15, debug and S "
+                        "sizes); default scan")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for the Markdown table (default benchmarks/results for a full "
                         "run, nothing for --quick)")
@@ -60,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
     torch._dynamo.config.recompile_limit = 64  # one compiled graph per shape and mode
 
     suites = [x.strip() for x in args.suite.split(",") if x.strip()]
-    unknown = set(suites) - {"scan", "rssm"}
+    unknown = set(suites) - {"scan", "rssm", "imagine"}
     if unknown:
         raise SystemExit(f"dreamer-fast bench: unknown --suite {sorted(unknown)}; "
-                         "expected scan and/or rssm")
+                         "expected scan, rssm and/or imagine")
     dev_name = device_name(device)
     print(f"# dreamer-fast bench on {dev_name}, {args.dtype}", flush=True)
     sections = []
@@ -73,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     if "rssm" in suites:
         rows = _run_rssm(args, device, dtype, max(3, repeats // 3))
         sections.append((f"RSSM, fused vs reference backend ({args.dtype})", rows))
+    if "imagine" in suites:
+        rows = _run_imagine(args, device, dtype, max(3, repeats // 3))
+        sections.append((f"Imagination rollout, imagine vs imagine_ref ({args.dtype})", rows))
 
     command = "dreamer-fast bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"]
                                                 else [])
@@ -126,4 +130,19 @@ def _run_rssm(args, device, dtype, repeats) -> list[Row]:
         cands = {n: rssm_cases.observe_case(m, 16, 64, mode) for n, m in pair.items()}
         _measure(cands, device, max(3, repeats // 2), "observe ln_gru B16xT64 deter512",
                  mode, rows)
+    return rows
+
+
+def _run_imagine(args, device, dtype, repeats) -> list[Row]:
+    from dreamer_fast.bench import imagine_cases
+
+    rows: list[Row] = []
+    sizes = ("debug",) if args.quick else ("debug", "S")
+    for size in sizes:
+        models = imagine_cases.make_models(size, device, dtype)
+        for grad in imagine_cases.MODES:
+            cands = {n: imagine_cases.rollout_case(models[n], fn, 1024, 15, grad)
+                     for n, fn in imagine_cases.IMPLS.items()}
+            _measure(cands, device, repeats, f"imagine {size} ln_gru N=1024 H=15",
+                     f"grad={grad}", rows)
     return rows
