@@ -149,6 +149,9 @@ def _register() -> None:
         params, spec, fspec = inputs[:3]
         saved = output[7]
         ctx.mark_non_differentiable(*saved)
+        # Unused outputs get None, not zero tensors: autograd would otherwise allocate
+        # and fill a zero gradient for each of the hundreds of saved activations.
+        ctx.set_materialize_grads(False)
         ctx.spec, ctx.fspec, ctx.n_saved = spec, fspec, len(saved)
         ctx.save_for_backward(*saved, *params)
 
@@ -172,6 +175,7 @@ def _register() -> None:
         params, spec, fspec, a_params, a_spec, a_fspec, deter, stoch, actions = inputs[:9]
         saved = output[5]
         ctx.mark_non_differentiable(*saved)
+        ctx.set_materialize_grads(False)
         ctx.spec, ctx.fspec, ctx.a_spec, ctx.a_fspec = spec, fspec, a_spec, a_fspec
         ctx.use_actor = actions is None
         ctx.need_params = any(p.requires_grad for p in params)
