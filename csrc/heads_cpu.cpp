@@ -41,6 +41,7 @@ void gaussian_forward_cpu(const at::Tensor& stats, const at::Tensor& noise, doub
     const acc_t ms = static_cast<acc_t>(min_std);
     for_each_row_range(R, 3 * S, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r)
+        DF_SIMD
         for (int64_t j = 0; j < S; ++j)
           gaussian_forward_element<Cvt, scalar_t, acc_t>(ps, pn, po, pm, pd, ms, S, r, j);
     });
@@ -63,6 +64,7 @@ void gaussian_backward_cpu(const at::Tensor& g_sample, const at::Tensor& g_mean,
     const acc_t ms = static_cast<acc_t>(min_std);
     for_each_row_range(R, 3 * S, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r)
+        DF_SIMD
         for (int64_t j = 0; j < S; ++j)
           gaussian_backward_element<Cvt, scalar_t, acc_t>(pgs, pgm, pgd, ps, pn, pgst, pgn, ms,
                                                           S, r, j);

@@ -22,17 +22,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifndef DF_HOST_DEVICE
-#if defined(__CUDACC__)
-#define DF_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define DF_HOST_DEVICE inline
-#endif
-#endif
-
-#ifndef DF_RESTRICT
-#define DF_RESTRICT __restrict__
-#endif
+#include "math_macros.h"
 
 namespace dreamer_fast {
 namespace heads {
@@ -230,11 +220,11 @@ DF_HOST_DEVICE int64_t categorical_forward_row(const scalar_t* DF_RESTRICT logit
     buf[k] = Cvt::load(logits[k]);
     m = max_step(m, buf[k]);
   }
+  // exp in its own loop (vectorised on the CPU), then the sequential sum.
+  DF_SIMD
+  for (int64_t k = 0; k < K; ++k) buf[k] = exp_acc(buf[k] - m);
   acc_t Z = acc_t(0);
-  for (int64_t k = 0; k < K; ++k) {
-    buf[k] = exp_acc(buf[k] - m);
-    Z = Z + buf[k];
-  }
+  for (int64_t k = 0; k < K; ++k) Z = Z + buf[k];
   const acc_t u = Cvt::load(u_raw);
   acc_t c = acc_t(0);
   int64_t index = K - 1;
@@ -270,11 +260,11 @@ DF_HOST_DEVICE void categorical_backward_row(const scalar_t* DF_RESTRICT g_sampl
     buf[k] = Cvt::load(logits[k]);
     m = max_step(m, buf[k]);
   }
+  // exp in its own loop (vectorised on the CPU), then the sequential sum.
+  DF_SIMD
+  for (int64_t k = 0; k < K; ++k) buf[k] = exp_acc(buf[k] - m);
   acc_t Z = acc_t(0);
-  for (int64_t k = 0; k < K; ++k) {
-    buf[k] = exp_acc(buf[k] - m);
-    Z = Z + buf[k];
-  }
+  for (int64_t k = 0; k < K; ++k) Z = Z + buf[k];
   acc_t dot = acc_t(0);
   for (int64_t k = 0; k < K; ++k) {
     buf[k] = buf[k] / Z;

@@ -71,9 +71,11 @@ DF_HOST_DEVICE void norm_stats_row(const scalar_t* DF_RESTRICT z, int64_t N, int
   acc_t mean = 0, rstd = 1;
   if (norm == kLayer) {
     acc_t s = 0;
+    DF_SIMD_SUM(s)
     for (int64_t k = lanes.lane; k < N; k += lanes.count) s += Cvt::load(z[k]);
     mean = lanes.sum(s) / acc_t(N);
     acc_t sq = 0;  // two-pass variance
+    DF_SIMD_SUM(sq)
     for (int64_t k = lanes.lane; k < N; k += lanes.count) {
       const acc_t d = Cvt::load(z[k]) - mean;
       sq += d * d;
@@ -81,6 +83,7 @@ DF_HOST_DEVICE void norm_stats_row(const scalar_t* DF_RESTRICT z, int64_t N, int
     rstd = rnn::df_rsqrt(lanes.sum(sq) / acc_t(N) + eps);
   } else if (norm == kRms) {
     acc_t sq = 0;
+    DF_SIMD_SUM(sq)
     for (int64_t k = lanes.lane; k < N; k += lanes.count) {
       const acc_t v = Cvt::load(z[k]);
       sq += v * v;
@@ -130,6 +133,7 @@ DF_HOST_DEVICE void norm_act_forward_row_t(const scalar_t* DF_RESTRICT z,
   constexpr int act = ACT;
   acc_t mean, rstd;
   norm_stats_row<Cvt>(z, N, norm, eps, &mean, &rstd, lanes);
+  DF_SIMD
   for (int64_t k = lanes.lane; k < N; k += lanes.count) {
     const acc_t y = norm_apply<Cvt>(Cvt::load(z[k]), norm, mean, rstd, w, b, k);
     out[k] = Cvt::store(act_forward<acc_t>(act, y));
@@ -168,6 +172,7 @@ DF_HOST_DEVICE void norm_act_backward_row_t(const scalar_t* DF_RESTRICT dout,
   constexpr int act = ACT;
   const acc_t mean = stats[0], rstd = stats[1];
   if (norm == kNone) {
+    DF_SIMD
     for (int64_t k = lanes.lane; k < N; k += lanes.count) {
       const acc_t zk = Cvt::load(z[k]);
       dz[k] = Cvt::store(Cvt::load(dout[k]) * act_derivative<acc_t>(act, zk));
@@ -175,6 +180,7 @@ DF_HOST_DEVICE void norm_act_backward_row_t(const scalar_t* DF_RESTRICT dout,
     return;
   }
   acc_t sum_g = 0, sum_gx = 0;
+  DF_SIMD_SUM(sum_g, sum_gx)
   for (int64_t k = lanes.lane; k < N; k += lanes.count) {
     const acc_t xhat = (Cvt::load(z[k]) - mean) * rstd;
     const acc_t wk = w ? Cvt::load(w[k]) : acc_t(1);
@@ -190,6 +196,7 @@ DF_HOST_DEVICE void norm_act_backward_row_t(const scalar_t* DF_RESTRICT dout,
   const acc_t mean_gx = lanes.sum(sum_gx) / acc_t(N);
   // Second pass recomputes ĝ (cheaper than a round trip through memory, and no lane
   // reads another lane's writes).
+  DF_SIMD
   for (int64_t k = lanes.lane; k < N; k += lanes.count) {
     const acc_t xhat = (Cvt::load(z[k]) - mean) * rstd;
     const acc_t wk = w ? Cvt::load(w[k]) : acc_t(1);

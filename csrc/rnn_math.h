@@ -121,14 +121,17 @@ DF_HOST_DEVICE void ln_gru_forward_row(const scalar_t* DF_RESTRICT parts,
                                        acc_t* DF_RESTRICT row_stats, const Lanes& lanes) {
   const int64_t C = 3 * H;
   acc_t sum = 0;
+  DF_SIMD_SUM(sum)
   for (int64_t k = lanes.lane; k < C; k += lanes.count) sum += Cvt::load(parts[k]);
   const acc_t mean = lanes.sum(sum) / acc_t(C);
   acc_t sq = 0;  // two-pass variance: no cancellation for rows with a large mean
+  DF_SIMD_SUM(sq)
   for (int64_t k = lanes.lane; k < C; k += lanes.count) {
     const acc_t d = Cvt::load(parts[k]) - mean;
     sq += d * d;
   }
   const acc_t rstd = df_rsqrt(lanes.sum(sq) / acc_t(C) + eps);
+  DF_SIMD
   for (int64_t j = lanes.lane; j < H; j += lanes.count) {
     const acc_t y_r = (Cvt::load(parts[j]) - mean) * rstd * Cvt::load(gamma[j]) +
                       Cvt::load(beta[j]);
@@ -164,6 +167,7 @@ DF_HOST_DEVICE void ln_gru_backward_row(
   const int64_t C = 3 * H;
   const acc_t mean = row_stats[0], rstd = row_stats[1];
   acc_t sum_g = 0, sum_gx = 0;  // Σ ĝ and Σ ĝ x̂ over the row
+  DF_SIMD_SUM(sum_g, sum_gx)
   for (int64_t j = lanes.lane; j < H; j += lanes.count) {
     const acc_t x_r = (Cvt::load(parts[j]) - mean) * rstd;
     const acc_t x_c = (Cvt::load(parts[H + j]) - mean) * rstd;
@@ -195,6 +199,7 @@ DF_HOST_DEVICE void ln_gru_backward_row(
   const acc_t mean_g = lanes.sum(sum_g) / acc_t(C);
   const acc_t mean_gx = lanes.sum(sum_gx) / acc_t(C);
   lanes.sync();  // dy was written by other lanes
+  DF_SIMD
   for (int64_t k = lanes.lane; k < C; k += lanes.count) {
     const acc_t x = (Cvt::load(parts[k]) - mean) * rstd;
     const acc_t g = dy[k] * Cvt::load(gamma[k]);
@@ -259,6 +264,7 @@ DF_HOST_DEVICE void gru_forward_row(const scalar_t* DF_RESTRICT gi,
                                     const scalar_t* DF_RESTRICT gh,
                                     const scalar_t* DF_RESTRICT hx, scalar_t* DF_RESTRICT hy,
                                     scalar_t* DF_RESTRICT workspace, int64_t b, int64_t H) {
+  DF_SIMD
   for (int64_t j = 0; j < H; ++j)
     gru_forward_element<Cvt, scalar_t, acc_t>(gi, gh, hx, hy, workspace, b, j, H);
 }
@@ -269,6 +275,7 @@ DF_HOST_DEVICE void gru_backward_row(const scalar_t* DF_RESTRICT grad_hy,
                                      const scalar_t* DF_RESTRICT hx, scalar_t* DF_RESTRICT dgi,
                                      scalar_t* DF_RESTRICT dgh, scalar_t* DF_RESTRICT dh_direct,
                                      int64_t b, int64_t H) {
+  DF_SIMD
   for (int64_t j = 0; j < H; ++j)
     gru_backward_element<Cvt, scalar_t, acc_t>(grad_hy, workspace, hx, dgi, dgh, dh_direct, b,
                                                j, H);
@@ -279,6 +286,7 @@ DF_HOST_DEVICE void block_gru_forward_row(const scalar_t* DF_RESTRICT parts,
                                           const scalar_t* DF_RESTRICT hx,
                                           scalar_t* DF_RESTRICT hy, acc_t update_bias, int64_t b,
                                           int64_t D, int64_t Dg) {
+  DF_SIMD
   for (int64_t j = 0; j < D; ++j)
     block_gru_forward_element<Cvt, scalar_t, acc_t>(parts, hx, hy, update_bias, b, j, D, Dg);
 }
@@ -290,6 +298,7 @@ DF_HOST_DEVICE void block_gru_backward_row(const scalar_t* DF_RESTRICT grad_hy,
                                            scalar_t* DF_RESTRICT dparts,
                                            scalar_t* DF_RESTRICT dh_direct, acc_t update_bias,
                                            int64_t b, int64_t D, int64_t Dg) {
+  DF_SIMD
   for (int64_t j = 0; j < D; ++j)
     block_gru_backward_element<Cvt, scalar_t, acc_t>(grad_hy, parts, hx, dparts, dh_direct,
                                                      update_bias, b, j, D, Dg);

@@ -18,15 +18,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define DF_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define DF_HOST_DEVICE inline
-#endif
-
-// Outputs never alias inputs; telling the compiler lets it vectorise the column
-// loops without runtime overlap checks.
-#define DF_RESTRICT __restrict__
+#include "math_macros.h"
 
 namespace dreamer_fast {
 namespace scan {

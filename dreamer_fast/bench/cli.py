@@ -28,8 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per row")
     p.add_argument("--suite", default="scan",
                    help="comma-separated: scan (λ-return), rssm (image step per cell at "
-                        "B=1024, observe B16xT64), learner (one full Dreamer update, "
-                        "world model + actor-critic, per algo); default scan")
+                        "B=1024, observe B16xT64), imagine (1024 starts x H=15, debug and S "
+                        "sizes), learner (one full Dreamer update, world model + actor-critic, "
+                        "per algo); default scan")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for the Markdown table (default benchmarks/results for a full "
                         "run, nothing for --quick)")
@@ -61,10 +62,10 @@ def run(args: argparse.Namespace) -> int:
     torch._dynamo.config.recompile_limit = 64  # one compiled graph per shape and mode
 
     suites = [x.strip() for x in args.suite.split(",") if x.strip()]
-    unknown = set(suites) - {"scan", "rssm", "learner"}
+    unknown = set(suites) - {"scan", "rssm", "imagine", "learner"}
     if unknown:
         raise SystemExit(f"dreamer-fast bench: unknown --suite {sorted(unknown)}; "
-                         "expected scan, rssm and/or learner")
+                         "expected scan, rssm, imagine and/or learner")
     dev_name = device_name(device)
     print(f"# dreamer-fast bench on {dev_name}, {args.dtype}", flush=True)
     sections = []
@@ -74,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     if "rssm" in suites:
         rows = _run_rssm(args, device, dtype, max(3, repeats // 3))
         sections.append((f"RSSM, fused vs reference backend ({args.dtype})", rows))
+    if "imagine" in suites:
+        rows = _run_imagine(args, device, dtype, max(3, repeats // 3))
+        sections.append((f"Imagination rollout, imagine vs imagine_ref ({args.dtype})", rows))
     if "learner" in suites:
         rows = _run_learner(args, device, max(3, repeats // 5))
         sections.append(("Learner update (world model + actor-critic), fused vs reference "
@@ -131,6 +135,21 @@ def _run_rssm(args, device, dtype, repeats) -> list[Row]:
         cands = {n: rssm_cases.observe_case(m, 16, 64, mode) for n, m in pair.items()}
         _measure(cands, device, max(3, repeats // 2), "observe ln_gru B16xT64 deter512",
                  mode, rows)
+    return rows
+
+
+def _run_imagine(args, device, dtype, repeats) -> list[Row]:
+    from dreamer_fast.bench import imagine_cases
+
+    rows: list[Row] = []
+    sizes = ("debug",) if args.quick else ("debug", "S")
+    for size in sizes:
+        models = imagine_cases.make_models(size, device, dtype)
+        for grad in imagine_cases.MODES:
+            cands = {n: imagine_cases.rollout_case(models[n], fn, 1024, 15, grad)
+                     for n, fn in imagine_cases.IMPLS.items()}
+            _measure(cands, device, repeats, f"imagine {size} ln_gru N=1024 H=15",
+                     f"grad={grad}", rows)
     return rows
 
 

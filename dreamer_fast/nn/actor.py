@@ -46,8 +46,9 @@ def _normal_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> 
     return -((x - mean) / std) ** 2 / 2 - torch.log(std) - _LOG_SQRT_2PI
 
 
-class TanhNormal:
-    """``tanh(N(mean, std))`` per action dim; ``mean, std [..., A]`` (pre-tanh)."""
+class _NormalBase:
+    """Shared by the two normal heads: ``mean, std [..., A]`` and the reparameterised
+    Gaussian draw ``mean + std · ε``."""
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.mean, self.std = mean, std
@@ -55,9 +56,16 @@ class TanhNormal:
     def noise_shape(self) -> tuple[int, ...]:
         return tuple(self.mean.shape)
 
-    def sample(self, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def gaussian(self, noise: torch.Tensor | None) -> torch.Tensor:
         noise = torch.randn_like(self.mean) if noise is None else noise
-        return torch.tanh(self.mean + self.std * noise)
+        return self.mean + self.std * noise
+
+
+class TanhNormal(_NormalBase):
+    """``tanh(N(mean, std))`` per action dim; ``mean, std [..., A]`` (pre-tanh)."""
+
+    def sample(self, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.tanh(self.gaussian(noise))
 
     def log_prob(self, action: torch.Tensor) -> torch.Tensor:
         """``log N(atanh(a)) − log(1 − a²)`` summed over actions; ``a`` is clamped to
@@ -69,8 +77,7 @@ class TanhNormal:
 
     def entropy(self, noise: torch.Tensor | None = None) -> torch.Tensor:
         """One-sample estimate ``−log p(a)`` (the tanh entropy has no closed form)."""
-        noise = torch.randn_like(self.mean) if noise is None else noise
-        pre = self.mean + self.std * noise
+        pre = self.gaussian(noise)
         logp = _normal_log_prob(pre, self.mean, self.std) - 2 * (
             math.log(2.0) - pre - F.softplus(-2 * pre))  # log(1 - tanh(x)^2), stable
         return -logp.sum(-1)
@@ -79,19 +86,12 @@ class TanhNormal:
         return torch.tanh(self.mean)
 
 
-class BoundedNormal:
+class BoundedNormal(_NormalBase):
     """``N(mean, std)`` with ``|mean| < 1``; samples clipped to [−1, 1] with a
     straight-through gradient. ``log_prob``/``entropy`` are those of the unclipped normal."""
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.mean, self.std = mean, std
-
-    def noise_shape(self) -> tuple[int, ...]:
-        return tuple(self.mean.shape)
-
     def sample(self, noise: torch.Tensor | None = None) -> torch.Tensor:
-        noise = torch.randn_like(self.mean) if noise is None else noise
-        x = self.mean + self.std * noise
+        x = self.gaussian(noise)
         return x + (x.clamp(-1.0, 1.0) - x).detach()
 
     def log_prob(self, action: torch.Tensor) -> torch.Tensor:

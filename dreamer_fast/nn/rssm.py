@@ -19,6 +19,12 @@ Transitions:
   ``action`` to zeros where ``is_first``, runs ``img_step`` for the prior, then
   ``[deter', embed]`` -> ``obs_layers`` dense layers -> stats -> sample.
 
+With the fused backend (``backend='fused'``, or ``'auto'`` where kernels exist) every
+transition method is one native call with one fused backward: ``observe`` / ``obs_step``
+run ``rssm_observe`` over the whole sequence, ``img_step`` / ``imagine_with_action`` run
+``rssm_imagine`` (dreamer_fast/ops/rssm_fused.py). ``backend='ref'`` composes the
+``*_ref`` ops step by step; both give the same numbers for the same parameters and noise.
+
 Sampling takes noise as an input (uniform ``[..., S]`` for categorical, standard normal
 ``[..., S]`` for Gaussian), drawn with torch.rand/randn when not given, so the fused and
 reference backends produce identical trajectories for the same noise.
@@ -34,6 +40,7 @@ from dreamer_fast.nn.cells import BlockGRUCell, GRUCell, LNGRUCell
 from dreamer_fast.nn.dense import MLP, Dense
 from dreamer_fast.ops import (categorical_sample, categorical_sample_ref, gaussian_sample,
                               gaussian_sample_ref)
+from dreamer_fast.ops.rssm_fused import rssm_imagine, rssm_observe
 
 CELLS = ("gru", "ln_gru", "block_gru")
 State = dict[str, torch.Tensor]
@@ -107,6 +114,32 @@ class RSSM(nn.Module):
             return torch.rand(shape, device=like.device, dtype=like.dtype)
         return torch.randn(shape, device=like.device, dtype=like.dtype)
 
+    def _flat(self, stoch: torch.Tensor) -> torch.Tensor:
+        """``[..., S, K]`` one-hot latents -> ``[..., S*K]`` (Gaussian: unchanged)."""
+        if self.classes:
+            return stoch.reshape(*stoch.shape[:-2], self.stoch * self.classes)
+        return stoch
+
+    def _unflat(self, deter, stoch, a, b) -> State:
+        """A state dict from the fused ops' flat outputs."""
+        if self.classes:
+            shape = (*stoch.shape[:-1], self.stoch, self.classes)
+            return {"deter": deter, "stoch": stoch.reshape(shape), "logit": a.reshape(shape)}
+        return {"deter": deter, "stoch": stoch, "mean": a, "std": b}
+
+    def _fused_observe(self, embed, action, is_first, state, noise) -> tuple[State, State]:
+        keep = (~is_first.bool()).to(embed.dtype)
+        deter, ps, pa, pb, qs, qa, qb = rssm_observe(
+            self, embed, action, keep, state["deter"], self._flat(state["stoch"]), noise[0],
+            noise[1])
+        return self._unflat(deter, ps, pa, pb), self._unflat(deter, qs, qa, qb)
+
+    def _fused_imagine(self, state, action, noise) -> State:
+        deter, stoch, a, b, _ = rssm_imagine(self, None, state["deter"],
+                                             self._flat(state["stoch"]), action, None, noise,
+                                             action.shape[1])
+        return self._unflat(deter, stoch, a, b)
+
     # ---- transitions -----------------------------------------------------------------
 
     def _stats_to_state(self, stats: torch.Tensor, deter: torch.Tensor,
@@ -129,6 +162,10 @@ class RSSM(nn.Module):
     def img_step(self, state: State, action: torch.Tensor,
                  noise: torch.Tensor | None = None) -> State:
         """Prior step: ``state`` (batch ``[B]``), ``action [B, A]`` -> next prior state."""
+        if use_fused(self.backend, action):
+            noise = self.draw_noise(action.shape[0], like=action) if noise is None else noise
+            out = self._fused_imagine(state, action[:, None], noise[:, None])
+            return {k: v[:, 0] for k, v in out.items()}
         stoch = state["stoch"]
         if self.classes:
             stoch = stoch.reshape(*stoch.shape[:-2], self.stoch * self.classes)
@@ -144,6 +181,15 @@ class RSSM(nn.Module):
                  noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[State, State]:
         """Posterior step. Resets ``state``/``action`` where ``is_first [B]`` (bool), then
         returns ``(post, prior)``. ``noise = (prior_noise, post_noise)``, each ``[B, S]``."""
+        if use_fused(self.backend, action):
+            B = action.shape[0]
+            if noise is None:
+                noise = (self.draw_noise(B, like=action), self.draw_noise(B, like=action))
+            post, prior = self._fused_observe(embed[:, None], action[:, None],
+                                              is_first[:, None], state,
+                                              (noise[0][:, None], noise[1][:, None]))
+            return ({k: v[:, 0] for k, v in post.items()},
+                    {k: v[:, 0] for k, v in prior.items()})
         keep = (~is_first.bool()).to(action.dtype)
         # Blend towards initial() without allocating it: every initial entry is zero except
         # a Gaussian std of one.
@@ -163,6 +209,10 @@ class RSSM(nn.Module):
         ``[B, T, ...]`` tensors."""
         B, T = action.shape[:2]
         state = self.initial(B) if state is None else state
+        if use_fused(self.backend, action):
+            if noise is None:
+                noise = (self.draw_noise(B, T, like=action), self.draw_noise(B, T, like=action))
+            return self._fused_observe(embed, action, is_first, state, noise)
         posts, priors = [], []
         for t in range(T):
             step_noise = None if noise is None else (noise[0][:, t], noise[1][:, t])
@@ -176,6 +226,10 @@ class RSSM(nn.Module):
                             noise: torch.Tensor | None = None) -> State:
         """Prior rollout from ``state`` (batch ``[B]``) for ``action [B, T, A]``; ``noise
         [B, T, S]``. Returns ``[B, T, ...]`` states (the step after each action)."""
+        if use_fused(self.backend, action):
+            if noise is None:
+                noise = self.draw_noise(*action.shape[:2], like=action)
+            return self._fused_imagine(state, action, noise)
         priors = []
         for t in range(action.shape[1]):
             state = self.img_step(state, action[:, t], None if noise is None else noise[:, t])

@@ -3,7 +3,10 @@ start states.
 
 ``imagine(rssm, actor, start, horizon, grad='none', noise=None, wm_grad=False)``
 and ``imagine_ref`` (same signature; a plain Python loop over ``actor`` and
-``RSSM.img_step``). For ``t = 0 .. H-1``::
+``RSSM.img_step``). ``imagine`` runs all ``H`` steps in one native call
+(``rssm_imagine``, csrc/rssm_ops.cpp) with one fused backward, when the modules' backend
+selects the fused kernels (``'fused'``, or ``'auto'`` where they exist for the device);
+with ``backend='ref'`` it is ``imagine_ref``. For ``t = 0 .. H-1``::
 
     feat_t   = cat([flatten(stoch_t), deter_t])           (RSSM.get_feat)
     action_t = actor(feat_t).sample(noise["action"][:, t])
@@ -26,7 +29,10 @@ Gradient modes:
 * ``grad='dynamics'`` (DreamerV1, V2 continuous): the outputs are differentiable w.r.t.
   the actor's parameters and ``start``; also w.r.t. the world model's parameters when
   ``wm_grad=True`` (they are treated as constants by default, so an actor loss never
-  writes world-model gradients).
+  writes world-model gradients). The fused backward keeps, per step, each layer's
+  input, pre-activation and norm statistics (actor MLP, RSSM input layer, cell, prior
+  MLP): about ``N · H · (2·hidden·(actor layers + prior layers + 2) + 4·deter)`` values
+  for the GRU cells, the same as the eager graph holds minus autograd's bookkeeping.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ import contextlib
 import torch
 from torch import nn
 from torch.func import functional_call
+
+from dreamer_fast.nn._backend import use_fused
+from dreamer_fast.ops.rssm_fused import rssm_imagine
 
 GRAD_MODES = ("none", "dynamics")
 _OP = "imagine"
@@ -162,3 +171,28 @@ def imagine_ref(rssm, actor, start: dict[str, torch.Tensor], horizon: int, grad:
             states.append(state)
             actions.append(action)
         return _stack_trajectory(states, actions, rssm)
+
+
+def imagine(rssm, actor, start: dict[str, torch.Tensor], horizon: int, grad: str = "none",
+            noise: dict[str, torch.Tensor] | None = None,
+            wm_grad: bool = False) -> dict[str, torch.Tensor]:
+    """The rollout as one native call (see the module docstring); falls back to
+    :func:`imagine_ref` when the modules' backend is ``'ref'`` (or ``'auto'`` without
+    kernels for the device)."""
+    n = check_imagine_args(rssm, actor, start, horizon, grad, noise, wm_grad)
+    like = start["deter"]
+    if not (use_fused(rssm.backend, like) and use_fused(actor.backend, like)):
+        return imagine_ref(rssm, actor, start, horizon, grad, noise, wm_grad)
+    if noise is None:
+        noise = draw_imagine_noise(rssm, actor, n, horizon, like=like)
+    detach_wm = (lambda ps: [p.detach() for p in ps]) if not wm_grad else None
+    ctx = torch.no_grad() if grad == "none" else contextlib.nullcontext()
+    with ctx:
+        deter, stoch, a, b, action = rssm_imagine(
+            rssm, actor, start["deter"], rssm._flat(start["stoch"]), None, noise["action"],
+            noise["stoch"], horizon, wm_params=detach_wm)
+        steps = rssm._unflat(deter, stoch, a, b)
+        out = {k: torch.cat([start[k].unsqueeze(1), steps[k]], 1) for k in _state_keys(rssm)}
+        out["feat"] = rssm.get_feat(out)
+        out["action"] = action
+        return out

@@ -1,0 +1,451 @@
+// Whole-sequence RSSM ops, each one native call forward and one backward:
+//
+//   rssm_observe: T posterior steps (image step + posterior MLP + sample) over a
+//     batch-major sequence. The action part of the RSSM input layer and the embed part of
+//     the posterior's first layer are one GEMM over all T·B rows up front; the prior MLP
+//     and prior head (off the recurrence) run once over all T·B rows after the loop; all
+//     weight gradients are one GEMM each over T·B rows (rssm_model.h, Grads).
+//   rssm_imagine: H image steps from N start states, the action of each step either given
+//     ([N, H, A]) or sampled from the actor (MLP + head) on the step's feature
+//     cat(stoch, deter). Used for RSSM.img_step (H = 1), imagine_with_action and the
+//     imagination rollout of behaviour learning.
+//
+// Noise is an input. Internally everything is time-major; inputs and outputs are
+// batch-major. Saved activations travel as a Tensor[] output (empty when `save` is
+// false, e.g. under no_grad); the Python side registers autograd
+// (dreamer_fast/ops/rssm_fused.py).
+#include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
+#include <torch/library.h>
+
+#include "rssm_model.h"
+
+namespace dreamer_fast {
+namespace rssm {
+namespace {
+
+using TensorVec = std::vector<Tensor>;
+
+Tensor time_major(const Tensor& x) { return x.transpose(0, 1).contiguous(); }
+Tensor batch_major(const Tensor& x) { return x.transpose(0, 1).contiguous(); }
+Tensor empty0(const Tensor& like) { return at::empty({0}, like.options()); }
+Tensor opt(const std::optional<Tensor>& t) {
+  return (t.has_value() && t->defined() && t->numel() > 0) ? *t : Tensor();
+}
+// [B, T, ...] upstream gradient -> [T, B, n] (undefined stays undefined)
+Tensor grad_tm(const std::optional<Tensor>& g, int64_t n) {
+  const Tensor t = opt(g);
+  if (!t.defined()) return t;
+  return time_major(t.reshape({t.size(0), t.size(1), n}));
+}
+
+void check_seq(const char* op, const char* name, const Tensor& t, const Tensor& like,
+               at::IntArrayRef shape) {
+  TORCH_CHECK(t.sizes() == shape, op, ": `", name, "` must have shape ", shape, ", got ",
+              t.sizes());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type() && t.device() == like.device(), op, ": `",
+              name, "` is ", t.scalar_type(), " on ", t.device(), ", expected ",
+              like.scalar_type(), " on ", like.device());
+}
+
+// ---------------------------------------------------------------------------------------
+// observe
+// ---------------------------------------------------------------------------------------
+
+constexpr const char* kObserve = "rssm_observe";
+// global saved entries before the per-step ones
+constexpr int64_t kObsGlobal = 9;
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> observe(
+    at::TensorList P, at::IntArrayRef spec, at::ArrayRef<double> fspec, const Tensor& embed,
+    const Tensor& action, const Tensor& keep, const Tensor& deter0, const Tensor& stoch0,
+    const Tensor& prior_noise, const Tensor& post_noise, bool save) {
+  const Spec s = parse_rssm(kObserve, P, spec, fspec);
+  TORCH_CHECK(embed.dim() == 3 && action.dim() == 3, kObserve,
+              ": `embed` and `action` must be [B, T, E] and [B, T, A]");
+  const int64_t B = embed.size(0), T = embed.size(1), E = embed.size(2), A = action.size(2);
+  const int64_t D = deter0.size(1), SF = s.flat_stoch(), S = s.stoch;
+  TORCH_CHECK(T >= 1, kObserve, ": the sequence must have T >= 1 steps");
+  check_seq(kObserve, "action", action, embed, {B, T, A});
+  check_seq(kObserve, "keep", keep, embed, {B, T});
+  check_seq(kObserve, "deter", deter0, embed, {B, D});
+  check_seq(kObserve, "stoch", stoch0, embed, {B, SF});
+  check_seq(kObserve, "prior_noise", prior_noise, embed, {B, T, S});
+  check_seq(kObserve, "post_noise", post_noise, embed, {B, T, S});
+  TORCH_CHECK(P[0].scalar_type() == embed.scalar_type() && P[0].device() == embed.device(),
+              kObserve, ": parameters are ", P[0].scalar_type(), " on ", P[0].device(),
+              ", inputs ", embed.scalar_type(), " on ", embed.device());
+  const c10::OptionalDeviceGuard guard(embed.device());
+
+  const Tensor keepT = time_major(keep).unsqueeze(-1);               // [T, B, 1]
+  const Tensor actT = time_major(action).mul_(keepT);                // masked actions
+  const Tensor embT = time_major(embed);                             // [T, B, E]
+  const Tensor postNT = time_major(post_noise), priorNT = time_major(prior_noise);
+  const DenseRef& o0 = s.obs_out[0];
+  // The embed part of the posterior's first layer for all steps at once.
+  const Tensor W0 = P[o0.w];
+  Tensor e_proj = at::mm(embT.view({T * B, E}), W0.narrow(1, D, E).t());
+  if (o0.b >= 0) e_proj.add_(P[o0.b]);
+  e_proj = e_proj.view({T, B, -1});
+  Tensor a_proj;
+  if (s.cell != kBlockGru) {
+    const DenseRef& r = s.img_in[0];
+    a_proj = at::mm(actT.view({T * B, A}), P[r.w].narrow(1, SF, A).t());
+    if (r.b >= 0) a_proj.add_(P[r.b]);
+    a_proj = a_proj.view({T, B, -1});
+  }
+
+  Tensor deters = at::empty({T, B, D}, embed.options());
+  Tensor post_stoch = at::empty({T, B, SF}, embed.options());
+  Tensor post_stats = at::empty({T, B, s.stats_size()}, embed.options());
+  Tensor post_a = at::empty({T, B, s.classes ? SF : S}, embed.options());
+  Tensor post_b = s.classes ? empty0(embed) : at::empty({T, B, S}, embed.options());
+  TensorVec steps;
+  TensorVec* sv = save ? &steps : nullptr;
+  Tensor deter = deter0.contiguous(), stoch = stoch0.contiguous();
+  for (int64_t t = 0; t < T; ++t) {
+    const Tensor k = keepT[t];
+    const Tensor deter_in = deter * k, stoch_in = stoch * k;
+    if (s.cell != kBlockGru) {
+      const DenseRef& r = s.img_in[0];
+      const Tensor z = at::addmm(a_proj[t], stoch_in, P[r.w].narrow(1, 0, SF).t());
+      const Tensor x = layer_epilogue(P, r, z, stoch_in, sv);
+      deter = cell_forward(P, s, x, deter_in, Tensor(), Tensor(), sv);
+    } else {
+      deter = cell_forward(P, s, Tensor(), deter_in, stoch_in, actT[t], sv);
+    }
+    deters[t].copy_(deter);
+    // posterior MLP on cat(deter, embed); the embed part is in e_proj
+    const Tensor z0 = at::addmm(e_proj[t], deter, W0.narrow(1, 0, D).t());
+    Tensor h = layer_epilogue(P, o0, z0, deter, sv);
+    for (size_t l = 1; l < s.obs_out.size(); ++l) h = layer_forward(P, s.obs_out[l], h, sv);
+    const HeadOut ho = latent_forward(s, h, postNT[t]);
+    post_stats[t].copy_(h);
+    post_stoch[t].copy_(ho.sample);
+    post_a[t].copy_(ho.a);
+    if (ho.b.defined()) post_b[t].copy_(ho.b);
+    stoch = ho.sample;
+  }
+  // The prior of every step at once: it does not feed the recurrence.
+  TensorVec prior_saved;
+  Tensor hp = deters.view({T * B, D});
+  for (const DenseRef& r : s.img_out) hp = layer_forward(P, r, hp, save ? &prior_saved : nullptr);
+  const Tensor prior_stats = hp;
+  const HeadOut prior = latent_forward(s, prior_stats, priorNT.view({T * B, S}));
+
+  TensorVec saved;
+  if (save) {
+    saved = {keepT, actT, embT, deters, post_stats, postNT, priorNT, prior_stats,
+             at::empty({0}, embed.options())};
+    saved.insert(saved.end(), prior_saved.begin(), prior_saved.end());
+    saved.insert(saved.end(), steps.begin(), steps.end());
+  }
+  auto bm = [&](const Tensor& t) { return t.numel() ? batch_major(t.view({T, B, -1})) : t; };
+  return {bm(deters),   bm(post_stoch), bm(post_a), s.classes ? empty0(embed) : bm(post_b),
+          bm(prior.sample), bm(prior.a), s.classes ? empty0(embed) : bm(prior.b), saved};
+}
+
+std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
+    const std::optional<Tensor>& g_deter, const std::optional<Tensor>& g_post_stoch,
+    const std::optional<Tensor>& g_post_a, const std::optional<Tensor>& g_post_b,
+    const std::optional<Tensor>& g_prior_stoch, const std::optional<Tensor>& g_prior_a,
+    const std::optional<Tensor>& g_prior_b, at::TensorList saved, at::TensorList P,
+    at::IntArrayRef spec, at::ArrayRef<double> fspec) {
+  const Spec s = parse_rssm(kObserve, P, spec, fspec);
+  const Tensor &keepT = saved[0], &actT = saved[1], &embT = saved[2], &deters = saved[3];
+  const Tensor &post_stats = saved[4], &postNT = saved[5], &priorNT = saved[6];
+  const Tensor& prior_stats = saved[7];
+  const int64_t T = deters.size(0), B = deters.size(1), D = deters.size(2);
+  const int64_t E = embT.size(2), A = actT.size(2), SF = s.flat_stoch(), S = s.stoch;
+  const int64_t n_prior = 3 * static_cast<int64_t>(s.img_out.size());
+  const int64_t n_img_in = s.cell == kBlockGru ? 0 : 3;
+  const int64_t per_step = n_img_in + cell_saved_count(s) + 3 * s.obs_out.size();
+  TORCH_CHECK(static_cast<int64_t>(saved.size()) == kObsGlobal + n_prior + T * per_step,
+              kObserve, "_backward: `saved` has ", saved.size(), " tensors, expected ",
+              kObsGlobal + n_prior + T * per_step);
+  const c10::OptionalDeviceGuard guard(deters.device());
+  Grads g(P);
+  const int64_t SA = s.classes ? SF : S;
+
+  // prior head + MLP over all T·B rows
+  Tensor d = latent_backward(s, prior_stats, priorNT.view({T * B, S}),
+                             opt(g_prior_stoch).defined() ? grad_tm(g_prior_stoch, SF).view({T * B, SF}) : Tensor(),
+                             opt(g_prior_a).defined() ? grad_tm(g_prior_a, SA).view({T * B, SA}) : Tensor(),
+                             opt(g_prior_b).defined() ? grad_tm(g_prior_b, S).view({T * B, S}) : Tensor());
+  for (int64_t l = static_cast<int64_t>(s.img_out.size()) - 1; l >= 0; --l) {
+    const int64_t o = kObsGlobal + 3 * l;
+    d = layer_backward(P, s.img_out[l], LayerSaved{saved[o], saved[o + 1], saved[o + 2]}, d, g,
+                       true);
+  }
+  Tensor dd_all = d.view({T, B, D});
+  const Tensor gdT = grad_tm(g_deter, D);
+  if (gdT.defined()) dd_all = dd_all + gdT;
+  const Tensor gsT = grad_tm(g_post_stoch, SF), gaT = grad_tm(g_post_a, SA),
+               gbT = grad_tm(g_post_b, S);
+
+  const DenseRef& o0 = s.obs_out[0];
+  const Tensor& W0 = P[o0.w];
+  TensorVec dz_obs(T), dz_in(T);
+  Tensor d_actT = s.cell == kBlockGru ? at::empty({T, B, A}, deters.options()) : Tensor();
+  Tensor carry_deter, carry_stoch;
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const Tensor* sv = saved.data() + kObsGlobal + n_prior + t * per_step;
+    Tensor dd = carry_deter.defined() ? dd_all[t] + carry_deter : dd_all[t].clone();
+    Tensor gs = gsT.defined() ? gsT[t] : Tensor();
+    if (carry_stoch.defined()) gs = gs.defined() ? gs + carry_stoch : carry_stoch;
+    Tensor dh = latent_backward(s, post_stats[t], postNT[t], gs,
+                                gaT.defined() ? gaT[t] : Tensor(),
+                                gbT.defined() ? gbT[t] : Tensor());
+    const Tensor* ov = sv + n_img_in + cell_saved_count(s);
+    for (int64_t l = static_cast<int64_t>(s.obs_out.size()) - 1; l >= 1; --l) {
+      const Tensor* lv = ov + 3 * l;
+      dh = layer_backward(P, s.obs_out[l], LayerSaved{lv[0], lv[1], lv[2]}, dh, g, true);
+    }
+    const Tensor dz0 = layer_backward_dz(P, o0, LayerSaved{ov[0], ov[1], ov[2]}, dh, g);
+    g.mm(o0.w, dz0, ov[0], 0);
+    g.mm(o0.w, dz0, embT[t], D);
+    if (o0.b >= 0) g.rowsum(o0.b, dz0);
+    dz_obs[t] = dz0;
+    dd.addmm_(dz0, W0.narrow(1, 0, D));
+    const CellGrads cg = cell_backward(P, s, sv + n_img_in, dd, g);
+    Tensor d_stoch_in;
+    if (s.cell != kBlockGru) {
+      const DenseRef& r = s.img_in[0];
+      const Tensor dz = layer_backward_dz(P, r, LayerSaved{sv[0], sv[1], sv[2]}, cg.x, g);
+      g.mm(r.w, dz, sv[0], 0);
+      g.mm(r.w, dz, actT[t], SF);
+      if (r.b >= 0) g.rowsum(r.b, dz);
+      dz_in[t] = dz;
+      d_stoch_in = at::mm(dz, P[r.w].narrow(1, 0, SF));
+    } else {
+      d_stoch_in = cg.stoch;
+      d_actT[t].copy_(cg.action / actT[t].abs().clamp_min(1.0));
+    }
+    carry_deter = cg.deter * keepT[t];
+    carry_stoch = d_stoch_in * keepT[t];
+  }
+  // input gradients of the batched projections
+  const Tensor d_embed = at::mm(at::cat(dz_obs), W0.narrow(1, D, E)).view({T, B, E});
+  if (s.cell != kBlockGru) {
+    const DenseRef& r = s.img_in[0];
+    d_actT = at::mm(at::cat(dz_in), P[r.w].narrow(1, SF, A)).view({T, B, A});
+  }
+  d_actT = d_actT * keepT;
+  return {g.finish(), batch_major(d_embed), batch_major(d_actT), carry_deter, carry_stoch};
+}
+
+// ---------------------------------------------------------------------------------------
+// imagine
+// ---------------------------------------------------------------------------------------
+
+constexpr const char* kImagine = "rssm_imagine";
+
+int64_t imagine_step_saved(const Spec& s, const ActorSpec* a) {
+  const int64_t actor = a ? 3 * static_cast<int64_t>(a->layers.size()) : 0;
+  const int64_t img_in = s.cell == kBlockGru ? 0 : 3;
+  return actor + img_in + cell_saved_count(s) + 3 * static_cast<int64_t>(s.img_out.size());
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
+    at::TensorList P, at::IntArrayRef spec, at::ArrayRef<double> fspec, at::TensorList AP,
+    at::IntArrayRef actor_spec, at::ArrayRef<double> actor_fspec, const Tensor& deter0,
+    const Tensor& stoch0, const std::optional<Tensor>& actions_opt, const Tensor& action_noise,
+    const Tensor& stoch_noise, int64_t horizon, bool save) {
+  const Spec s = parse_rssm(kImagine, P, spec, fspec);
+  const Tensor actions = opt(actions_opt);
+  const bool use_actor = !actions.defined();
+  ActorSpec as;
+  if (use_actor) as = parse_actor(kImagine, AP, actor_spec, actor_fspec);
+  TORCH_CHECK(horizon >= 1, kImagine, ": `horizon` must be >= 1, got ", horizon);
+  TORCH_CHECK(deter0.dim() == 2, kImagine, ": `deter` must be [N, D], got ", deter0.sizes());
+  const int64_t N = deter0.size(0), D = deter0.size(1), SF = s.flat_stoch(), S = s.stoch,
+                H = horizon;
+  check_seq(kImagine, "stoch", stoch0, deter0, {N, SF});
+  check_seq(kImagine, "stoch_noise", stoch_noise, deter0, {N, H, S});
+  int64_t A;
+  if (use_actor) {
+    A = as.actions;
+    check_seq(kImagine, "action_noise", action_noise, deter0,
+              {N, H, as.head == kCategorical ? 1 : A});
+    TORCH_CHECK(AP[as.layers[0].w].size(1) == SF + D, kImagine, ": the actor takes features of ",
+                AP[as.layers[0].w].size(1), ", the RSSM's have ", SF + D);
+  } else {
+    TORCH_CHECK(actions.dim() == 3, kImagine, ": `actions` must be [N, H, A]");
+    A = actions.size(2);
+    check_seq(kImagine, "actions", actions, deter0, {N, H, A});
+  }
+  TORCH_CHECK(P[0].scalar_type() == deter0.scalar_type() && P[0].device() == deter0.device(),
+              kImagine, ": parameters are ", P[0].scalar_type(), " on ", P[0].device(),
+              ", states ", deter0.scalar_type(), " on ", deter0.device());
+  const c10::OptionalDeviceGuard guard(deter0.device());
+  const Tensor snT = time_major(stoch_noise);
+  const Tensor anT = use_actor ? time_major(action_noise) : Tensor();
+  const Tensor givenT = use_actor ? Tensor() : time_major(actions);
+
+  Tensor deters = at::empty({H, N, D}, deter0.options());
+  Tensor stochs = at::empty({H, N, SF}, deter0.options());
+  Tensor stats_all = at::empty({H, N, s.stats_size()}, deter0.options());
+  Tensor out_a = at::empty({H, N, s.classes ? SF : S}, deter0.options());
+  Tensor out_b = s.classes ? empty0(deter0) : at::empty({H, N, S}, deter0.options());
+  Tensor acts = at::empty({H, N, A}, deter0.options());
+  Tensor raws =
+      use_actor ? at::empty({H, N, AP[as.layers.back().w].size(0)}, deter0.options()) : Tensor();
+  TensorVec steps;
+  TensorVec* sv = save ? &steps : nullptr;
+  Tensor deter = deter0.contiguous(), stoch = stoch0.contiguous();
+  for (int64_t t = 0; t < H; ++t) {
+    Tensor action;
+    if (use_actor) {
+      Tensor h = at::cat({stoch, deter}, 1);
+      for (const DenseRef& r : as.layers) h = layer_forward(AP, r, h, sv);
+      raws[t].copy_(h);
+      action = action_forward(as, h, anT[t]);
+    } else {
+      action = givenT[t];
+    }
+    acts[t].copy_(action);
+    if (s.cell != kBlockGru) {
+      const Tensor x = layer_forward(P, s.img_in[0], at::cat({stoch, action}, 1), sv);
+      deter = cell_forward(P, s, x, deter, Tensor(), Tensor(), sv);
+    } else {
+      deter = cell_forward(P, s, Tensor(), deter, stoch, action, sv);
+    }
+    Tensor h = deter;
+    for (const DenseRef& r : s.img_out) h = layer_forward(P, r, h, sv);
+    const HeadOut ho = latent_forward(s, h, snT[t]);
+    deters[t].copy_(deter);
+    stochs[t].copy_(ho.sample);
+    stats_all[t].copy_(h);
+    out_a[t].copy_(ho.a);
+    if (ho.b.defined()) out_b[t].copy_(ho.b);
+    stoch = ho.sample;
+  }
+  TensorVec saved;
+  if (save) {
+    saved = {snT, use_actor ? anT : empty0(deter0), acts, stats_all,
+             use_actor ? raws : empty0(deter0)};
+    saved.insert(saved.end(), steps.begin(), steps.end());
+  }
+  return {batch_major(deters), batch_major(stochs), batch_major(out_a),
+          s.classes ? empty0(deter0) : batch_major(out_b), batch_major(acts), saved};
+}
+
+std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
+    const std::optional<Tensor>& g_deter, const std::optional<Tensor>& g_stoch,
+    const std::optional<Tensor>& g_a, const std::optional<Tensor>& g_b,
+    const std::optional<Tensor>& g_action, at::TensorList saved, at::TensorList P,
+    at::IntArrayRef spec, at::ArrayRef<double> fspec, at::TensorList AP,
+    at::IntArrayRef actor_spec, at::ArrayRef<double> actor_fspec, bool use_actor,
+    bool need_params, bool need_actor_params) {
+  const Spec s = parse_rssm(kImagine, P, spec, fspec);
+  ActorSpec as;
+  if (use_actor) as = parse_actor(kImagine, AP, actor_spec, actor_fspec);
+  const Tensor &snT = saved[0], &anT = saved[1], &acts = saved[2], &stats_all = saved[3],
+               &raws = saved[4];
+  const int64_t H = acts.size(0), N = acts.size(1), A = acts.size(2);
+  const int64_t SF = s.flat_stoch(), S = s.stoch, SA = s.classes ? SF : S;
+  const int64_t per_step = imagine_step_saved(s, use_actor ? &as : nullptr);
+  TORCH_CHECK(static_cast<int64_t>(saved.size()) == 5 + H * per_step, kImagine,
+              "_backward: `saved` has ", saved.size(), " tensors, expected ", 5 + H * per_step);
+  const c10::OptionalDeviceGuard guard(acts.device());
+  const Tensor gdT = opt(g_deter).defined() ? time_major(opt(g_deter)) : Tensor();
+  const Tensor gsT = grad_tm(g_stoch, SF), gaT = grad_tm(g_a, SA), gbT = grad_tm(g_b, S);
+  const Tensor gactT = opt(g_action).defined() ? time_major(opt(g_action)) : Tensor();
+  Grads g(P), ga(AP);
+  Tensor d_actions = use_actor ? empty0(acts) : at::empty({H, N, A}, acts.options());
+  Tensor carry_deter, carry_stoch;
+  const int64_t n_actor = use_actor ? 3 * static_cast<int64_t>(as.layers.size()) : 0;
+  const int64_t n_img_in = s.cell == kBlockGru ? 0 : 3;
+  const int64_t n_cell = cell_saved_count(s);
+  for (int64_t t = H - 1; t >= 0; --t) {
+    const Tensor* sv = saved.data() + 5 + t * per_step;
+    Tensor dd = gdT.defined() ? gdT[t] : Tensor();
+    if (carry_deter.defined()) dd = dd.defined() ? dd + carry_deter : carry_deter;
+    Tensor gs = gsT.defined() ? gsT[t] : Tensor();
+    if (carry_stoch.defined()) gs = gs.defined() ? gs + carry_stoch : carry_stoch;
+    Tensor dh = latent_backward(s, stats_all[t], snT[t], gs, gaT.defined() ? gaT[t] : Tensor(),
+                                gbT.defined() ? gbT[t] : Tensor());
+    const Tensor* ov = sv + n_actor + n_img_in + n_cell;
+    for (int64_t l = static_cast<int64_t>(s.img_out.size()) - 1; l >= 0; --l) {
+      const Tensor* lv = ov + 3 * l;
+      dh = layer_backward(P, s.img_out[l], LayerSaved{lv[0], lv[1], lv[2]}, dh, g, true);
+    }
+    dd = dd.defined() ? dd + dh : dh;
+    const CellGrads cg = cell_backward(P, s, sv + n_actor + n_img_in, dd, g);
+    Tensor d_stoch, d_act;
+    if (s.cell != kBlockGru) {
+      const Tensor* iv = sv + n_actor;
+      const Tensor dx = layer_backward(P, s.img_in[0], LayerSaved{iv[0], iv[1], iv[2]}, cg.x, g,
+                                       true);
+      d_stoch = dx.narrow(1, 0, SF);
+      d_act = dx.narrow(1, SF, A);
+    } else {
+      d_stoch = cg.stoch;
+      d_act = cg.action / acts[t].abs().clamp_min(1.0);
+    }
+    Tensor d_deter = cg.deter;
+    if (gactT.defined()) d_act = d_act + gactT[t];
+    if (use_actor) {
+      Tensor dr = action_backward(as, raws[t], anT[t], d_act);
+      for (int64_t l = static_cast<int64_t>(as.layers.size()) - 1; l >= 0; --l) {
+        const Tensor* lv = sv + 3 * l;
+        dr = layer_backward(AP, as.layers[l], LayerSaved{lv[0], lv[1], lv[2]}, dr, ga, true);
+      }
+      d_stoch = d_stoch + dr.narrow(1, 0, SF);
+      d_deter = d_deter + dr.narrow(1, SF, dr.size(1) - SF);
+    } else {
+      d_actions[t].copy_(d_act);
+    }
+    carry_deter = d_deter;
+    carry_stoch = d_stoch.contiguous();
+  }
+  TensorVec dP = need_params ? g.finish() : TensorVec{};
+  TensorVec dA = (use_actor && need_actor_params) ? ga.finish() : TensorVec{};
+  return {dP, dA, carry_deter, carry_stoch,
+          use_actor ? d_actions : batch_major(d_actions)};
+}
+
+}  // namespace
+}  // namespace rssm
+
+TORCH_LIBRARY_FRAGMENT(dreamer_fast, m) {
+  m.def(
+      "rssm_observe(Tensor[] params, int[] spec, float[] fspec, Tensor embed, Tensor action, "
+      "Tensor keep, Tensor deter, Tensor stoch, Tensor prior_noise, Tensor post_noise, "
+      "bool save) -> (Tensor deter, Tensor post_stoch, Tensor post_a, Tensor post_b, "
+      "Tensor prior_stoch, Tensor prior_a, Tensor prior_b, Tensor[] saved)");
+  m.def(
+      "rssm_observe_backward(Tensor? g_deter, Tensor? g_post_stoch, Tensor? g_post_a, "
+      "Tensor? g_post_b, Tensor? g_prior_stoch, Tensor? g_prior_a, Tensor? g_prior_b, "
+      "Tensor[] saved, Tensor[] params, int[] spec, float[] fspec) -> "
+      "(Tensor[], Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "rssm_imagine(Tensor[] params, int[] spec, float[] fspec, Tensor[] actor_params, "
+      "int[] actor_spec, float[] actor_fspec, Tensor deter, Tensor stoch, Tensor? actions, "
+      "Tensor action_noise, Tensor stoch_noise, int horizon, bool save) -> (Tensor deter, "
+      "Tensor stoch, Tensor a, Tensor b, Tensor action, Tensor[] saved)");
+  m.def(
+      "rssm_imagine_backward(Tensor? g_deter, Tensor? g_stoch, Tensor? g_a, Tensor? g_b, "
+      "Tensor? g_action, Tensor[] saved, Tensor[] params, int[] spec, float[] fspec, "
+      "Tensor[] actor_params, int[] actor_spec, float[] actor_fspec, bool use_actor, "
+      "bool need_params, bool need_actor_params) -> (Tensor[], Tensor[], Tensor, Tensor, "
+      "Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(dreamer_fast, CPU, m) {
+  m.impl("rssm_observe", &rssm::observe);
+  m.impl("rssm_observe_backward", &rssm::observe_backward);
+  m.impl("rssm_imagine", &rssm::imagine);
+  m.impl("rssm_imagine_backward", &rssm::imagine_backward);
+}
+
+#ifdef DREAMER_FAST_WITH_CUDA
+TORCH_LIBRARY_IMPL(dreamer_fast, CUDA, m) {
+  m.impl("rssm_observe", &rssm::observe);
+  m.impl("rssm_observe_backward", &rssm::observe_backward);
+  m.impl("rssm_imagine", &rssm::imagine);
+  m.impl("rssm_imagine_backward", &rssm::imagine_backward);
+}
+#endif
+
+}  // namespace dreamer_fast
