@@ -70,7 +70,11 @@ class WorldModel(nn.Module):
         m = self.cfg
         obs = data[self.obs_key]
         embed = self.encoder(obs)
-        post, prior = self.rssm.observe(embed, data["action"], data["is_first"])
+        # Noise drawn here, in a fixed order: the fused and reference backends then see the
+        # same samples for the same seed (each may draw internally in its own order).
+        B, T = embed.shape[:2]
+        noise = (self.rssm.draw_noise(B, T, like=embed), self.rssm.draw_noise(B, T, like=embed))
+        post, prior = self.rssm.observe(embed, data["action"], data["is_first"], noise=noise)
         feat = self.rssm.get_feat(post)
         if self.obs_key == "image":
             dec = mse(self.decoder(feat), image_target(obs), 3)
