@@ -196,3 +196,16 @@ def test_cli_bad_env_and_bad_config(tmp_path, capsys):
     assert "'model.nope'" in capsys.readouterr().err
     assert main(["train", "--set", "behavior.lambda_=7", "--logdir", str(tmp_path / "c")]) == 2
     assert "'behavior.lambda_'" in capsys.readouterr().err
+
+
+def test_eval_and_plot_cli(tmp_path, capsys):
+    cfg = tiny_config("v3", "gym:Pendulum-v1", steps=300, **{"env_opts.time_limit": 40})
+    assert Trainer(cfg, tmp_path).run() == 0
+    assert main(["eval", "--logdir", str(tmp_path), "--episodes", "2", "--video",
+                 "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(result["returns"]) == 2 and all(math.isfinite(r) for r in result["returns"])
+    assert (tmp_path / "eval.gif").stat().st_size > 0
+    assert main(["plot", "--logdir", str(tmp_path)]) == 0
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["eval", "--logdir", str(tmp_path / "missing")]) == 2
