@@ -45,7 +45,7 @@ MINIMUM: dict[str, float] = {
     "env_opts.time_limit": 0, "env_opts.image_size": 8, "replay.capacity": 1,
     "replay.chunk": 1, "run.batch_size": 1, "run.batch_length": 2, "run.train_ratio": 0,
     "run.prefill": 0, "run.pretrain": 0, "run.log_every": 1, "run.checkpoint_every": 1,
-    "run.eval_episodes": 0, "model.deter": 1, "model.hidden": 1, "model.stoch": 1,
+    "model.deter": 1, "model.hidden": 1, "model.stoch": 1,
     "model.classes": 0, "model.blocks": 1, "model.units": 1, "model.layers": 0,
     "model.cnn_depth": 1, "model.bins": 3, "model.lr": 0, "behavior.horizon": 1,
     "behavior.actor_lr": 0, "behavior.critic_lr": 0, "behavior.slow_fraction": 0,
