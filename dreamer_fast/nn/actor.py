@@ -88,7 +88,11 @@ class TanhNormal(_NormalBase):
 
 class BoundedNormal(_NormalBase):
     """``N(mean, std)`` with ``|mean| < 1``; samples clipped to [−1, 1] with a
-    straight-through gradient. ``log_prob``/``entropy`` are those of the unclipped normal."""
+    straight-through gradient. ``log_prob``/``entropy`` are those of the unclipped normal.
+
+    For a score-function (REINFORCE) loss, score the unclipped draw ``gaussian(noise)``
+    with the same noise, not the clipped action: the normal density of a clipped value
+    is biased (mass beyond ±1 is scored at ±1), which pushes the std up."""
 
     def sample(self, noise: torch.Tensor | None = None) -> torch.Tensor:
         x = self.gaussian(noise)
