@@ -146,19 +146,20 @@ def test_fused_rollout_matches_ref_none(cfg, head, n, horizon, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("horizon", [1, 15])
 @pytest.mark.parametrize("wm_grad", [False, True])
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("cfg", list(RSSMS))
-def test_fused_rollout_matches_ref_dynamics_gradients(cfg, head, wm_grad, device):
+def test_fused_rollout_matches_ref_dynamics_gradients(cfg, head, wm_grad, horizon, device):
     dtype = torch.float64
     fr, fa, rr, ra = _fused_pair(cfg, head, device, dtype)
     start = {k: v.to(device) for k, v in _start(rr, 5, dtype).items()}
     start_f = {k: v.clone().requires_grad_() for k, v in start.items()}
     start_r = {k: v.clone().requires_grad_() for k, v in start.items()}
-    noise = draw_imagine_noise(rr, ra, 5, 6, like=start["deter"])
-    weights = torch.randn(5, 7, rr.feat_size, dtype=dtype, device=device)
+    noise = draw_imagine_noise(rr, ra, 5, horizon, like=start["deter"])
+    weights = torch.randn(5, horizon + 1, rr.feat_size, dtype=dtype, device=device)
     for rssm, actor, st, fn in ((fr, fa, start_f, imagine), (rr, ra, start_r, imagine_ref)):
-        traj = fn(rssm, actor, st, 6, grad="dynamics", noise=noise, wm_grad=wm_grad)
+        traj = fn(rssm, actor, st, horizon, grad="dynamics", noise=noise, wm_grad=wm_grad)
         loss = (traj["feat"] * weights).tanh().sum() + traj["action"].square().sum()
         if rssm.classes:
             loss = loss + traj["logit"].square().mean()
