@@ -23,6 +23,7 @@
 #include <torch/library.h>
 
 #include "dense.h"
+#include "device_launch.h"
 #include "layer_math.h"
 #include "rnn_launch.h"
 
@@ -134,13 +135,7 @@ Tensor first_layer_x_weight(const Tensor& W1, const Shapes& s) {
 
 Tensor launch_gates(const Tensor& parts, const Tensor& deter, int64_t blocks) {
   Tensor hy = at::empty_like(deter, at::MemoryFormat::Contiguous);
-#ifdef DREAMER_FAST_WITH_CUDA
-  if (deter.is_cuda()) {
-    rnn::block_gru_forward_cuda(parts, deter, blocks, kUpdateBias, hy);
-    return hy;
-  }
-#endif
-  rnn::block_gru_forward_cpu(parts, deter, blocks, kUpdateBias, hy);
+  DF_DEVICE_LAUNCH(rnn, block_gru_forward, deter, parts, deter, blocks, kUpdateBias, hy);
   return hy;
 }
 
@@ -212,14 +207,8 @@ block_gru_cell_backward(const Tensor& grad_deter, at::TensorList saved, const Te
   Tensor dparts = at::empty_like(parts);
   Tensor d_deter = at::empty_like(deter);
   const Tensor g = grad_deter.contiguous();
-#ifdef DREAMER_FAST_WITH_CUDA
-  if (deter.is_cuda()) {
-    rnn::block_gru_backward_cuda(g, parts, deter, blocks, kUpdateBias, dparts, d_deter);
-  } else
-#endif
-  {
-    rnn::block_gru_backward_cpu(g, parts, deter, blocks, kUpdateBias, dparts, d_deter);
-  }
+  DF_DEVICE_LAUNCH(rnn, block_gru_backward, deter, g, parts, deter, blocks, kUpdateBias, dparts,
+                   d_deter);
   // GRU block linear.
   const Tensor h_last = saved[8 + 3 * (s.L - 1)];
   Tensor d_gru_bias = dparts.sum(0);

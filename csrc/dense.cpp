@@ -5,6 +5,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
+#include "device_launch.h"
 #include "layer_math.h"
 
 namespace dreamer_fast {
@@ -63,13 +64,7 @@ Forward apply_epilogue(const Tensor& z, const Params& p) {
     return f;
   }
   f.out = at::empty_like(f.z);
-#ifdef DREAMER_FAST_WITH_CUDA
-  if (z.is_cuda()) {
-    epilogue_forward_cuda(f.z, p, f.out, f.stats);
-    return f;
-  }
-#endif
-  epilogue_forward_cpu(f.z, p, f.out, f.stats);
+  DF_DEVICE_LAUNCH(dense, epilogue_forward, z, f.z, p, f.out, f.stats);
   return f;
 }
 
@@ -89,16 +84,8 @@ Tensor backward_epilogue(const Tensor& dout, const Forward& saved, const Params&
   if (want_b) dy = at::empty(saved.z.sizes(), saved.z.options().dtype(acc));
   Tensor dz = at::empty_like(saved.z);
   Tensor dout_c = dout.contiguous();
-#ifdef DREAMER_FAST_WITH_CUDA
-  if (dout.is_cuda()) {
-    epilogue_backward_cuda(dout_c, saved.z, saved.stats, p, want_b ? &dy : nullptr,
-                           want_w ? &dy_xhat : nullptr, dz);
-  } else
-#endif
-  {
-    epilogue_backward_cpu(dout_c, saved.z, saved.stats, p, want_b ? &dy : nullptr,
-                          want_w ? &dy_xhat : nullptr, dz);
-  }
+  DF_DEVICE_LAUNCH(dense, epilogue_backward, dout, dout_c, saved.z, saved.stats, p,
+                   want_b ? &dy : nullptr, want_w ? &dy_xhat : nullptr, dz);
   if (want_w) *d_norm_weight = dy_xhat.sum(0).to(dout.scalar_type());
   if (want_b) *d_norm_bias = dy.sum(0).to(dout.scalar_type());
   return dz;

@@ -278,6 +278,17 @@ __global__ void __launch_bounds__(kThreads) categorical_backward_warp_kernel(
 
 constexpr int64_t kMaxBlocks = 0x7fffffff;
 
+// Calls fn(index tag) with uint32_t when every element index of `total` (plus a block
+// of overshoot) fits in 32 bits, int64_t otherwise: 32-bit index math is cheaper.
+template <typename Fn>
+void dispatch_index(int64_t total, const Fn& fn) {
+  if (total + kThreads <= static_cast<int64_t>(UINT32_MAX)) {
+    fn(uint32_t{});
+  } else {
+    fn(int64_t{});
+  }
+}
+
 // Calls fn(std::integral_constant<int, kChunks>) for the warp kernel that fits K.
 template <typename Fn>
 void dispatch_chunks(int64_t K, const Fn& fn) {
@@ -303,7 +314,6 @@ cudaError_t gaussian_sample_forward(Dtype dtype, const void* stats, const void* 
   if (total == 0) return cudaSuccess;
   const int64_t blocks = blocks_for(total, kThreads);
   if (blocks > kMaxBlocks) return cudaErrorInvalidConfiguration;
-  const bool narrow = total + kThreads <= static_cast<int64_t>(UINT32_MAX);
   return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     using acc_t = acc_of<s>;
@@ -314,11 +324,7 @@ cudaError_t gaussian_sample_forward(Dtype dtype, const void* stats, const void* 
           static_cast<s*>(mean), static_cast<s*>(std), static_cast<acc_t>(min_std),
           static_cast<index_t>(total), static_cast<index_t>(S));
     };
-    if (narrow) {
-      launch(uint32_t{});
-    } else {
-      launch(int64_t{});
-    }
+    dispatch_index(total, launch);
   });
 }
 
@@ -330,7 +336,6 @@ cudaError_t gaussian_sample_backward(Dtype dtype, const void* g_sample, const vo
   if (total == 0) return cudaSuccess;
   const int64_t blocks = blocks_for(total, kThreads);
   if (blocks > kMaxBlocks) return cudaErrorInvalidConfiguration;
-  const bool narrow = total + kThreads <= static_cast<int64_t>(UINT32_MAX);
   return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     using acc_t = acc_of<s>;
@@ -342,11 +347,7 @@ cudaError_t gaussian_sample_backward(Dtype dtype, const void* g_sample, const vo
           static_cast<const s*>(noise), static_cast<s*>(g_stats), static_cast<s*>(g_noise),
           static_cast<acc_t>(min_std), static_cast<index_t>(total), static_cast<index_t>(S));
     };
-    if (narrow) {
-      launch(uint32_t{});
-    } else {
-      launch(int64_t{});
-    }
+    dispatch_index(total, launch);
   });
 }
 

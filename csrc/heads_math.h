@@ -38,8 +38,8 @@ DF_HOST_DEVICE double log1p_acc(double x) { return ::log1p(x); }
 
 // a * b and a + b, each rounded on its own: nvcc would otherwise contract
 // `a * b + c` into one fma, which rounds once and so differs in the last bit from
-// the reference's two PyTorch ops. (Host builds for baseline x86-64 / without
-// -mfma have no fma instruction to contract into.)
+// the reference's two PyTorch ops. (Host builds are compiled with
+// -ffp-contract=off, see CMakeLists.txt, so the host compiler never contracts.)
 DF_HOST_DEVICE float mul_rn(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fmul_rn(a, b);

@@ -9,19 +9,13 @@
 #include <optional>
 
 #include "heads_checks.h"
+#include "device_launch.h"
 #include "heads_launch.h"
 
 namespace dreamer_fast {
 namespace {
 
 using at::Tensor;
-
-#ifdef DREAMER_FAST_WITH_CUDA
-#define DF_HEADS_LAUNCH(name, device, ...) \
-  ((device).is_cuda() ? heads::name##_cuda(__VA_ARGS__) : heads::name##_cpu(__VA_ARGS__))
-#else
-#define DF_HEADS_LAUNCH(name, device, ...) heads::name##_cpu(__VA_ARGS__)
-#endif
 
 Tensor contiguous_or_undefined(const std::optional<Tensor>& t) {
   return (t.has_value() && t->defined()) ? t->contiguous() : Tensor();
@@ -37,7 +31,7 @@ std::tuple<Tensor, Tensor, Tensor> gaussian_sample(const Tensor& stats, const Te
   const c10::OptionalDeviceGuard guard(stats.device());
   const Tensor st = stats.contiguous(), nz = noise.contiguous();
   Tensor sample = empty_contiguous(nz), mean = empty_contiguous(nz), std_ = empty_contiguous(nz);
-  DF_HEADS_LAUNCH(gaussian_forward, st.device(), st, nz, min_std, sample, mean, std_);
+  DF_DEVICE_LAUNCH(heads, gaussian_forward, st.device(), st, nz, min_std, sample, mean, std_);
   return {sample, mean, std_};
 }
 
@@ -54,7 +48,7 @@ std::tuple<Tensor, Tensor> gaussian_sample_backward(const std::optional<Tensor>&
   const c10::OptionalDeviceGuard guard(stats.device());
   const Tensor st = stats.contiguous(), nz = noise.contiguous();
   Tensor g_stats = empty_contiguous(st), g_noise = empty_contiguous(nz);
-  DF_HEADS_LAUNCH(gaussian_backward, st.device(), contiguous_or_undefined(grad_sample),
+  DF_DEVICE_LAUNCH(heads, gaussian_backward, st.device(), contiguous_or_undefined(grad_sample),
                   contiguous_or_undefined(grad_mean), contiguous_or_undefined(grad_std), st, nz,
                   min_std, g_stats, g_noise);
   return {g_stats, g_noise};
@@ -69,7 +63,7 @@ std::tuple<Tensor, Tensor> categorical_sample(const Tensor& logits, const Tensor
   const c10::OptionalDeviceGuard guard(logits.device());
   const Tensor lg = logits.contiguous(), un = uniform.contiguous();
   Tensor sample = empty_contiguous(lg), probs = empty_contiguous(lg);
-  DF_HEADS_LAUNCH(categorical_forward, lg.device(), lg, un, unimix, probs, sample);
+  DF_DEVICE_LAUNCH(heads, categorical_forward, lg.device(), lg, un, unimix, probs, sample);
   return {sample, probs};
 }
 
@@ -83,7 +77,7 @@ Tensor categorical_sample_backward(const std::optional<Tensor>& grad_sample,
   const c10::OptionalDeviceGuard guard(logits.device());
   const Tensor lg = logits.contiguous();
   Tensor g_logits = empty_contiguous(lg);
-  DF_HEADS_LAUNCH(categorical_backward, lg.device(), contiguous_or_undefined(grad_sample),
+  DF_DEVICE_LAUNCH(heads, categorical_backward, lg.device(), contiguous_or_undefined(grad_sample),
                   contiguous_or_undefined(grad_probs), lg, unimix, g_logits);
   return g_logits;
 }

@@ -10,19 +10,13 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
+#include "device_launch.h"
 #include "rnn_launch.h"
 
 namespace dreamer_fast {
 namespace {
 
 using at::Tensor;
-
-#ifdef DREAMER_FAST_WITH_CUDA
-#define DF_LAUNCH(name, device, ...) \
-  ((device).is_cuda() ? rnn::name##_cuda(__VA_ARGS__) : rnn::name##_cpu(__VA_ARGS__))
-#else
-#define DF_LAUNCH(name, device, ...) rnn::name##_cpu(__VA_ARGS__)
-#endif
 
 void check_matrix(const char* op, const char* name, const Tensor& t, const Tensor& like,
                   int64_t rows, int64_t cols) {
@@ -71,7 +65,7 @@ std::tuple<Tensor, Tensor> gru_cell(const Tensor& input, const Tensor& hx, const
   const Tensor h = hx.contiguous();
   Tensor hy = at::empty({B, H}, input.options());
   Tensor workspace = at::empty({B, 4 * H}, input.options());
-  DF_LAUNCH(gru_forward, input.device(), gi.contiguous(), gh.contiguous(), h, hy, workspace);
+  DF_DEVICE_LAUNCH(rnn, gru_forward, input.device(), gi.contiguous(), gh.contiguous(), h, hy, workspace);
   return {hy, workspace};
 }
 
@@ -89,7 +83,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward(
   Tensor dgi = at::empty({B, 3 * H}, input.options());
   Tensor dgh = at::empty({B, 3 * H}, input.options());
   Tensor dh = at::empty({B, H}, input.options());
-  DF_LAUNCH(gru_backward, input.device(), grad_hy.contiguous(), workspace.contiguous(),
+  DF_DEVICE_LAUNCH(rnn, gru_backward, input.device(), grad_hy.contiguous(), workspace.contiguous(),
             hx.contiguous(), dgi, dgh, dh);
   Tensor dx = at::mm(dgi, w_ih);
   dh.addmm_(dgh, w_hh);
@@ -125,7 +119,7 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_cell(const Tensor& input, const Tensor
   parts.addmm_(hx, weight.narrow(1, I, H).t());
   Tensor hy = at::empty({B, H}, input.options());
   Tensor stats = at::empty({B, 2}, input.options().dtype(at::toOpMathType(input.scalar_type())));
-  DF_LAUNCH(ln_gru_forward, input.device(), parts, hx.contiguous(), norm_weight.contiguous(),
+  DF_DEVICE_LAUNCH(rnn, ln_gru_forward, input.device(), parts, hx.contiguous(), norm_weight.contiguous(),
             norm_bias.contiguous(), eps, update_bias, hy, stats);
   return {hy, parts, stats};
 }
@@ -149,7 +143,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_cell_backward(
   Tensor dy_xhat = at::empty({B, 3 * H}, input.options().dtype(acc));
   Tensor dparts = at::empty({B, 3 * H}, input.options());
   Tensor dh = at::empty({B, H}, input.options());
-  DF_LAUNCH(ln_gru_backward, input.device(), grad_hy.contiguous(), parts.contiguous(),
+  DF_DEVICE_LAUNCH(rnn, ln_gru_backward, input.device(), grad_hy.contiguous(), parts.contiguous(),
             hx.contiguous(), norm_weight.contiguous(), norm_bias.contiguous(),
             stats.contiguous(), update_bias, dy, dy_xhat, dparts, dh);
   Tensor dx = at::mm(dparts, weight.narrow(1, 0, I));

@@ -4,16 +4,10 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 
+#include "device_launch.h"
 #include "heads_launch.h"
 #include "layer_math.h"
 #include "rnn_launch.h"
-
-#ifdef DREAMER_FAST_WITH_CUDA
-#define DF_DEV_LAUNCH(ns, name, t, ...) \
-  ((t).is_cuda() ? ns::name##_cuda(__VA_ARGS__) : ns::name##_cpu(__VA_ARGS__))
-#else
-#define DF_DEV_LAUNCH(ns, name, t, ...) ns::name##_cpu(__VA_ARGS__)
-#endif
 
 namespace dreamer_fast {
 namespace rssm {
@@ -282,7 +276,7 @@ Tensor cell_forward(at::TensorList P, const Spec& s, const Tensor& x, const Tens
     const Tensor gh =
         s.cell_bias ? at::addmm(P[c + 3], deter, P[c + 1].t()) : at::mm(deter, P[c + 1].t());
     Tensor ws = at::empty({B, 4 * D}, deter.options());
-    DF_DEV_LAUNCH(rnn, gru_forward, deter, gi, gh, deter, hy, ws);
+    DF_DEVICE_LAUNCH(rnn, gru_forward, deter, gi, gh, deter, hy, ws);
     if (saved) saved->insert(saved->end(), {x, deter, ws});
     return hy;
   }
@@ -292,7 +286,7 @@ Tensor cell_forward(at::TensorList P, const Spec& s, const Tensor& x, const Tens
     Tensor parts = at::mm(x, W.narrow(1, 0, I).t());
     parts.addmm_(deter, W.narrow(1, I, D).t());
     Tensor stats = at::empty({B, 2}, deter.options().dtype(at::toOpMathType(deter.scalar_type())));
-    DF_DEV_LAUNCH(rnn, ln_gru_forward, deter, parts, deter, P[c + 1], P[c + 2], s.cell_eps,
+    DF_DEVICE_LAUNCH(rnn, ln_gru_forward, deter, parts, deter, P[c + 1], P[c + 2], s.cell_eps,
                   s.update_bias, hy, stats);
     if (saved) saved->insert(saved->end(), {x, deter, parts, stats});
     return hy;
@@ -333,7 +327,7 @@ Tensor cell_forward(at::TensorList P, const Spec& s, const Tensor& x, const Tens
   Tensor parts = block_linear(h, P[wg]);
   parts.add_(P[wg + 1]);
   if (saved) saved->push_back(parts);
-  DF_DEV_LAUNCH(rnn, block_gru_forward, deter, parts, deter, G, -1.0, hy);
+  DF_DEVICE_LAUNCH(rnn, block_gru_forward, deter, parts, deter, G, -1.0, hy);
   return hy;
 }
 
@@ -347,7 +341,7 @@ CellGrads cell_backward(at::TensorList P, const Spec& s, const Tensor* sv,
     const int64_t B = h.size(0), H = h.size(1);
     Tensor dgi = at::empty({B, 3 * H}, h.options()), dgh = at::empty({B, 3 * H}, h.options());
     Tensor dh = at::empty({B, H}, h.options());
-    DF_DEV_LAUNCH(rnn, gru_backward, h, d_out, ws, h, dgi, dgh, dh);
+    DF_DEVICE_LAUNCH(rnn, gru_backward, h, d_out, ws, h, dgi, dgh, dh);
     r.x = at::mm(dgi, P[c]);
     dh.addmm_(dgh, P[c + 1]);
     r.deter = dh;
@@ -367,7 +361,7 @@ CellGrads cell_backward(at::TensorList P, const Spec& s, const Tensor* sv,
     Tensor dy_xhat = at::empty({B, 3 * H}, h.options().dtype(acc));
     Tensor dparts = at::empty({B, 3 * H}, h.options());
     Tensor dh = at::empty({B, H}, h.options());
-    DF_DEV_LAUNCH(rnn, ln_gru_backward, h, d_out, parts, h, P[c + 1], P[c + 2], stats,
+    DF_DEVICE_LAUNCH(rnn, ln_gru_backward, h, d_out, parts, h, P[c + 1], P[c + 2], stats,
                   s.update_bias, dy, dy_xhat, dparts, dh);
     const Tensor& W = P[c];
     r.x = at::mm(dparts, W.narrow(1, 0, I));
@@ -388,7 +382,7 @@ CellGrads cell_backward(at::TensorList P, const Spec& s, const Tensor* sv,
   const int64_t U3 = xcat.size(1), U = U3 / 3;
   Tensor dparts = at::empty_like(parts);
   Tensor d_deter = at::empty({B, D}, deter.options());
-  DF_DEV_LAUNCH(rnn, block_gru_backward, deter, d_out, parts, deter, G, -1.0, dparts, d_deter);
+  DF_DEVICE_LAUNCH(rnn, block_gru_backward, deter, d_out, parts, deter, G, -1.0, dparts, d_deter);
   const int64_t wg = c + 9 + 3 * L;
   const Tensor& h_last = sv[10 + 3 * (L - 1)];
   g.rowsum(wg + 1, dparts);
@@ -438,7 +432,7 @@ HeadOut latent_forward(const Spec& s, const Tensor& stats_in, const Tensor& nois
     const int64_t K = s.classes;
     const Tensor lg = stats.view({R * S, K});
     Tensor probs = at::empty_like(lg), sample = at::empty_like(lg);
-    DF_DEV_LAUNCH(heads, categorical_forward, lg, lg, noise.view({R * S}), s.unimix, probs,
+    DF_DEVICE_LAUNCH(heads, categorical_forward, lg, lg, noise.view({R * S}), s.unimix, probs,
                   sample);
     o.sample = sample.view({R, S * K});
     o.a = stats;
@@ -447,7 +441,7 @@ HeadOut latent_forward(const Spec& s, const Tensor& stats_in, const Tensor& nois
   o.sample = at::empty({R, S}, stats.options());
   o.a = at::empty({R, S}, stats.options());
   o.b = at::empty({R, S}, stats.options());
-  DF_DEV_LAUNCH(heads, gaussian_forward, stats, stats, noise, s.min_std, o.sample, o.a, o.b);
+  DF_DEVICE_LAUNCH(heads, gaussian_forward, stats, stats, noise, s.min_std, o.sample, o.a, o.b);
   return o;
 }
 
@@ -457,21 +451,25 @@ Tensor latent_backward(const Spec& s, const Tensor& stats_in, const Tensor& nois
   const int64_t R = stats.size(0), S = s.stoch;
   if (s.classes) {
     const int64_t K = s.classes;
-    Tensor d = g_a.defined() ? g_a.contiguous().view({R, S * K}).clone()
-                             : at::zeros({R, S * K}, stats.options());
+    // d logits = (straight-through sample grad through the softmax) + d logit output
+    Tensor d;
     if (g_sample.defined()) {
       const Tensor lg = stats.view({R * S, K});
-      Tensor gl = at::empty_like(lg);
-      DF_DEV_LAUNCH(heads, categorical_backward, lg, g_sample.contiguous().view({R * S, K}),
-                    Tensor(), lg, s.unimix, gl);
-      d.add_(gl.view({R, S * K}));
+      d = at::empty_like(lg);
+      DF_DEVICE_LAUNCH(heads, categorical_backward, lg, g_sample.contiguous().view({R * S, K}),
+                       Tensor(), lg, s.unimix, d);
+      d = d.view({R, S * K});
     }
-    return d;
+    if (g_a.defined()) {
+      const Tensor ga = g_a.reshape({R, S * K});
+      d = d.defined() ? d.add_(ga) : ga;
+    }
+    return d.defined() ? d : at::zeros({R, S * K}, stats.options());
   }
   if (!g_sample.defined() && !g_a.defined() && !g_b.defined()) return at::zeros_like(stats);
   auto c = [](const Tensor& t) { return t.defined() ? t.contiguous() : Tensor(); };
   Tensor g_stats = at::empty_like(stats), g_noise = at::empty_like(noise);
-  DF_DEV_LAUNCH(heads, gaussian_backward, stats, c(g_sample), c(g_a), c(g_b), stats, noise,
+  DF_DEVICE_LAUNCH(heads, gaussian_backward, stats, c(g_sample), c(g_a), c(g_b), stats, noise,
                 s.min_std, g_stats, g_noise);
   return g_stats;
 }
@@ -483,7 +481,7 @@ Tensor action_forward(const ActorSpec& a, const Tensor& raw, const Tensor& noise
   if (a.head == kCategorical) {
     const Tensor lg = raw.contiguous();
     Tensor probs = at::empty_like(lg), sample = at::empty_like(lg);
-    DF_DEV_LAUNCH(heads, categorical_forward, lg, lg, noise.contiguous().view({-1}), a.unimix,
+    DF_DEVICE_LAUNCH(heads, categorical_forward, lg, lg, noise.contiguous().view({-1}), a.unimix,
                   probs, sample);
     return sample;
   }
@@ -504,7 +502,7 @@ Tensor action_backward(const ActorSpec& a, const Tensor& raw, const Tensor& nois
   if (a.head == kCategorical) {
     const Tensor lg = raw.contiguous();
     Tensor gl = at::empty_like(lg);
-    DF_DEV_LAUNCH(heads, categorical_backward, lg, g_action.contiguous(), Tensor(), lg,
+    DF_DEVICE_LAUNCH(heads, categorical_backward, lg, g_action.contiguous(), Tensor(), lg,
                   a.unimix, gl);
     return gl;
   }

@@ -32,11 +32,18 @@ Tensor empty0(const Tensor& like) { return at::empty({0}, like.options()); }
 Tensor opt(const std::optional<Tensor>& t) {
   return (t.has_value() && t->defined() && t->numel() > 0) ? *t : Tensor();
 }
-// [B, T, ...] upstream gradient -> [T, B, n] (undefined stays undefined)
-Tensor grad_tm(const std::optional<Tensor>& g, int64_t n) {
+// [B, T, ...] upstream gradient -> [T, B, features] (undefined stays undefined)
+Tensor grad_tm(const std::optional<Tensor>& g) {
   const Tensor t = opt(g);
   if (!t.defined()) return t;
-  return time_major(t.reshape({t.size(0), t.size(1), n}));
+  return time_major(t.reshape({t.size(0), t.size(1), -1}));
+}
+// Undefined-aware helpers for the optional upstream gradients.
+Tensor at_step(const Tensor& t, int64_t i) { return t.defined() ? t[i] : Tensor(); }
+Tensor flat_rows(const Tensor& t) { return t.defined() ? t.flatten(0, 1) : t; }
+Tensor plus(const Tensor& a, const Tensor& b) {
+  if (!a.defined()) return b;
+  return b.defined() ? a + b : a;
 }
 
 void check_seq(const char* op, const char* name, const Tensor& t, const Tensor& like,
@@ -165,23 +172,19 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
               kObsGlobal + n_prior + T * per_step);
   const c10::OptionalDeviceGuard guard(deters.device());
   Grads g(P);
-  const int64_t SA = s.classes ? SF : S;
 
   // prior head + MLP over all T·B rows
   Tensor d = latent_backward(s, prior_stats, priorNT.view({T * B, S}),
-                             opt(g_prior_stoch).defined() ? grad_tm(g_prior_stoch, SF).view({T * B, SF}) : Tensor(),
-                             opt(g_prior_a).defined() ? grad_tm(g_prior_a, SA).view({T * B, SA}) : Tensor(),
-                             opt(g_prior_b).defined() ? grad_tm(g_prior_b, S).view({T * B, S}) : Tensor());
+                             flat_rows(grad_tm(g_prior_stoch)),
+                             flat_rows(grad_tm(g_prior_a)), flat_rows(grad_tm(g_prior_b)));
   for (int64_t l = static_cast<int64_t>(s.img_out.size()) - 1; l >= 0; --l) {
     const int64_t o = kObsGlobal + 3 * l;
     d = layer_backward(P, s.img_out[l], LayerSaved{saved[o], saved[o + 1], saved[o + 2]}, d, g,
                        true);
   }
-  Tensor dd_all = d.view({T, B, D});
-  const Tensor gdT = grad_tm(g_deter, D);
-  if (gdT.defined()) dd_all = dd_all + gdT;
-  const Tensor gsT = grad_tm(g_post_stoch, SF), gaT = grad_tm(g_post_a, SA),
-               gbT = grad_tm(g_post_b, S);
+  const Tensor dd_all = plus(d.view({T, B, D}), grad_tm(g_deter));
+  const Tensor gsT = grad_tm(g_post_stoch), gaT = grad_tm(g_post_a),
+               gbT = grad_tm(g_post_b);
 
   const DenseRef& o0 = s.obs_out[0];
   const Tensor& W0 = P[o0.w];
@@ -190,12 +193,10 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
   Tensor carry_deter, carry_stoch;
   for (int64_t t = T - 1; t >= 0; --t) {
     const Tensor* sv = saved.data() + kObsGlobal + n_prior + t * per_step;
+    // dd is accumulated in place below: never a view of dd_all
     Tensor dd = carry_deter.defined() ? dd_all[t] + carry_deter : dd_all[t].clone();
-    Tensor gs = gsT.defined() ? gsT[t] : Tensor();
-    if (carry_stoch.defined()) gs = gs.defined() ? gs + carry_stoch : carry_stoch;
-    Tensor dh = latent_backward(s, post_stats[t], postNT[t], gs,
-                                gaT.defined() ? gaT[t] : Tensor(),
-                                gbT.defined() ? gbT[t] : Tensor());
+    Tensor dh = latent_backward(s, post_stats[t], postNT[t], plus(at_step(gsT, t), carry_stoch),
+                                at_step(gaT, t), at_step(gbT, t));
     const Tensor* ov = sv + n_img_in + cell_saved_count(s);
     for (int64_t l = static_cast<int64_t>(s.obs_out.size()) - 1; l >= 1; --l) {
       const Tensor* lv = ov + 3 * l;
@@ -343,14 +344,14 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   const Tensor &snT = saved[0], &anT = saved[1], &acts = saved[2], &stats_all = saved[3],
                &raws = saved[4];
   const int64_t H = acts.size(0), N = acts.size(1), A = acts.size(2);
-  const int64_t SF = s.flat_stoch(), S = s.stoch, SA = s.classes ? SF : S;
+  const int64_t SF = s.flat_stoch();
   const int64_t per_step = imagine_step_saved(s, use_actor ? &as : nullptr);
   TORCH_CHECK(static_cast<int64_t>(saved.size()) == 5 + H * per_step, kImagine,
               "_backward: `saved` has ", saved.size(), " tensors, expected ", 5 + H * per_step);
   const c10::OptionalDeviceGuard guard(acts.device());
-  const Tensor gdT = opt(g_deter).defined() ? time_major(opt(g_deter)) : Tensor();
-  const Tensor gsT = grad_tm(g_stoch, SF), gaT = grad_tm(g_a, SA), gbT = grad_tm(g_b, S);
-  const Tensor gactT = opt(g_action).defined() ? time_major(opt(g_action)) : Tensor();
+  const Tensor gdT = grad_tm(g_deter);
+  const Tensor gsT = grad_tm(g_stoch), gaT = grad_tm(g_a), gbT = grad_tm(g_b);
+  const Tensor gactT = grad_tm(g_action);
   Grads g(P), ga(AP);
   Tensor d_actions = use_actor ? empty0(acts) : at::empty({H, N, A}, acts.options());
   Tensor carry_deter, carry_stoch;
@@ -359,18 +360,14 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   const int64_t n_cell = cell_saved_count(s);
   for (int64_t t = H - 1; t >= 0; --t) {
     const Tensor* sv = saved.data() + 5 + t * per_step;
-    Tensor dd = gdT.defined() ? gdT[t] : Tensor();
-    if (carry_deter.defined()) dd = dd.defined() ? dd + carry_deter : carry_deter;
-    Tensor gs = gsT.defined() ? gsT[t] : Tensor();
-    if (carry_stoch.defined()) gs = gs.defined() ? gs + carry_stoch : carry_stoch;
-    Tensor dh = latent_backward(s, stats_all[t], snT[t], gs, gaT.defined() ? gaT[t] : Tensor(),
-                                gbT.defined() ? gbT[t] : Tensor());
+    Tensor dh = latent_backward(s, stats_all[t], snT[t], plus(at_step(gsT, t), carry_stoch),
+                                at_step(gaT, t), at_step(gbT, t));
     const Tensor* ov = sv + n_actor + n_img_in + n_cell;
     for (int64_t l = static_cast<int64_t>(s.img_out.size()) - 1; l >= 0; --l) {
       const Tensor* lv = ov + 3 * l;
       dh = layer_backward(P, s.img_out[l], LayerSaved{lv[0], lv[1], lv[2]}, dh, g, true);
     }
-    dd = dd.defined() ? dd + dh : dh;
+    const Tensor dd = plus(plus(at_step(gdT, t), carry_deter), dh);
     const CellGrads cg = cell_backward(P, s, sv + n_actor + n_img_in, dd, g);
     Tensor d_stoch, d_act;
     if (s.cell != kBlockGru) {
@@ -384,7 +381,7 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
       d_act = cg.action / acts[t].abs().clamp_min(1.0);
     }
     Tensor d_deter = cg.deter;
-    if (gactT.defined()) d_act = d_act + gactT[t];
+    d_act = plus(d_act, at_step(gactT, t));
     if (use_actor) {
       Tensor dr = action_backward(as, raws[t], anT[t], d_act);
       for (int64_t l = static_cast<int64_t>(as.layers.size()) - 1; l >= 0; --l) {

@@ -7,19 +7,13 @@
 #include <torch/library.h>
 
 #include "scan_checks.h"
+#include "device_launch.h"
 #include "scan_launch.h"
 
 namespace dreamer_fast {
 namespace {
 
 using at::Tensor;
-
-#ifdef DREAMER_FAST_WITH_CUDA
-#define DF_SCAN_LAUNCH(name, device, ...) \
-  ((device).is_cuda() ? scan::name##_cuda(__VA_ARGS__) : scan::name##_cpu(__VA_ARGS__))
-#else
-#define DF_SCAN_LAUNCH(name, device, ...) scan::name##_cpu(__VA_ARGS__)
-#endif
 
 Tensor empty_contiguous(const Tensor& like) {
   return at::empty_like(like, at::MemoryFormat::Contiguous);
@@ -31,7 +25,7 @@ Tensor reverse_scan(const Tensor& inputs, const Tensor& decay, const Tensor& ini
   const c10::OptionalDeviceGuard guard(inputs.device());
   const Tensor x = inputs.contiguous(), d = decay.contiguous(), r0 = init.contiguous();
   Tensor out = empty_contiguous(x);
-  DF_SCAN_LAUNCH(reverse_scan_forward, x.device(), x, d, r0, out, T, N);
+  DF_DEVICE_LAUNCH(scan, reverse_scan_forward, x.device(), x, d, r0, out, T, N);
   return out;
 }
 
@@ -44,7 +38,7 @@ std::tuple<Tensor, Tensor, Tensor> reverse_scan_backward(const Tensor& grad, con
   const Tensor g = grad.contiguous(), d = decay.contiguous(), r0 = init.contiguous(),
                r = out.contiguous();
   Tensor ginputs = empty_contiguous(g), gdecay = empty_contiguous(g), ginit = empty_contiguous(r0);
-  DF_SCAN_LAUNCH(reverse_scan_backward, g.device(), g, d, r0, r, ginputs, gdecay, ginit, T, N);
+  DF_DEVICE_LAUNCH(scan, reverse_scan_backward, g.device(), g, d, r0, r, ginputs, gdecay, ginit, T, N);
   return {ginputs, gdecay, ginit};
 }
 
@@ -58,7 +52,7 @@ Tensor lambda_return(const Tensor& reward, const Tensor& value, const Tensor& pc
   const Tensor r = reward.contiguous(), v = value.contiguous(), p = pcont.contiguous(),
                b = bootstrap.contiguous();
   Tensor out = empty_contiguous(r);
-  DF_SCAN_LAUNCH(lambda_return_forward, r.device(), r, v, p, b, lambda, out, T, N);
+  DF_DEVICE_LAUNCH(scan, lambda_return_forward, r.device(), r, v, p, b, lambda, out, T, N);
   return out;
 }
 
@@ -75,7 +69,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lambda_return_backward(
                b = bootstrap.contiguous(), r = out.contiguous();
   Tensor greward = empty_contiguous(g), gvalue = empty_contiguous(g), gpcont = empty_contiguous(g),
          gboot = empty_contiguous(b);
-  DF_SCAN_LAUNCH(lambda_return_backward, g.device(), g, v, p, b, r, lambda, greward, gvalue,
+  DF_DEVICE_LAUNCH(scan, lambda_return_backward, g.device(), g, v, p, b, r, lambda, greward, gvalue,
                  gpcont, gboot, T, N);
   return {greward, gvalue, gpcont, gboot};
 }

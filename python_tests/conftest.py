@@ -78,6 +78,16 @@ DEVICES = [pytest.param("cpu", id="cpu"), CUDA_PARAM]
 # Deterministic random inputs
 # --------------------------------------------------------------------------------------
 
+def assert_both_raise(fast, ref, kwargs: dict, exc, match: str) -> None:
+    """The fast op and its reference reject ``kwargs`` with the same exception type and a
+    message matching ``match`` (they share one argument check)."""
+    with pytest.raises(exc, match=match) as fast_info:
+        fast(**kwargs)
+    with pytest.raises(exc, match=match) as ref_info:
+        ref(**kwargs)
+    assert type(fast_info.value) is type(ref_info.value)
+
+
 def make_generator(*key: object) -> torch.Generator:
     """A CPU generator seeded from ``key`` (stable across runs and processes)."""
     g = torch.Generator()

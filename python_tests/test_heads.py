@@ -36,6 +36,7 @@ from dreamer_fast.ops import (
 from dreamer_fast.ops.heads import categorical_index_ref
 
 from conftest import (
+    assert_both_raise,
     DEVICES,
     assert_close_to_ref,
     make_generator,
@@ -946,20 +947,12 @@ CATEGORICAL_BAD = {
 }
 
 
-def _check_both_raise(fast, ref, kwargs, exc, match):
-    with pytest.raises(exc, match=match) as fast_info:
-        fast(**kwargs)
-    with pytest.raises(exc, match=match) as ref_info:
-        ref(**kwargs)
-    assert type(fast_info.value) is type(ref_info.value)
-
-
 @pytest.mark.parametrize("case", list(GAUSSIAN_BAD))
 def test_gaussian_bad_inputs(case):
     mutate, exc, match = GAUSSIAN_BAD[case]
     kwargs = _gaussian_good()
     mutate(kwargs)
-    _check_both_raise(gaussian_sample, gaussian_sample_ref, kwargs, exc, match)
+    assert_both_raise(gaussian_sample, gaussian_sample_ref, kwargs, exc, match)
 
 
 @pytest.mark.parametrize("case", list(CATEGORICAL_BAD))
@@ -967,7 +960,7 @@ def test_categorical_bad_inputs(case):
     mutate, exc, match = CATEGORICAL_BAD[case]
     kwargs = _categorical_good()
     mutate(kwargs)
-    _check_both_raise(categorical_sample, categorical_sample_ref, kwargs, exc, match)
+    assert_both_raise(categorical_sample, categorical_sample_ref, kwargs, exc, match)
 
 
 def test_uniform_range_message_and_opt_out():

@@ -23,6 +23,7 @@ from dreamer_fast import _extension
 from dreamer_fast.ops import lambda_return, lambda_return_ref, reverse_scan, reverse_scan_ref
 
 from conftest import (
+    assert_both_raise,
     DEVICES,
     HAS_CUDA_KERNELS,
     assert_close_to_ref,
@@ -729,20 +730,12 @@ RS_BAD = {
 }
 
 
-def _check_both_raise(fast, ref, kwargs, exc, match):
-    with pytest.raises(exc, match=match) as fast_info:
-        fast(**kwargs)
-    with pytest.raises(exc, match=match) as ref_info:
-        ref(**kwargs)
-    assert type(fast_info.value) is type(ref_info.value)
-
-
 @pytest.mark.parametrize("case", list(LR_BAD))
 def test_lambda_return_bad_inputs(case):
     mutate, exc, match = LR_BAD[case]
     kwargs = _lr_good()
     mutate(kwargs)
-    _check_both_raise(lambda_return, lambda_return_ref, kwargs, exc, match)
+    assert_both_raise(lambda_return, lambda_return_ref, kwargs, exc, match)
 
 
 @pytest.mark.parametrize("case", list(RS_BAD))
@@ -750,7 +743,7 @@ def test_reverse_scan_bad_inputs(case):
     mutate, exc, match = RS_BAD[case]
     kwargs = _rs_good()
     mutate(kwargs)
-    _check_both_raise(reverse_scan, reverse_scan_ref, kwargs, exc, match)
+    assert_both_raise(reverse_scan, reverse_scan_ref, kwargs, exc, match)
 
 
 @pytest.mark.parametrize("other", ["meta", pytest.param("cuda", marks=requires_cuda)])
@@ -758,13 +751,13 @@ def test_device_mismatch(other):
     """Tensors on two devices (meta stands in for a second device on CPU machines)."""
     kw = _lr_good()
     kw["value"] = kw["value"].to(other)
-    _check_both_raise(lambda_return, lambda_return_ref, kw, ValueError, "`value`")
+    assert_both_raise(lambda_return, lambda_return_ref, kw, ValueError, "`value`")
     kw = _lr_good()
     kw["reward"] = kw["reward"].to(other)
-    _check_both_raise(lambda_return, lambda_return_ref, kw, ValueError, "`value`")
+    assert_both_raise(lambda_return, lambda_return_ref, kw, ValueError, "`value`")
     kw = _rs_good()
     kw["init"] = kw["init"].to(other)
-    _check_both_raise(reverse_scan, reverse_scan_ref, kw, ValueError, "`init`")
+    assert_both_raise(reverse_scan, reverse_scan_ref, kw, ValueError, "`init`")
 
 
 def test_valid_edge_arguments_accepted():
