@@ -51,7 +51,24 @@ void check_params(const char* op, at::TensorList params, int64_t expected) {
   }
 }
 
-Tensor cat_rows(const std::vector<Tensor>& ts) { return ts.size() == 1 ? ts[0] : at::cat(ts); }
+// The row concatenation of 2-D pieces. Pieces that are consecutive row blocks of one
+// contiguous buffer (per-step slices of a [T, B, F] sequence buffer) come back as one
+// view of that buffer, without a copy.
+Tensor cat_rows(const std::vector<Tensor>& ts) {
+  if (ts.size() == 1) return ts[0];
+  const Tensor& first = ts[0];
+  bool adjacent = first.dim() == 2 && first.is_contiguous();
+  int64_t rows = 0;
+  for (size_t i = 0; adjacent && i < ts.size(); ++i) {
+    const Tensor& t = ts[i];
+    adjacent = t.dim() == 2 && t.is_contiguous() && t.size(1) == first.size(1) &&
+               t.is_alias_of(first) &&
+               t.storage_offset() == first.storage_offset() + rows * first.size(1);
+    rows += t.size(0);
+  }
+  if (adjacent) return first.as_strided({rows, first.size(1)}, {first.size(1), 1});
+  return at::cat(ts);
+}
 
 }  // namespace
 
@@ -267,10 +284,12 @@ int64_t cell_saved_count(const Spec& s) {
 }
 
 Tensor cell_forward(at::TensorList P, const Spec& s, const Tensor& x, const Tensor& deter,
-                    const Tensor& stoch, const Tensor& action, std::vector<Tensor>* saved) {
+                    const Tensor& stoch, const Tensor& action, std::vector<Tensor>* saved,
+                    const Tensor& out) {
   const int64_t c = s.cell_first;
   const int64_t B = deter.size(0), D = deter.size(1);
-  Tensor hy = at::empty({B, D}, deter.options());
+  Tensor hy = out.defined() ? out : at::empty({B, D}, deter.options());
+  TORCH_INTERNAL_ASSERT(hy.is_contiguous() && hy.size(0) == B && hy.size(1) == D);
   if (s.cell == kGru) {
     const Tensor gi = s.cell_bias ? at::addmm(P[c + 2], x, P[c].t()) : at::mm(x, P[c].t());
     const Tensor gh =

@@ -123,8 +123,11 @@ Tensor layer_backward(at::TensorList P, const DenseRef& r, const LayerSaved& s,
 
 // One cell step: deter' from (x = img_in output, or nothing for block_gru), deter,
 // and for block_gru the flat stoch and action. Appends what backward needs.
+// `out`, when defined, is a contiguous [B, D] buffer (a step of a sequence buffer) that
+// receives deter' and is returned.
 Tensor cell_forward(at::TensorList P, const Spec& s, const Tensor& x, const Tensor& deter,
-                    const Tensor& stoch, const Tensor& action, std::vector<Tensor>* saved);
+                    const Tensor& stoch, const Tensor& action, std::vector<Tensor>* saved,
+                    const Tensor& out = Tensor());
 int64_t cell_saved_count(const Spec& s);
 struct CellGrads {
   Tensor x, deter, stoch, action;  // x for gru/ln_gru; stoch/action for block_gru

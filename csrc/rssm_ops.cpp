@@ -46,6 +46,33 @@ Tensor plus(const Tensor& a, const Tensor& b) {
   return b.defined() ? a + b : a;
 }
 
+// `t` itself, or a copy where it shares memory with the op input `input` (a saved entry
+// must not alias an input: time_major() returns a view when a dimension is 1).
+Tensor fresh(const Tensor& t, const Tensor& input) {
+  return input.defined() && t.is_alias_of(input) ? t.clone() : t;
+}
+
+// x = cat(a, b, 1) through a dense layer's linear part, as two GEMMs into one output:
+// a W[:, :Fa]^T + b W[:, Fa:]^T (+ bias).
+Tensor split_linear(at::TensorList P, const DenseRef& r, const Tensor& a, const Tensor& b) {
+  const Tensor& W = P[r.w];
+  const int64_t Fa = a.size(1), Fb = b.size(1);
+  TORCH_INTERNAL_ASSERT(W.size(1) == Fa + Fb);
+  Tensor z = r.b >= 0 ? at::addmm(P[r.b], a, W.narrow(1, 0, Fa).t())
+                      : at::mm(a, W.narrow(1, 0, Fa).t());
+  return z.addmm_(b, W.narrow(1, Fa, Fb).t());
+}
+
+// Backward of split_linear given dz: records dW (both column blocks) and db, returns
+// d cat(a, b) [R, Fa + Fb].
+Tensor split_linear_backward(at::TensorList P, const DenseRef& r, const Tensor& dz,
+                             const Tensor& a, const Tensor& b, Grads& g) {
+  g.mm(r.w, dz, a, 0);
+  g.mm(r.w, dz, b, a.size(1));
+  if (r.b >= 0) g.rowsum(r.b, dz);
+  return at::mm(dz, P[r.w]);
+}
+
 void check_seq(const char* op, const char* name, const Tensor& t, const Tensor& like,
                at::IntArrayRef shape) {
   TORCH_CHECK(t.sizes() == shape, op, ": `", name, "` must have shape ", shape, ", got ",
@@ -117,11 +144,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
       const DenseRef& r = s.img_in[0];
       const Tensor z = at::addmm(a_proj[t], stoch_in, P[r.w].narrow(1, 0, SF).t());
       const Tensor x = layer_epilogue(P, r, z, stoch_in, sv);
-      deter = cell_forward(P, s, x, deter_in, Tensor(), Tensor(), sv);
+      deter = cell_forward(P, s, x, deter_in, Tensor(), Tensor(), sv, deters[t]);
     } else {
-      deter = cell_forward(P, s, Tensor(), deter_in, stoch_in, actT[t], sv);
+      deter = cell_forward(P, s, Tensor(), deter_in, stoch_in, actT[t], sv, deters[t]);
     }
-    deters[t].copy_(deter);
     // posterior MLP on cat(deter, embed); the embed part is in e_proj
     const Tensor z0 = at::addmm(e_proj[t], deter, W0.narrow(1, 0, D).t());
     Tensor h = layer_epilogue(P, o0, z0, deter, sv);
@@ -240,6 +266,8 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
 // ---------------------------------------------------------------------------------------
 
 constexpr const char* kImagine = "rssm_imagine";
+// global saved entries before the per-step ones
+constexpr int64_t kImagineGlobal = 7;
 
 int64_t imagine_step_saved(const Spec& s, const ActorSpec* a) {
   const int64_t actor = a ? 3 * static_cast<int64_t>(a->layers.size()) : 0;
@@ -283,52 +311,61 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
   const Tensor anT = use_actor ? time_major(action_noise) : Tensor();
   const Tensor givenT = use_actor ? Tensor() : time_major(actions);
 
-  Tensor deters = at::empty({H, N, D}, deter0.options());
-  Tensor stochs = at::empty({H, N, SF}, deter0.options());
+  // Sequence buffers with the start state at index 0: step t reads its state from
+  // [t] and writes the next one to [t + 1], so every per-step input that the weight
+  // gradients need is a row block of one buffer (no concatenation in Grads::finish).
+  Tensor deters = at::empty({H + 1, N, D}, deter0.options());
+  Tensor stochs = at::empty({H + 1, N, SF}, deter0.options());
+  deters[0].copy_(deter0);
+  stochs[0].copy_(stoch0);
   Tensor stats_all = at::empty({H, N, s.stats_size()}, deter0.options());
-  Tensor out_a = at::empty({H, N, s.classes ? SF : S}, deter0.options());
-  Tensor out_b = s.classes ? empty0(deter0) : at::empty({H, N, S}, deter0.options());
-  Tensor acts = at::empty({H, N, A}, deter0.options());
+  Tensor out_a = s.classes ? Tensor() : at::empty({H, N, S}, deter0.options());
+  Tensor out_b = s.classes ? Tensor() : at::empty({H, N, S}, deter0.options());
+  Tensor acts = use_actor ? at::empty({H, N, A}, deter0.options()) : givenT;
   Tensor raws =
       use_actor ? at::empty({H, N, AP[as.layers.back().w].size(0)}, deter0.options()) : Tensor();
+  const Tensor none = empty0(deter0);  // the saved `x` of a layer whose input is split
   TensorVec steps;
   TensorVec* sv = save ? &steps : nullptr;
-  Tensor deter = deter0.contiguous(), stoch = stoch0.contiguous();
   for (int64_t t = 0; t < H; ++t) {
-    Tensor action;
+    const Tensor deter = deters[t], stoch = stochs[t];
     if (use_actor) {
-      Tensor h = at::cat({stoch, deter}, 1);
-      for (const DenseRef& r : as.layers) h = layer_forward(AP, r, h, sv);
+      // first actor layer on feat = cat(stoch, deter) as two GEMMs into one output
+      const DenseRef& r0 = as.layers[0];
+      Tensor h = split_linear(AP, r0, stoch, deter);
+      h = layer_epilogue(AP, r0, h, none, sv);
+      for (size_t l = 1; l < as.layers.size(); ++l) h = layer_forward(AP, as.layers[l], h, sv);
       raws[t].copy_(h);
-      action = action_forward(as, h, anT[t]);
-    } else {
-      action = givenT[t];
+      acts[t].copy_(action_forward(as, h, anT[t]));
     }
-    acts[t].copy_(action);
+    const Tensor action = acts[t];
     if (s.cell != kBlockGru) {
-      const Tensor x = layer_forward(P, s.img_in[0], at::cat({stoch, action}, 1), sv);
-      deter = cell_forward(P, s, x, deter, Tensor(), Tensor(), sv);
+      const DenseRef& r = s.img_in[0];
+      const Tensor x = layer_epilogue(P, r, split_linear(P, r, stoch, action), none, sv);
+      cell_forward(P, s, x, deter, Tensor(), Tensor(), sv, deters[t + 1]);
     } else {
-      deter = cell_forward(P, s, Tensor(), deter, stoch, action, sv);
+      cell_forward(P, s, Tensor(), deter, stoch, action, sv, deters[t + 1]);
     }
-    Tensor h = deter;
+    Tensor h = deters[t + 1];
     for (const DenseRef& r : s.img_out) h = layer_forward(P, r, h, sv);
     const HeadOut ho = latent_forward(s, h, snT[t]);
-    deters[t].copy_(deter);
-    stochs[t].copy_(ho.sample);
+    stochs[t + 1].copy_(ho.sample);
     stats_all[t].copy_(h);
-    out_a[t].copy_(ho.a);
-    if (ho.b.defined()) out_b[t].copy_(ho.b);
-    stoch = ho.sample;
+    if (!s.classes) {
+      out_a[t].copy_(ho.a);
+      out_b[t].copy_(ho.b);
+    }
   }
   TensorVec saved;
   if (save) {
-    saved = {snT, use_actor ? anT : empty0(deter0), acts, stats_all,
-             use_actor ? raws : empty0(deter0)};
+    saved = {snT, use_actor ? anT : empty0(deter0), fresh(acts, actions), stats_all,
+             use_actor ? raws : empty0(deter0), deters, stochs};
     saved.insert(saved.end(), steps.begin(), steps.end());
   }
-  return {batch_major(deters), batch_major(stochs), batch_major(out_a),
-          s.classes ? empty0(deter0) : batch_major(out_b), batch_major(acts), saved};
+  const Tensor a_all = s.classes ? stats_all : out_a;
+  return {batch_major(deters.narrow(0, 1, H)), batch_major(stochs.narrow(0, 1, H)),
+          batch_major(a_all), s.classes ? empty0(deter0) : batch_major(out_b),
+          batch_major(acts), saved};
 }
 
 std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
@@ -342,12 +379,13 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   ActorSpec as;
   if (use_actor) as = parse_actor(kImagine, AP, actor_spec, actor_fspec);
   const Tensor &snT = saved[0], &anT = saved[1], &acts = saved[2], &stats_all = saved[3],
-               &raws = saved[4];
+               &raws = saved[4], &deters = saved[5], &stochs = saved[6];
   const int64_t H = acts.size(0), N = acts.size(1), A = acts.size(2);
   const int64_t SF = s.flat_stoch();
   const int64_t per_step = imagine_step_saved(s, use_actor ? &as : nullptr);
-  TORCH_CHECK(static_cast<int64_t>(saved.size()) == 5 + H * per_step, kImagine,
-              "_backward: `saved` has ", saved.size(), " tensors, expected ", 5 + H * per_step);
+  TORCH_CHECK(static_cast<int64_t>(saved.size()) == kImagineGlobal + H * per_step, kImagine,
+              "_backward: `saved` has ", saved.size(), " tensors, expected ",
+              kImagineGlobal + H * per_step);
   const c10::OptionalDeviceGuard guard(acts.device());
   const Tensor gdT = grad_tm(g_deter);
   const Tensor gsT = grad_tm(g_stoch), gaT = grad_tm(g_a), gbT = grad_tm(g_b);
@@ -359,7 +397,7 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   const int64_t n_img_in = s.cell == kBlockGru ? 0 : 3;
   const int64_t n_cell = cell_saved_count(s);
   for (int64_t t = H - 1; t >= 0; --t) {
-    const Tensor* sv = saved.data() + 5 + t * per_step;
+    const Tensor* sv = saved.data() + kImagineGlobal + t * per_step;
     Tensor dh = latent_backward(s, stats_all[t], snT[t], plus(at_step(gsT, t), carry_stoch),
                                 at_step(gaT, t), at_step(gbT, t));
     const Tensor* ov = sv + n_actor + n_img_in + n_cell;
@@ -372,8 +410,9 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
     Tensor d_stoch, d_act;
     if (s.cell != kBlockGru) {
       const Tensor* iv = sv + n_actor;
-      const Tensor dx = layer_backward(P, s.img_in[0], LayerSaved{iv[0], iv[1], iv[2]}, cg.x, g,
-                                       true);
+      const DenseRef& r = s.img_in[0];
+      const Tensor dz = layer_backward_dz(P, r, LayerSaved{iv[0], iv[1], iv[2]}, cg.x, g);
+      const Tensor dx = split_linear_backward(P, r, dz, stochs[t], acts[t], g);
       d_stoch = dx.narrow(1, 0, SF);
       d_act = dx.narrow(1, SF, A);
     } else {
@@ -384,10 +423,13 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
     d_act = plus(d_act, at_step(gactT, t));
     if (use_actor) {
       Tensor dr = action_backward(as, raws[t], anT[t], d_act);
-      for (int64_t l = static_cast<int64_t>(as.layers.size()) - 1; l >= 0; --l) {
+      for (int64_t l = static_cast<int64_t>(as.layers.size()) - 1; l >= 1; --l) {
         const Tensor* lv = sv + 3 * l;
         dr = layer_backward(AP, as.layers[l], LayerSaved{lv[0], lv[1], lv[2]}, dr, ga, true);
       }
+      const DenseRef& r0 = as.layers[0];
+      const Tensor dz = layer_backward_dz(AP, r0, LayerSaved{sv[0], sv[1], sv[2]}, dr, ga);
+      dr = split_linear_backward(AP, r0, dz, stochs[t], deters[t], ga);
       d_stoch = d_stoch + dr.narrow(1, 0, SF);
       d_deter = d_deter + dr.narrow(1, SF, dr.size(1) - SF);
     } else {
