@@ -18,6 +18,8 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
+#include <unordered_set>
+
 #include "rssm_model.h"
 
 namespace dreamer_fast {
@@ -26,8 +28,14 @@ namespace {
 
 using TensorVec = std::vector<Tensor>;
 
-Tensor time_major(const Tensor& x) { return x.transpose(0, 1).contiguous(); }
-Tensor batch_major(const Tensor& x) { return x.transpose(0, 1).contiguous(); }
+// Always a new tensor (contiguous() would return a view of `x` when a dimension is 1):
+// inputs are masked and saved, outputs must not share memory with the saved buffers.
+Tensor time_major(const Tensor& x) {
+  return x.transpose(0, 1).clone(at::MemoryFormat::Contiguous);
+}
+Tensor batch_major(const Tensor& x) {
+  return x.transpose(0, 1).clone(at::MemoryFormat::Contiguous);
+}
 Tensor empty0(const Tensor& like) { return at::empty({0}, like.options()); }
 Tensor opt(const std::optional<Tensor>& t) {
   return (t.has_value() && t->defined() && t->numel() > 0) ? *t : Tensor();
@@ -44,12 +52,6 @@ Tensor flat_rows(const Tensor& t) { return t.defined() ? t.flatten(0, 1) : t; }
 Tensor plus(const Tensor& a, const Tensor& b) {
   if (!a.defined()) return b;
   return b.defined() ? a + b : a;
-}
-
-// `t` itself, or a copy where it shares memory with the op input `input` (a saved entry
-// must not alias an input: time_major() returns a view when a dimension is 1).
-Tensor fresh(const Tensor& t, const Tensor& input) {
-  return input.defined() && t.is_alias_of(input) ? t.clone() : t;
 }
 
 // x = cat(a, b, 1) through a dense layer's linear part, as two GEMMs into one output:
@@ -71,6 +73,25 @@ Tensor split_linear_backward(at::TensorList P, const DenseRef& r, const Tensor& 
   g.mm(r.w, dz, b, a.size(1));
   if (r.b >= 0) g.rowsum(r.b, dz);
   return at::mm(dz, P[r.w]);
+}
+
+// Outputs of an op must not share memory (autograd and torch.compile treat every
+// output as a fresh tensor). The saved entries that are by construction views of a
+// sequence buffer (a step's state is a row block of `deters` / `stochs`) are stored as
+// empty placeholders and rebuilt from the buffer in backward (see `or_else`); any
+// other entry that still shares storage with an earlier one (e.g. a layer without
+// norm and activation, whose output is its z and the next layer's input) is copied.
+Tensor placeholder(const Tensor& like) { return at::empty({0}, like.options()); }
+bool is_placeholder(const Tensor& t) { return t.dim() == 1 && t.size(0) == 0; }
+Tensor or_else(const Tensor& saved, const Tensor& rebuilt) {
+  return is_placeholder(saved) ? rebuilt : saved;
+}
+void dealias(TensorVec& saved) {
+  std::unordered_set<const void*> seen;
+  for (Tensor& t : saved) {
+    if (is_placeholder(t)) continue;
+    if (!seen.insert(t.storage().unsafeGetStorageImpl()).second) t = t.clone();
+  }
 }
 
 void check_seq(const char* op, const char* name, const Tensor& t, const Tensor& like,
@@ -150,7 +171,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
     }
     // posterior MLP on cat(deter, embed); the embed part is in e_proj
     const Tensor z0 = at::addmm(e_proj[t], deter, W0.narrow(1, 0, D).t());
-    Tensor h = layer_epilogue(P, o0, z0, deter, sv);
+    Tensor h = layer_epilogue(P, o0, z0, placeholder(deter), sv);  // x = deters[t]
     for (size_t l = 1; l < s.obs_out.size(); ++l) h = layer_forward(P, s.obs_out[l], h, sv);
     const HeadOut ho = latent_forward(s, h, postNT[t]);
     post_stats[t].copy_(h);
@@ -163,15 +184,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
   TensorVec prior_saved;
   Tensor hp = deters.view({T * B, D});
   for (const DenseRef& r : s.img_out) hp = layer_forward(P, r, hp, save ? &prior_saved : nullptr);
+  if (save) prior_saved[0] = placeholder(hp);  // x of the first prior layer = deters
   const Tensor prior_stats = hp;
   const HeadOut prior = latent_forward(s, prior_stats, priorNT.view({T * B, S}));
 
   TensorVec saved;
   if (save) {
-    saved = {keepT, actT, embT, deters, post_stats, postNT, priorNT, prior_stats,
-             at::empty({0}, embed.options())};
+    // prior_stats is the last prior layer's output: its z when that layer has no
+    // epilogue (rebuilt in backward)
+    const bool stats_is_z = prior_stats.is_same(prior_saved[prior_saved.size() - 2]);
+    saved = {keepT, actT, embT, deters, post_stats, postNT, priorNT,
+             stats_is_z ? placeholder(hp) : prior_stats, placeholder(hp)};
     saved.insert(saved.end(), prior_saved.begin(), prior_saved.end());
     saved.insert(saved.end(), steps.begin(), steps.end());
+    dealias(saved);
   }
   auto bm = [&](const Tensor& t) { return t.numel() ? batch_major(t.view({T, B, -1})) : t; };
   return {bm(deters),   bm(post_stoch), bm(post_a), s.classes ? empty0(embed) : bm(post_b),
@@ -187,10 +213,10 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
   const Spec s = parse_rssm(kObserve, P, spec, fspec);
   const Tensor &keepT = saved[0], &actT = saved[1], &embT = saved[2], &deters = saved[3];
   const Tensor &post_stats = saved[4], &postNT = saved[5], &priorNT = saved[6];
-  const Tensor& prior_stats = saved[7];
   const int64_t T = deters.size(0), B = deters.size(1), D = deters.size(2);
   const int64_t E = embT.size(2), A = actT.size(2), SF = s.flat_stoch(), S = s.stoch;
   const int64_t n_prior = 3 * static_cast<int64_t>(s.img_out.size());
+  const Tensor prior_stats = or_else(saved[7], saved[kObsGlobal + n_prior - 2]);
   const int64_t n_img_in = s.cell == kBlockGru ? 0 : 3;
   const int64_t per_step = n_img_in + cell_saved_count(s) + 3 * s.obs_out.size();
   TORCH_CHECK(static_cast<int64_t>(saved.size()) == kObsGlobal + n_prior + T * per_step,
@@ -205,8 +231,8 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
                              flat_rows(grad_tm(g_prior_a)), flat_rows(grad_tm(g_prior_b)));
   for (int64_t l = static_cast<int64_t>(s.img_out.size()) - 1; l >= 0; --l) {
     const int64_t o = kObsGlobal + 3 * l;
-    d = layer_backward(P, s.img_out[l], LayerSaved{saved[o], saved[o + 1], saved[o + 2]}, d, g,
-                       true);
+    const Tensor x = or_else(saved[o], deters.view({T * B, D}));
+    d = layer_backward(P, s.img_out[l], LayerSaved{x, saved[o + 1], saved[o + 2]}, d, g, true);
   }
   const Tensor dd_all = plus(d.view({T, B, D}), grad_tm(g_deter));
   const Tensor gsT = grad_tm(g_post_stoch), gaT = grad_tm(g_post_a),
@@ -229,7 +255,7 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
       dh = layer_backward(P, s.obs_out[l], LayerSaved{lv[0], lv[1], lv[2]}, dh, g, true);
     }
     const Tensor dz0 = layer_backward_dz(P, o0, LayerSaved{ov[0], ov[1], ov[2]}, dh, g);
-    g.mm(o0.w, dz0, ov[0], 0);
+    g.mm(o0.w, dz0, deters[t], 0);
     g.mm(o0.w, dz0, embT[t], D);
     if (o0.b >= 0) g.rowsum(o0.b, dz0);
     dz_obs[t] = dz0;
@@ -324,7 +350,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
   Tensor acts = use_actor ? at::empty({H, N, A}, deter0.options()) : givenT;
   Tensor raws =
       use_actor ? at::empty({H, N, AP[as.layers.back().w].size(0)}, deter0.options()) : Tensor();
-  const Tensor none = empty0(deter0);  // the saved `x` of a layer whose input is split
   TensorVec steps;
   TensorVec* sv = save ? &steps : nullptr;
   for (int64_t t = 0; t < H; ++t) {
@@ -333,21 +358,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
       // first actor layer on feat = cat(stoch, deter) as two GEMMs into one output
       const DenseRef& r0 = as.layers[0];
       Tensor h = split_linear(AP, r0, stoch, deter);
-      h = layer_epilogue(AP, r0, h, none, sv);
+      h = layer_epilogue(AP, r0, h, placeholder(h), sv);  // x = (stochs[t], deters[t])
       for (size_t l = 1; l < as.layers.size(); ++l) h = layer_forward(AP, as.layers[l], h, sv);
       raws[t].copy_(h);
       acts[t].copy_(action_forward(as, h, anT[t]));
     }
     const Tensor action = acts[t];
+    const size_t cell0 = steps.size() + (s.cell == kBlockGru ? 0 : 3);
     if (s.cell != kBlockGru) {
       const DenseRef& r = s.img_in[0];
-      const Tensor x = layer_epilogue(P, r, split_linear(P, r, stoch, action), none, sv);
+      const Tensor z = split_linear(P, r, stoch, action);
+      const Tensor x = layer_epilogue(P, r, z, placeholder(z), sv);  // x = (stochs, acts)[t]
       cell_forward(P, s, x, deter, Tensor(), Tensor(), sv, deters[t + 1]);
     } else {
       cell_forward(P, s, Tensor(), deter, stoch, action, sv, deters[t + 1]);
     }
+    if (save) {  // the cell's saved state inputs are deters[t] (and stochs[t])
+      const int64_t n_views = s.cell == kBlockGru ? 2 : 1, first = s.cell == kBlockGru ? 0 : 1;
+      for (int64_t i = first; i < first + n_views; ++i) steps[cell0 + i] = placeholder(deter);
+    }
+    const size_t prior0 = steps.size();
     Tensor h = deters[t + 1];
     for (const DenseRef& r : s.img_out) h = layer_forward(P, r, h, sv);
+    if (save) steps[prior0] = placeholder(h);  // x of the first prior layer = deters[t + 1]
     const HeadOut ho = latent_forward(s, h, snT[t]);
     stochs[t + 1].copy_(ho.sample);
     stats_all[t].copy_(h);
@@ -358,9 +391,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
   }
   TensorVec saved;
   if (save) {
-    saved = {snT, use_actor ? anT : empty0(deter0), fresh(acts, actions), stats_all,
+    saved = {snT, use_actor ? anT : empty0(deter0), acts, stats_all,
              use_actor ? raws : empty0(deter0), deters, stochs};
     saved.insert(saved.end(), steps.begin(), steps.end());
+    dealias(saved);
   }
   const Tensor a_all = s.classes ? stats_all : out_a;
   return {batch_major(deters.narrow(0, 1, H)), batch_major(stochs.narrow(0, 1, H)),
@@ -403,10 +437,19 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
     const Tensor* ov = sv + n_actor + n_img_in + n_cell;
     for (int64_t l = static_cast<int64_t>(s.img_out.size()) - 1; l >= 0; --l) {
       const Tensor* lv = ov + 3 * l;
-      dh = layer_backward(P, s.img_out[l], LayerSaved{lv[0], lv[1], lv[2]}, dh, g, true);
+      const Tensor x = l == 0 ? deters[t + 1] : lv[0];
+      dh = layer_backward(P, s.img_out[l], LayerSaved{x, lv[1], lv[2]}, dh, g, true);
     }
     const Tensor dd = plus(plus(at_step(gdT, t), carry_deter), dh);
-    const CellGrads cg = cell_backward(P, s, sv + n_actor + n_img_in, dd, g);
+    // the cell's saved entries with its state inputs rebuilt from the buffers
+    TensorVec cell_sv(sv + n_actor + n_img_in, sv + n_actor + n_img_in + n_cell);
+    if (s.cell == kBlockGru) {
+      cell_sv[0] = deters[t];
+      cell_sv[1] = stochs[t];
+    } else {
+      cell_sv[1] = deters[t];
+    }
+    const CellGrads cg = cell_backward(P, s, cell_sv.data(), dd, g);
     Tensor d_stoch, d_act;
     if (s.cell != kBlockGru) {
       const Tensor* iv = sv + n_actor;
@@ -469,6 +512,15 @@ TORCH_LIBRARY_FRAGMENT(dreamer_fast, m) {
       "Tensor[] actor_params, int[] actor_spec, float[] actor_fspec, bool use_actor, "
       "bool need_params, bool need_actor_params) -> (Tensor[], Tensor[], Tensor, Tensor, "
       "Tensor)");
+}
+
+// Meta: the same bodies (DF_DEVICE_LAUNCH launches nothing on meta), so FakeTensor and
+// torch.compile get every output shape, the saved list included, from this code.
+TORCH_LIBRARY_IMPL(dreamer_fast, Meta, m) {
+  m.impl("rssm_observe", &rssm::observe);
+  m.impl("rssm_observe_backward", &rssm::observe_backward);
+  m.impl("rssm_imagine", &rssm::imagine);
+  m.impl("rssm_imagine_backward", &rssm::imagine_backward);
 }
 
 TORCH_LIBRARY_IMPL(dreamer_fast, CPU, m) {

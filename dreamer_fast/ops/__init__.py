@@ -19,6 +19,7 @@ from dreamer_fast.ops.dense import linear_norm_act, linear_norm_act_ref
 from dreamer_fast.ops.heads import (categorical_sample, categorical_sample_ref, gaussian_sample,
                                     gaussian_sample_ref)
 from dreamer_fast.ops.imagine import draw_imagine_noise, imagine, imagine_ref
+from dreamer_fast.ops.imagine_graph import ImagineGraph
 from dreamer_fast.ops.scan import lambda_return, lambda_return_ref, reverse_scan, reverse_scan_ref
 
 __all__ = [
@@ -26,5 +27,5 @@ __all__ = [
     "gru_cell", "gru_cell_ref", "ln_gru_cell", "ln_gru_cell_ref",
     "linear_norm_act", "linear_norm_act_ref", "block_gru_cell", "block_gru_cell_ref",
     "gaussian_sample", "gaussian_sample_ref", "categorical_sample", "categorical_sample_ref",
-    "imagine", "imagine_ref", "draw_imagine_noise",
+    "imagine", "imagine_ref", "draw_imagine_noise", "ImagineGraph",
 ]

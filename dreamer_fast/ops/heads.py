@@ -47,7 +47,7 @@ generator (``torch.randn_like`` / ``torch.rand``) and both paths are determinist
     ``check_range=True`` verifies ``0 <= uniform < 1`` with a tensor reduction, which
     synchronises with a CUDA device (and is not CUDA-graph capturable); pass
     ``check_range=False`` in hot loops. The check is skipped automatically while
-    ``torch.compile`` traces. Without it, values outside [0, 1) are not an error, the
+    ``torch.compile`` traces and while a CUDA graph is being captured. Without it, values outside [0, 1) are not an error, the
     search just runs: ``uniform < 0`` gives class 0, NaN gives K - 1, and
     ``uniform >= 1`` gives K - 1 (or an earlier class if rounding pushed a cumulative
     sum above it). With ``unimix = 0`` a class of probability 0 is never drawn, except
@@ -137,6 +137,12 @@ def _check_uniform_range(op: str, uniform: torch.Tensor) -> None:
         )
 
 
+def _capturing(t: torch.Tensor) -> bool:
+    """True while ``t``'s CUDA stream is being captured into a CUDA graph, where the
+    host-synchronising range check is not allowed."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def _categorical_args(logits, uniform, unimix, check_range):
     op = _CATEGORICAL
     logits = _checks.check_float_tensor(op, "logits", logits)
@@ -153,7 +159,7 @@ def _categorical_args(logits, uniform, unimix, check_range):
                          f"{tuple(uniform.shape)}")
     _checks.check_dtype_device(op, "logits", logits, "uniform", uniform)
     unimix = _check_unimix(op, unimix)
-    if check_range and not torch.compiler.is_compiling():
+    if check_range and not torch.compiler.is_compiling() and not _capturing(uniform):
         _check_uniform_range(op, uniform)
     return logits, uniform, unimix
 

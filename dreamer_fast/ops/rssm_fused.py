@@ -11,6 +11,12 @@ The modules' parameters are passed as one flat list with an integer and a float 
 from them. The references are the module methods with ``backend='ref'`` (and
 ``imagine_ref``), which compose the ``*_ref`` ops step by step.
 
+Both ops are torch.library ops: their C++ bodies are also registered as Meta kernels
+(nothing is launched on the meta device), which gives FakeTensor every output shape, so
+the fused ``RSSM.observe`` and ``imagine`` trace under ``torch.compile(fullgraph=True)``
+with static shapes (``dynamic=False``; the bodies read concrete sizes). No output shares
+memory with an input or another output.
+
 Memory: with autograd recording, the forward keeps every layer input, pre-activation
 and per-row norm statistics of every step (what a step-by-step eager graph keeps, minus
 autograd's own bookkeeping); under ``no_grad`` it keeps nothing.
