@@ -121,6 +121,16 @@ def _wait_for(pred, proc, timeout: float) -> None:
         time.sleep(0.2)
 
 
+def test_matmul_precision_is_applied_for_the_run(tmp_path):
+    before = torch.get_float32_matmul_precision()
+    try:
+        cfg = tiny_config("v3", "gym:Pendulum-v1", steps=0, matmul_precision="medium")
+        Trainer(cfg, tmp_path)
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def test_sigkill_then_resume_restores_everything(tmp_path):
     logdir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

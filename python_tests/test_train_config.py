@@ -47,6 +47,7 @@ def test_overrides_apply_with_types():
     ({"behavior.discount": 1.5}, "'behavior.discount' must be in [0, 1]"),
     ({"envs": 0}, "'envs' must be >= 1"),
     ({"algo": "v4"}, "'algo' must be one of"),
+    ({"matmul_precision": "bf16"}, "'matmul_precision' must be one of"),
     ({"size": "XL"}, "'size' must be one of"),
     ({"model": 3}, "'model' is a section"),
     ({"model.cell": "block_gru", "model.blocks": 3}, "'model.blocks'"),

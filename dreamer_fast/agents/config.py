@@ -26,6 +26,7 @@ CHOICES: dict[str, tuple] = {
     "size": SIZES,
     "device": ("auto", "cpu", "cuda"),
     "backend": ("auto", "fused", "ref"),
+    "matmul_precision": ("highest", "high", "medium"),
     "env_opts.obs": ("auto", "proprio", "pixels"),
     "model.cell": ("gru", "ln_gru", "block_gru"),
     "model.norm": ("layer", "rms", "none"),

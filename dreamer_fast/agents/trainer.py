@@ -108,6 +108,8 @@ class Trainer:
         self.logdir = Path(logdir)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        # one process-wide setting: the fused kernels' GEMMs and the reference follow it
+        torch.set_float32_matmul_precision(cfg.matmul_precision)
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
         self.envs = make_vector_env(cfg.env, cfg.envs, cfg.seed, **env_kwargs(cfg))

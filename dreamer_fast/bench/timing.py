@@ -6,10 +6,15 @@ rotating order), and we report per-candidate medians and their ratios.
 
 On CUDA each run is bracketed by CUDA events (device time of everything the run
 enqueued); on CPU by ``time.perf_counter``.
+
+Float32 matmul precision (``torch.set_float32_matmul_precision``) is a dimension of
+some suites: :func:`at_precision` makes a candidate set it in its untimed prepare step,
+so one interleaved round can hold the same implementation at several precisions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass
@@ -19,6 +24,48 @@ import torch
 
 # A case factory builds fresh state (untimed) and returns the thunk to time.
 Prepare = Callable[[], Callable[[], object]]
+
+#: Values of ``torch.set_float32_matmul_precision``. On CPU, ``medium`` lets oneDNN run
+#: float32 GEMMs with bfloat16 arithmetic where the CPU has it (AVX512-BF16, AMX);
+#: ``high`` allows TF32 on GPUs that have it.
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str | None = None):
+    """Sets the float32 matmul precision for the block (``None``: leave it) and restores
+    the previous value on exit, also after candidates changed it inside the block."""
+    previous = torch.get_float32_matmul_precision()
+    try:
+        if precision is not None:
+            torch.set_float32_matmul_precision(precision)
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def at_precision(prepare: Prepare, precision: str) -> Prepare:
+    """``prepare`` with the float32 matmul precision set to ``precision`` first (untimed);
+    the timed run follows its prepare directly, so it runs at that precision. Call inside
+    :func:`matmul_precision` to restore the caller's value afterwards."""
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"unknown float32 matmul precision {precision!r}; expected one of "
+                         f"{MATMUL_PRECISIONS}")
+
+    def wrapped():
+        torch.set_float32_matmul_precision(precision)
+        return prepare()
+    return wrapped
+
+
+def first_call_s(prepare: Prepare, device: torch.device) -> float:
+    """Wall time of one ``prepare()()`` (for a compiled candidate's first call: tracing
+    and compiling plus one run)."""
+    t0 = time.perf_counter()
+    prepare()()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 @dataclass

@@ -43,7 +43,6 @@ values, so it returns the same numbers.
 
 from __future__ import annotations
 
-
 import torch
 
 from dreamer_fast.nn._backend import use_fused
