@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from dreamer_fast.nn import RSSM, Actor
-from dreamer_fast.ops import draw_imagine_noise, imagine
+from dreamer_fast.ops import draw_imagine_noise, imagine, imagine_ref
 from dreamer_fast.ops.rssm_fused import actor_spec, rssm_spec
 
 F64 = torch.float64
@@ -184,3 +184,36 @@ def test_compiled_fused_imagine_matches_eager(grad):
         params = list(actor.parameters())
         for ge, gc in zip(_grads(eager, params), _grads(compiled, params)):
             torch.testing.assert_close(gc, ge, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("classes", [8, None])
+def test_medium_matmul_precision_rollout_stays_within_float32_tolerance(classes):
+    """``torch.set_float32_matmul_precision('medium')`` lets oneDNN run float32 GEMMs
+    with bf16 arithmetic on CPUs that have it (the benchmarks' 'medium' rows); a 15-step
+    fused rollout must stay within float32 tolerance of the IEEE reference and pick
+    the same categorical classes."""
+    torch.manual_seed(0)
+    kw = dict(stoch=8, classes=classes, deter=128, hidden=128, action_size=4, embed_size=32,
+              cell="ln_gru", dtype=torch.float32)
+    fused, ref = RSSM(**kw, backend="fused"), RSSM(**kw, backend="ref")
+    ref.load_state_dict(fused.state_dict())
+    actor = Actor(fused.feat_size, 4, head="bounded_normal", units=128, layers=2,
+                  backend="fused")
+    actor_ref = Actor(fused.feat_size, 4, head="bounded_normal", units=128, layers=2,
+                      backend="ref")
+    actor_ref.load_state_dict(actor.state_dict())
+    start = {k: v.normal_() if k in ("deter", "logit", "mean") else v
+             for k, v in fused.initial(256).items()}
+    noise = draw_imagine_noise(fused, actor, 256, 15, like=start["deter"])
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        want = imagine_ref(ref, actor_ref, start, 15, noise=noise)
+        torch.set_float32_matmul_precision("medium")
+        got = imagine(fused, actor, start, 15, noise=noise)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    torch.testing.assert_close(got["feat"], want["feat"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got["action"], want["action"], rtol=1e-4, atol=1e-4)
+    if classes:
+        assert torch.equal(got["stoch"].argmax(-1), want["stoch"].argmax(-1))
