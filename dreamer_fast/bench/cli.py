@@ -6,13 +6,18 @@ import argparse
 import datetime as _dt
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from dreamer_fast.bench import scan_cases
-from dreamer_fast.bench.report import Row, markdown_table, provenance
-from dreamer_fast.bench.timing import device_name, interleaved
+from dreamer_fast.bench.report import Row, cross_precision_table, markdown_table, provenance
+from dreamer_fast.bench.timing import (MATMUL_PRECISIONS, at_precision, device_name,
+                                       first_call_s, interleaved, matmul_precision)
+
+#: Suites timed at each requested float32 matmul precision (the others have no GEMMs).
+PRECISION_SUITES = ("rssm", "imagine", "learner")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +29,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16",
                                                           "float16"])
     p.add_argument("--no-compile", action="store_true",
-                   help="skip the torch.compile(reference) column (compiling is slow on CPU)")
+                   help="skip the torch.compile(reference) column of the scan, rssm and "
+                        "imagine suites (compiling is slow on CPU; each compiled candidate's "
+                        "compile time is printed)")
+    p.add_argument("--matmul-precision", type=_precision_list, default=["highest"],
+                   metavar="P[,P...]",
+                   help="comma-separated float32 matmul precisions (torch."
+                        "set_float32_matmul_precision) to time the rssm, imagine and learner "
+                        f"rows at, for every candidate alike: {', '.join(MATMUL_PRECISIONS)}; "
+                        "default highest. With highest and another one, a table of fast@P vs "
+                        "eager@highest is added")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per row")
     p.add_argument("--suite", default="scan",
                    help="comma-separated: scan (λ-return), rssm (image step per cell at "
@@ -35,6 +49,52 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="folder for the Markdown table (default benchmarks/results for a full "
                         "run, nothing for --quick)")
     p.set_defaults(run=run)
+
+
+def _precision_list(text: str) -> list[str]:
+    """``--matmul-precision`` value: a comma-separated list, duplicates dropped."""
+    out: list[str] = []
+    for item in (x.strip() for x in text.split(",")):
+        if item not in MATMUL_PRECISIONS:
+            raise argparse.ArgumentTypeError(
+                f"unknown precision {item!r}; expected a comma-separated list of "
+                f"{', '.join(MATMUL_PRECISIONS)}")
+        if item not in out:
+            out.append(item)
+    return out
+
+
+@dataclass
+class _Section:
+    """One suite's results: the title, the float32 matmul precisions its rows are timed
+    at (``None``: left as it is, no precision in the rows), the table rows, the same
+    timings keyed ``impl@precision`` for the cross-precision table, and compile times."""
+    title: str
+    precisions: list[str] | None = None
+    rows: list[Row] = field(default_factory=list)
+    by_precision: list[Row] = field(default_factory=list)
+    compile_notes: list[str] = field(default_factory=list)
+
+    def text(self, dev_name: str, command: str) -> str:
+        parts = [f"## {self.title}", provenance(dev_name, command)]
+        if self.precisions is not None:
+            parts[-1] += ("\n- float32 matmul precision (torch.set_float32_matmul_precision) "
+                          "in each row's mode, the same for every candidate of the row")
+        parts.append(markdown_table(self.rows))
+        cross = cross_precision_table(self.by_precision)
+        if cross:
+            parts.append("### Across precisions: fast at a lower float32 matmul precision vs "
+                         "eager at highest\n\nNot a same-precision comparison: the fast "
+                         "candidate runs its GEMMs at the lower precision, the eager reference "
+                         "at full float32. Timed in the same interleaved rounds as the table "
+                         "above; ratios > 1 mean the fast op is faster.")
+            parts.append(cross)
+        if self.compile_notes:
+            parts.append("torch.compile time of each compiled row (its first call less a median "
+                         "run; not part of the timings; Inductor's on-disk cache makes repeat "
+                         "runs compile faster):\n\n"
+                         + "\n".join(f"- {n}" for n in self.compile_notes))
+        return "\n\n".join(parts) + "\n"
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -66,27 +126,33 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"dreamer-fast bench: unknown --suite {sorted(unknown)}; "
                          "expected scan, rssm, imagine and/or learner")
+    precisions = args.matmul_precision
+    if precisions != ["highest"] and not set(suites) & set(PRECISION_SUITES):
+        print("dreamer-fast bench: note: --matmul-precision applies to the "
+              f"{', '.join(PRECISION_SUITES)} suites only", file=sys.stderr)
     dev_name = device_name(device)
     print(f"# dreamer-fast bench on {dev_name}, {args.dtype}", flush=True)
-    sections = []
+    compiled = "" if args.no_compile else " vs torch.compile(reference)"
+    sections: list[_Section] = []
     if "scan" in suites:
-        rows = _run_scan(args, device, dtype, repeats)
-        sections.append((f"λ-return ({args.dtype})", rows))
+        sections.append(_Section(f"λ-return ({args.dtype})"))
+        _run_scan(args, device, dtype, repeats, sections[-1])
     if "rssm" in suites:
-        rows = _run_rssm(args, device, dtype, max(3, repeats // 3))
-        sections.append((f"RSSM, fused vs reference backend ({args.dtype})", rows))
+        sections.append(_Section(f"RSSM, fused vs reference backend{compiled} ({args.dtype})",
+                                 precisions))
+        _run_rssm(args, device, dtype, max(3, repeats // 3), sections[-1])
     if "imagine" in suites:
-        rows = _run_imagine(args, device, dtype, max(3, repeats // 3))
-        sections.append((f"Imagination rollout, imagine vs imagine_ref ({args.dtype})", rows))
+        sections.append(_Section(f"Imagination rollout, imagine vs imagine_ref{compiled} "
+                                 f"({args.dtype})", precisions))
+        _run_imagine(args, device, dtype, max(3, repeats // 3), sections[-1])
     if "learner" in suites:
-        rows = _run_learner(args, device, max(3, repeats // 5))
-        sections.append(("Learner update (world model + actor-critic), fused vs reference "
-                         "backend (float32)", rows))
+        sections.append(_Section("Learner update (world model + actor-critic), fused vs "
+                                 "reference backend (float32)", precisions))
+        _run_learner(args, device, max(3, repeats // 5), sections[-1])
 
     command = "dreamer-fast bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"]
                                                 else [])
-    text = "\n".join(f"## {title}\n\n{provenance(dev_name, command.strip())}\n\n"
-                     f"{markdown_table(rows)}\n" for title, rows in sections)
+    text = "\n".join(sec.text(dev_name, command.strip()) for sec in sections)
     print()
     print(text)
     out_dir = args.out if args.out is not None else (None if args.quick
@@ -100,63 +166,85 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _measure(cands, device, repeats, case, mode, rows):
-    timings = interleaved(cands, device, warmup=2, repeats=repeats, min_time_s=0.2)
-    row = Row(case, mode, {name: t.median_us for name, t in timings.items()})
-    rows.append(row)
-    print(markdown_table([row]).splitlines()[-1], flush=True)
+def _measure(cands, device, repeats, case, mode, sec: _Section) -> None:
+    """Times ``cands`` (name -> Prepare) interleaved and appends a row to ``sec``. With
+    ``sec.precisions``, every candidate runs at each precision within the same rounds
+    (one row per precision, the precision in its mode) and a compiled candidate's compile
+    time (its first call at each precision less the median run) is printed and noted.
+    Dynamo guards on the matmul precision (global state), so a compiled candidate gets one
+    graph per precision and never runs a graph traced at another one."""
+    precisions = sec.precisions
+    if precisions is None:
+        timings = interleaved(cands, device, warmup=2, repeats=repeats, min_time_s=0.2)
+        row = Row(case, mode, {name: t.median_us for name, t in timings.items()})
+        sec.rows.append(row)
+        print(markdown_table([row]).splitlines()[-1], flush=True)
+        return
+    with matmul_precision():
+        first = {p: first_call_s(at_precision(cands["compiled"], p), device)
+                 for p in precisions if "compiled" in cands}
+        wide = {f"{name}@{p}": at_precision(c, p) for p in precisions
+                for name, c in cands.items()}
+        timings = interleaved(wide, device, warmup=2, repeats=repeats, min_time_s=0.2)
+    us = {key: t.median_us for key, t in timings.items()}
+    sec.by_precision.append(Row(case, mode, us))
+    for p in precisions:
+        row = Row(case, f"{mode}, {p}", {name: us[f"{name}@{p}"] for name in cands})
+        sec.rows.append(row)
+        if p in first:
+            compile_s = max(0.0, first[p] - us[f"compiled@{p}"] * 1e-6)
+            note = f"compiled {case}, {mode}, {p}: compile {compile_s:.1f} s"
+            sec.compile_notes.append(note)
+            print(f"  {note}", flush=True)
+        print(markdown_table([row]).splitlines()[-1], flush=True)
 
 
-def _run_scan(args, device, dtype, repeats) -> list[Row]:
+def _run_scan(args, device, dtype, repeats, sec: _Section) -> None:
     impls = scan_cases.implementations(with_compile=not args.no_compile)
     sizes = scan_cases.QUICK_SIZES if args.quick else scan_cases.FULL_SIZES
-    rows: list[Row] = []
     for T, B in sizes:
         inputs = scan_cases.ScanInputs.make(T, B, device, dtype)
         for mode in scan_cases.MODES:
             cands = {name: scan_cases.make_candidates(fn, inputs, mode)
                      for name, fn in impls.items()}
-            _measure(cands, device, repeats, f"lambda_return T={T} B={B}", mode, rows)
-    return rows
+            _measure(cands, device, repeats, f"lambda_return T={T} B={B}", mode, sec)
 
 
-def _run_rssm(args, device, dtype, repeats) -> list[Row]:
+def _run_rssm(args, device, dtype, repeats, sec: _Section) -> None:
     from dreamer_fast.bench import rssm_cases
 
-    rows: list[Row] = []
+    with_compile = not args.no_compile
     cells = ("ln_gru",) if args.quick else ("gru", "ln_gru", "block_gru")
     for cell in cells:
-        pair = rssm_cases.make_pair(cell, device, dtype)
+        models = rssm_cases.make_pair(cell, device, dtype, with_compile=with_compile)
         for mode in rssm_cases.MODES:
-            cands = {n: rssm_cases.image_step_case(m, 1024, mode) for n, m in pair.items()}
-            _measure(cands, device, repeats, f"img_step {cell} B=1024 deter512", mode, rows)
-    pair = rssm_cases.make_pair("ln_gru", device, dtype)
+            cands = {n: rssm_cases.image_step_case(m, 1024, mode) for n, m in models.items()}
+            _measure(cands, device, repeats, f"img_step {cell} B=1024 deter512", mode, sec)
+    models = rssm_cases.make_pair("ln_gru", device, dtype, with_compile=with_compile)
     for mode in rssm_cases.MODES:
-        cands = {n: rssm_cases.observe_case(m, 16, 64, mode) for n, m in pair.items()}
+        cands = {n: rssm_cases.observe_case(m, 16, 64, mode) for n, m in models.items()}
         _measure(cands, device, max(3, repeats // 2), "observe ln_gru B16xT64 deter512",
-                 mode, rows)
-    return rows
+                 mode, sec)
 
 
-def _run_imagine(args, device, dtype, repeats) -> list[Row]:
+def _run_imagine(args, device, dtype, repeats, sec: _Section) -> None:
     from dreamer_fast.bench import imagine_cases
 
-    rows: list[Row] = []
+    impls = imagine_cases.implementations(with_compile=not args.no_compile)
     sizes = ("debug",) if args.quick else ("debug", "S")
     for size in sizes:
-        models = imagine_cases.make_models(size, device, dtype)
+        models = imagine_cases.make_models(size, device, dtype,
+                                           with_compile=not args.no_compile)
         for grad in imagine_cases.MODES:
             cands = {n: imagine_cases.rollout_case(models[n], fn, 1024, 15, grad)
-                     for n, fn in imagine_cases.IMPLS.items()}
+                     for n, fn in impls.items()}
             _measure(cands, device, repeats, f"imagine {size} ln_gru N=1024 H=15",
-                     f"grad={grad}", rows)
-    return rows
+                     f"grad={grad}", sec)
 
 
-def _run_learner(args, device, repeats) -> list[Row]:
+def _run_learner(args, device, repeats, sec: _Section) -> None:
     from dreamer_fast.bench import learner_cases
 
-    rows: list[Row] = []
     algos = ("v3",) if args.quick else ("v1", "v2", "v3")
     size = "debug" if args.quick or device.type == "cpu" else "S"
     for algo in algos:
@@ -166,5 +254,4 @@ def _run_learner(args, device, repeats) -> list[Row]:
         cands = {n: learner_cases.update_case(a, batch) for n, a in pair.items()}
         case = (f"{algo} size {size} B{cfg.run.batch_size}xT{cfg.run.batch_length} "
                 f"H{cfg.behavior.horizon}")
-        _measure(cands, device, repeats, case, "update", rows)
-    return rows
+        _measure(cands, device, repeats, case, "update", sec)

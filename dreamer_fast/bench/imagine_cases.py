@@ -6,9 +6,22 @@ Sizes: ``debug`` (deter 128, hidden 128, 8x8 latents, actor 2x128), where per-op
 dominates, and ``S`` (deter 512, hidden 512, 32x32 latents, actor 2x512), where the GEMMs
 do. ``grad='none'`` times the forward rollout; ``grad='dynamics'`` times the rollout plus
 the backward of a scalar loss on the features into the actor.
+
+The compiled candidate ("compiled", :func:`implementations`) is
+``torch.compile(imagine_ref)`` on a third pair of reference-backend models with the
+same parameters. ``grad='none'`` traces the whole 15-step rollout as one graph.
+``grad='dynamics'`` does not: ``imagine_ref`` builds a module and runs the image step
+through ``functional_call`` with detached world-model parameters, where dynamo breaks
+the graph and falls back to eager for the rollout loop, compiling the frames it calls
+(actor, image step) one by one. So it is compiled with ``fullgraph=False``. A frame
+that falls back is skipped for good, so each gradient mode gets its own entry point
+(:func:`_rollout_no_grad`, :func:`_rollout_dynamics`): otherwise the ``dynamics``
+fallback would also drop the one-graph ``none`` rollout.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -24,11 +37,15 @@ MODES = ("none", "dynamics")
 
 
 def make_models(size: str, device: torch.device, dtype: torch.dtype, cell: str = "ln_gru",
-                action: int = 6) -> dict[str, tuple[RSSM, Actor]]:
+                action: int = 6, with_compile: bool = False) -> dict[str, tuple[RSSM, Actor]]:
+    """``(rssm, actor)`` per candidate with equal parameters: ``fast`` (fused backend),
+    ``eager`` and, when ``with_compile``, ``compiled`` (both reference backend)."""
     cfg = SIZES[size]
     torch.manual_seed(0)
     out = {}
-    for name, backend in (("fast", "fused"), ("eager", "ref")):
+    names = (("fast", "fused"), ("eager", "ref")) + ((("compiled", "ref"),) if with_compile
+                                                      else ())
+    for name, backend in names:
         rssm = RSSM(stoch=cfg["stoch"], classes=cfg["classes"], deter=cfg["deter"],
                     hidden=cfg["hidden"], action_size=action, embed_size=cfg["hidden"],
                     cell=cell, norm="layer", act="silu", device=device, dtype=dtype,
@@ -37,8 +54,9 @@ def make_models(size: str, device: torch.device, dtype: torch.dtype, cell: str =
                       layers=2, device=device, dtype=dtype, backend=backend)
         out[name] = (rssm, actor)
     fast_rssm, fast_actor = out["fast"]
-    out["eager"][0].load_state_dict(fast_rssm.state_dict())
-    out["eager"][1].load_state_dict(fast_actor.state_dict())
+    for name, _ in names[1:]:
+        out[name][0].load_state_dict(fast_rssm.state_dict())
+        out[name][1].load_state_dict(fast_actor.state_dict())
     return out
 
 
@@ -65,3 +83,32 @@ def rollout_case(models: tuple[RSSM, Actor], fn, n: int, horizon: int, grad: str
 
 
 IMPLS = {"fast": imagine, "eager": imagine_ref}
+
+
+def _rollout_no_grad(rssm, actor, start, horizon, noise):
+    """``imagine_ref`` for ``grad='none'``: the entry point compiled for that mode."""
+    return imagine_ref(rssm, actor, start, horizon, grad="none", noise=noise)
+
+
+def _rollout_dynamics(rssm, actor, start, horizon, noise):
+    """``imagine_ref`` for ``grad='dynamics'``: the entry point compiled for that mode."""
+    return imagine_ref(rssm, actor, start, horizon, grad="dynamics", noise=noise)
+
+
+def compiled_imagine_ref(backend: str = "inductor") -> Callable:
+    """``torch.compile(imagine_ref)`` (static shapes), with one compiled entry point per
+    gradient mode (see the module docstring); called like ``imagine_ref`` (no ``wm_grad``)."""
+    compiled = {"none": torch.compile(_rollout_no_grad, dynamic=False, backend=backend),
+                "dynamics": torch.compile(_rollout_dynamics, dynamic=False, backend=backend)}
+
+    def rollout(rssm, actor, start, horizon, grad="none", noise=None):
+        return compiled[grad](rssm, actor, start, horizon, noise)
+    return rollout
+
+
+def implementations(with_compile: bool, backend: str = "inductor") -> dict[str, Callable]:
+    """Rollout function per candidate; each runs on ``make_models(...)[name]``."""
+    impls: dict[str, Callable] = dict(IMPLS)
+    if with_compile:
+        impls["compiled"] = compiled_imagine_ref(backend)
+    return impls

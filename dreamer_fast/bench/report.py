@@ -39,6 +39,30 @@ def markdown_table(rows: list[Row], baseline: str = "fast") -> str:
     return "\n".join(lines)
 
 
+def cross_precision_table(rows: list[Row], fast: str = "fast", eager: str = "eager",
+                          reference: str = "highest") -> str:
+    """``fast`` at each float32 matmul precision other than ``reference`` against ``eager``
+    at ``reference``, from rows whose ``times_us`` are keyed ``"<impl>@<precision>"``; one
+    line per case, mode and precision. Empty when there is nothing to compare."""
+    ref_key = f"{eager}@{reference}"
+    header = ["case", "mode", "comparison", "fast (µs)", "eager (µs)", "ratio"]
+    lines = []
+    for row in rows:
+        if ref_key not in row.times_us:
+            continue
+        for key, us in row.times_us.items():
+            name, _, precision = key.partition("@")
+            if name != fast or precision in ("", reference):
+                continue
+            ratio = row.times_us[ref_key] / us if us else float("nan")
+            lines.append("| " + " | ".join([
+                row.case, row.mode, f"{ref_key} / {key}", f"{us:.1f}",
+                f"{row.times_us[ref_key]:.1f}", f"{ratio:.2f}x"]) + " |")
+    if not lines:
+        return ""
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + lines)
+
+
 def provenance(device_name: str, command: str) -> str:
     today = _dt.date.today().isoformat()
     return (f"- device: {device_name}\n- date: {today}\n- torch {torch.__version__}"

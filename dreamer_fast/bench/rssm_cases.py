@@ -1,8 +1,20 @@
 """Benchmark cases of the RSSM: one image step per cell at B=1024 and a 64-step observe
-(B=16, deter 512, hidden 512, 32x32 latents, ln_gru), fused vs reference backend.
+(B=16, deter 512, hidden 512, 32x32 latents, ln_gru), fused vs reference backend, and
+optionally the reference backend under ``torch.compile`` ("compiled").
 
-Both backends hold the same parameters and get the same noise; the timed run is the
+All candidates hold the same parameters and get the same noise; the timed run is the
 forward pass (under no_grad) or forward + backward of a scalar loss on the outputs.
+
+The compiled candidate is a third ``RSSM(backend='ref')`` whose per-step methods
+``img_step`` and ``obs_step`` are ``torch.compile``-d (:func:`compile_steps`), with
+``observe``'s Python loop over the 64 steps left in place: that is what one would
+compile in practice. Compiling the whole ``observe`` unrolls the 64 steps, each with two
+categorical samplers whose reference loops over the 32 classes in Python; on a 2-core
+CPU its forward alone took over 2 min to compile at T=16, far too long at T=64.
+Both steps trace as single graphs (no graph breaks, for every cell) today; they are
+compiled with the default ``fullgraph=False`` like the λ-return's compiled column, so a
+future graph break would slow the column down rather than stop the run. The backward
+runs through the compiled graphs (AOTAutograd).
 """
 
 from __future__ import annotations
@@ -16,14 +28,32 @@ MODES = ("forward", "forward+backward")
 
 
 def make_pair(cell: str, device: torch.device, dtype: torch.dtype, *, deter: int = 512,
-              hidden: int = 512, embed: int = 1024, action: int = 6) -> dict[str, RSSM]:
+              hidden: int = 512, embed: int = 1024, action: int = 6, stoch: int = 32,
+              classes: int = 32, with_compile: bool = False,
+              compile_backend: str = "inductor") -> dict[str, RSSM]:
+    """``{"fast": fused, "eager": ref}`` RSSMs with equal parameters, plus ``"compiled"``
+    (another ref RSSM, :func:`compile_steps`) when ``with_compile``."""
     torch.manual_seed(0)
-    kw = dict(stoch=32, classes=32, deter=deter, hidden=hidden, action_size=action,
+    kw = dict(stoch=stoch, classes=classes, deter=deter, hidden=hidden, action_size=action,
               embed_size=embed, cell=cell, norm="rms" if cell == "block_gru" else "layer",
               act="silu", blocks=8, device=device, dtype=dtype)
     fused, ref = RSSM(**kw, backend="fused"), RSSM(**kw, backend="ref")
     ref.load_state_dict(fused.state_dict())
-    return {"fast": fused, "eager": ref}
+    models = {"fast": fused, "eager": ref}
+    if with_compile:
+        compiled = RSSM(**kw, backend="ref")
+        compiled.load_state_dict(fused.state_dict())
+        models["compiled"] = compile_steps(compiled, compile_backend)
+    return models
+
+
+def compile_steps(model: RSSM, backend: str = "inductor") -> RSSM:
+    """Replaces ``model``'s ``img_step`` and ``obs_step`` by ``torch.compile``-d versions
+    (static shapes; ``obs_step``'s graph inlines ``img_step``). ``observe`` and
+    ``imagine_with_action`` keep their Python loops and call the compiled steps."""
+    model.img_step = torch.compile(model.img_step, dynamic=False, backend=backend)
+    model.obs_step = torch.compile(model.obs_step, dynamic=False, backend=backend)
+    return model
 
 
 def image_step_case(model: RSSM, B: int, mode: str) -> Prepare:
