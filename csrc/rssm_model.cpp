@@ -2,6 +2,8 @@
 #include "rssm_model.h"
 
 #include <ATen/ATen.h>
+
+#include <algorithm>
 #include <ATen/OpMathType.h>
 
 #include "device_launch.h"
@@ -165,6 +167,11 @@ std::vector<Tensor> Grads::finish() {
   for (size_t i = 0; i < params_.size(); ++i) out[i] = at::zeros_like(params_[i]);
   for (auto& [key, e] : entries_) {
     const auto [idx, kind, off] = key;
+    // Backward passes record their steps last-to-first; in first-to-last order the
+    // saved inputs that are steps of one forward buffer are adjacent row blocks, which
+    // cat_rows then reads as one view. (Both lists flip together: pairs stay matched.)
+    std::reverse(e.a.begin(), e.a.end());
+    std::reverse(e.b.begin(), e.b.end());
     Tensor& dst = out[idx];
     switch (kind) {
       case kMm: {
