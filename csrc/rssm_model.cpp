@@ -309,8 +309,10 @@ Tensor cell_forward(at::TensorList P, const Spec& s, const Tensor& x, const Tens
   if (s.cell == kLnGru) {
     const int64_t I = x.size(1);
     const Tensor& W = P[c];
-    Tensor parts = at::mm(x, W.narrow(1, 0, I).t());
-    parts.addmm_(deter, W.narrow(1, I, D).t());
+    // one GEMM on cat([x, h]) rather than two into the same output: at the small batch
+    // of a posterior step (B = 16) the second pass over the output costs as much as
+    // the copy of the inputs
+    Tensor parts = at::mm(at::cat({x, deter}, 1), W.t());
     Tensor stats = at::empty({B, 2}, deter.options().dtype(at::toOpMathType(deter.scalar_type())));
     DF_DEVICE_LAUNCH(rnn, ln_gru_forward, deter, parts, deter, P[c + 1], P[c + 2], s.cell_eps,
                   s.update_bias, hy, stats);
@@ -390,8 +392,9 @@ CellGrads cell_backward(at::TensorList P, const Spec& s, const Tensor* sv,
     DF_DEVICE_LAUNCH(rnn, ln_gru_backward, h, d_out, parts, h, P[c + 1], P[c + 2], stats,
                   s.update_bias, dy, dy_xhat, dparts, dh);
     const Tensor& W = P[c];
-    r.x = at::mm(dparts, W.narrow(1, 0, I));
-    dh.addmm_(dparts, W.narrow(1, I, H));
+    const Tensor d_in = at::mm(dparts, W);  // [B, I + H] in one GEMM
+    r.x = d_in.narrow(1, 0, I);
+    dh.add_(d_in.narrow(1, I, H));
     r.deter = dh;
     g.mm(c, dparts, x, 0);
     g.mm(c, dparts, h, I);
