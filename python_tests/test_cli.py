@@ -147,3 +147,14 @@ def test_bench_compiled_candidates_match_eager():
                 feats[name] = (traj["feat"],)
         for a, b in zip(feats["compiled"], feats["eager"]):
             torch.testing.assert_close(a, b)
+
+
+def test_bench_graph_case_needs_cuda():
+    """The CUDA-graph candidates of the imagine suite are added on CUDA only; built on
+    CPU modules their first prepare() raises ImagineGraph's device error."""
+    from dreamer_fast.bench import imagine_cases
+
+    models = imagine_cases.make_models("debug", torch.device("cpu"), torch.float32)
+    prepare = imagine_cases.graph_case(models["fast"], 8, 2)
+    with pytest.raises((ValueError, RuntimeError), match="CUDA"):
+        prepare()

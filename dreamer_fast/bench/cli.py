@@ -238,6 +238,9 @@ def _run_imagine(args, device, dtype, repeats, sec: _Section) -> None:
         for grad in imagine_cases.MODES:
             cands = {n: imagine_cases.rollout_case(models[n], fn, 1024, 15, grad)
                      for n, fn in impls.items()}
+            if device.type == "cuda" and grad == "none":  # capture and replay (ImagineGraph)
+                cands["fast graph"] = imagine_cases.graph_case(models["fast"], 1024, 15)
+                cands["eager graph"] = imagine_cases.graph_case(models["eager"], 1024, 15)
             _measure(cands, device, repeats, f"imagine {size} ln_gru N=1024 H=15",
                      f"grad={grad}", sec)
 
