@@ -112,7 +112,7 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_cell(const Tensor& input, const Tensor
   const char* op = "ln_gru_cell";
   check_ln_gru(op, input, hx, weight, norm_weight, norm_bias);
   TORCH_CHECK(eps > 0, op, ": `eps` must be > 0, got ", eps);
-  const int64_t B = input.size(0), I = input.size(1), H = hx.size(1);
+  const int64_t B = input.size(0), H = hx.size(1);
   const c10::OptionalDeviceGuard guard(input.device());
   // parts = cat([x, h]) @ W.T as one GEMM (cheaper than two passes over the output)
   Tensor parts = at::mm(at::cat({input, hx}, 1), weight.t());

@@ -36,6 +36,7 @@ Tensor time_major(const Tensor& x) {
 Tensor batch_major(const Tensor& x) {
   return x.transpose(0, 1).clone(at::MemoryFormat::Contiguous);
 }
+// An empty [0] tensor: an absent output, or a saved-entry placeholder (see `dealias`).
 Tensor empty0(const Tensor& like) { return at::empty({0}, like.options()); }
 Tensor opt(const std::optional<Tensor>& t) {
   return (t.has_value() && t->defined() && t->numel() > 0) ? *t : Tensor();
@@ -78,10 +79,9 @@ Tensor split_linear_backward(at::TensorList P, const DenseRef& r, const Tensor& 
 // Outputs of an op must not share memory (autograd and torch.compile treat every
 // output as a fresh tensor). The saved entries that are by construction views of a
 // sequence buffer (a step's state is a row block of `deters` / `stochs`) are stored as
-// empty placeholders and rebuilt from the buffer in backward (see `or_else`); any
+// empty0 placeholders and rebuilt from the buffer in backward (see `or_else`); any
 // other entry that still shares storage with an earlier one (e.g. a layer without
 // norm and activation, whose output is its z and the next layer's input) is copied.
-Tensor placeholder(const Tensor& like) { return at::empty({0}, like.options()); }
 bool is_placeholder(const Tensor& t) { return t.dim() == 1 && t.size(0) == 0; }
 Tensor or_else(const Tensor& saved, const Tensor& rebuilt) {
   return is_placeholder(saved) ? rebuilt : saved;
@@ -171,7 +171,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
     }
     // posterior MLP on cat(deter, embed); the embed part is in e_proj
     const Tensor z0 = at::addmm(e_proj[t], deter, W0.narrow(1, 0, D).t());
-    Tensor h = layer_epilogue(P, o0, z0, placeholder(deter), sv);  // x = deters[t]
+    Tensor h = layer_epilogue(P, o0, z0, empty0(deter), sv);  // x = deters[t]
     for (size_t l = 1; l < s.obs_out.size(); ++l) h = layer_forward(P, s.obs_out[l], h, sv);
     const HeadOut ho = latent_forward(s, h, postNT[t]);
     post_stats[t].copy_(h);
@@ -184,7 +184,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
   TensorVec prior_saved;
   Tensor hp = deters.view({T * B, D});
   for (const DenseRef& r : s.img_out) hp = layer_forward(P, r, hp, save ? &prior_saved : nullptr);
-  if (save) prior_saved[0] = placeholder(hp);  // x of the first prior layer = deters
+  if (save) prior_saved[0] = empty0(hp);  // x of the first prior layer = deters
   const Tensor prior_stats = hp;
   const HeadOut prior = latent_forward(s, prior_stats, priorNT.view({T * B, S}));
 
@@ -194,7 +194,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
     // epilogue (rebuilt in backward)
     const bool stats_is_z = prior_stats.is_same(prior_saved[prior_saved.size() - 2]);
     saved = {keepT, actT, embT, deters, post_stats, postNT, priorNT,
-             stats_is_z ? placeholder(hp) : prior_stats, placeholder(hp)};
+             stats_is_z ? empty0(hp) : prior_stats, empty0(hp)};
     saved.insert(saved.end(), prior_saved.begin(), prior_saved.end());
     saved.insert(saved.end(), steps.begin(), steps.end());
     dealias(saved);
@@ -358,7 +358,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
       // first actor layer on feat = cat(stoch, deter) as two GEMMs into one output
       const DenseRef& r0 = as.layers[0];
       Tensor h = split_linear(AP, r0, stoch, deter);
-      h = layer_epilogue(AP, r0, h, placeholder(h), sv);  // x = (stochs[t], deters[t])
+      h = layer_epilogue(AP, r0, h, empty0(h), sv);  // x = (stochs[t], deters[t])
       for (size_t l = 1; l < as.layers.size(); ++l) h = layer_forward(AP, as.layers[l], h, sv);
       raws[t].copy_(h);
       acts[t].copy_(action_forward(as, h, anT[t]));
@@ -368,19 +368,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
     if (s.cell != kBlockGru) {
       const DenseRef& r = s.img_in[0];
       const Tensor z = split_linear(P, r, stoch, action);
-      const Tensor x = layer_epilogue(P, r, z, placeholder(z), sv);  // x = (stochs, acts)[t]
+      const Tensor x = layer_epilogue(P, r, z, empty0(z), sv);  // x = (stochs, acts)[t]
       cell_forward(P, s, x, deter, Tensor(), Tensor(), sv, deters[t + 1]);
     } else {
       cell_forward(P, s, Tensor(), deter, stoch, action, sv, deters[t + 1]);
     }
     if (save) {  // the cell's saved state inputs are deters[t] (and stochs[t])
       const int64_t n_views = s.cell == kBlockGru ? 2 : 1, first = s.cell == kBlockGru ? 0 : 1;
-      for (int64_t i = first; i < first + n_views; ++i) steps[cell0 + i] = placeholder(deter);
+      for (int64_t i = first; i < first + n_views; ++i) steps[cell0 + i] = empty0(deter);
     }
     const size_t prior0 = steps.size();
     Tensor h = deters[t + 1];
     for (const DenseRef& r : s.img_out) h = layer_forward(P, r, h, sv);
-    if (save) steps[prior0] = placeholder(h);  // x of the first prior layer = deters[t + 1]
+    if (save) steps[prior0] = empty0(h);  // x of the first prior layer = deters[t + 1]
     const HeadOut ho = latent_forward(s, h, snT[t]);
     stochs[t + 1].copy_(ho.sample);
     stats_all[t].copy_(h);
@@ -514,29 +514,21 @@ TORCH_LIBRARY_FRAGMENT(dreamer_fast, m) {
       "Tensor)");
 }
 
-// Meta: the same bodies (DF_DEVICE_LAUNCH launches nothing on meta), so FakeTensor and
-// torch.compile get every output shape, the saved list included, from this code.
-TORCH_LIBRARY_IMPL(dreamer_fast, Meta, m) {
+namespace {
+// The same bodies serve every key. On Meta (DF_DEVICE_LAUNCH launches nothing there)
+// they give FakeTensor and torch.compile every output shape, the saved list included.
+void impl_sequence_ops(torch::Library& m) {
   m.impl("rssm_observe", &rssm::observe);
   m.impl("rssm_observe_backward", &rssm::observe_backward);
   m.impl("rssm_imagine", &rssm::imagine);
   m.impl("rssm_imagine_backward", &rssm::imagine_backward);
 }
+}  // namespace
 
-TORCH_LIBRARY_IMPL(dreamer_fast, CPU, m) {
-  m.impl("rssm_observe", &rssm::observe);
-  m.impl("rssm_observe_backward", &rssm::observe_backward);
-  m.impl("rssm_imagine", &rssm::imagine);
-  m.impl("rssm_imagine_backward", &rssm::imagine_backward);
-}
-
+TORCH_LIBRARY_IMPL(dreamer_fast, Meta, m) { impl_sequence_ops(m); }
+TORCH_LIBRARY_IMPL(dreamer_fast, CPU, m) { impl_sequence_ops(m); }
 #ifdef DREAMER_FAST_WITH_CUDA
-TORCH_LIBRARY_IMPL(dreamer_fast, CUDA, m) {
-  m.impl("rssm_observe", &rssm::observe);
-  m.impl("rssm_observe_backward", &rssm::observe_backward);
-  m.impl("rssm_imagine", &rssm::imagine);
-  m.impl("rssm_imagine_backward", &rssm::imagine_backward);
-}
+TORCH_LIBRARY_IMPL(dreamer_fast, CUDA, m) { impl_sequence_ops(m); }
 #endif
 
 }  // namespace dreamer_fast

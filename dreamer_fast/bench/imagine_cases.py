@@ -60,13 +60,19 @@ def make_models(size: str, device: torch.device, dtype: torch.dtype, cell: str =
     return out
 
 
-def rollout_case(models: tuple[RSSM, Actor], fn, n: int, horizon: int, grad: str) -> Prepare:
-    rssm, actor = models
+def rollout_inputs(rssm: RSSM, actor: Actor, n: int,
+                   horizon: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Seeded start states (random ``deter`` and logits) and the rollout's noise."""
     p = next(rssm.parameters())
     g = torch.Generator(device="cpu").manual_seed(n)
     start = {k: (v.normal_(generator=g) if k in ("deter", "logit") else v).to(p.device)
              for k, v in rssm.initial(n).items()}
-    noise = draw_imagine_noise(rssm, actor, n, horizon, like=start["deter"])
+    return start, draw_imagine_noise(rssm, actor, n, horizon, like=start["deter"])
+
+
+def rollout_case(models: tuple[RSSM, Actor], fn, n: int, horizon: int, grad: str) -> Prepare:
+    rssm, actor = models
+    start, noise = rollout_inputs(rssm, actor, n, horizon)
 
     def prepare():
         if grad == "none":
@@ -94,11 +100,7 @@ def graph_case(models: tuple[RSSM, Actor], n: int, horizon: int) -> Prepare:
     from dreamer_fast.ops import ImagineGraph
 
     rssm, actor = models
-    p = next(rssm.parameters())
-    g = torch.Generator(device="cpu").manual_seed(n)
-    start = {k: (v.normal_(generator=g) if k in ("deter", "logit") else v).to(p.device)
-             for k, v in rssm.initial(n).items()}
-    noise = draw_imagine_noise(rssm, actor, n, horizon, like=start["deter"])
+    start, noise = rollout_inputs(rssm, actor, n, horizon)
     graph = []
 
     def prepare():
