@@ -24,6 +24,7 @@
 
 #include "dense.h"
 #include "device_launch.h"
+#include "gemm.h"
 #include "layer_math.h"
 #include "rnn_launch.h"
 
@@ -169,7 +170,7 @@ std::tuple<Tensor, std::vector<Tensor>> block_gru_cell(
     Tensor z;
     if (l == 0) {
       z = block_linear(deter, W.narrow(1, 0, s.Dg).contiguous());
-      z.addmm_(x, first_layer_x_weight(W, s));
+      gemm::addmm_(z, x, first_layer_x_weight(W, s));
     } else {
       z = block_linear(h, W);
     }
@@ -230,8 +231,8 @@ block_gru_cell_backward(const Tensor& grad_deter, at::TensorList saved, const Te
       auto [d_deter_blk, dW_deter] =
           block_linear_backward(dz, deter, W.narrow(1, 0, s.Dg).contiguous(), true);
       d_deter.add_(d_deter_blk);
-      dx = at::mm(dz, first_layer_x_weight(W, s).t());                  // [B, 3U]
-      Tensor dWx = at::mm(x.t(), dz).reshape({3 * s.U, s.G, s.Dg}).permute({1, 0, 2});
+      dx = gemm::mm(dz, first_layer_x_weight(W, s).t());                  // [B, 3U]
+      Tensor dWx = gemm::mm(x.t(), dz).reshape({3 * s.U, s.G, s.Dg}).permute({1, 0, 2});
       d_hidden[3 * l] = at::cat({dW_deter, dWx}, 1);
     } else {
       const Tensor h_prev = saved[8 + 3 * (l - 1)];

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "device_launch.h"
+#include "gemm.h"
 #include "layer_math.h"
 
 namespace dreamer_fast {
@@ -69,7 +70,7 @@ Forward apply_epilogue(const Tensor& z, const Params& p) {
 }
 
 Forward forward(const Tensor& x, const Params& p) {
-  return apply_epilogue(p.bias ? at::addmm(*p.bias, x, p.weight.t()) : at::mm(x, p.weight.t()),
+  return apply_epilogue(p.bias ? gemm::addmm(*p.bias, x, p.weight.t()) : gemm::mm(x, p.weight.t()),
                         p);
 }
 
@@ -95,8 +96,8 @@ Grads backward(const Tensor& dout, const Tensor& x, const Forward& saved, const 
                bool need_input) {
   Grads g;
   Tensor dz = backward_epilogue(dout, saved, p, &g.norm_weight, &g.norm_bias);
-  if (need_input) g.input = at::mm(dz, p.weight);
-  g.weight = at::mm(dz.t(), x);
+  if (need_input) g.input = gemm::mm(dz, p.weight);
+  g.weight = gemm::mm(dz.t(), x);
   if (p.bias) g.bias = dz.sum(0);
   return g;
 }

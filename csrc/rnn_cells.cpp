@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "device_launch.h"
+#include "gemm.h"
 #include "rnn_launch.h"
 
 namespace dreamer_fast {
@@ -60,8 +61,8 @@ std::tuple<Tensor, Tensor> gru_cell(const Tensor& input, const Tensor& hx, const
   if (b_ih) check_vector(op, "bias_ih", *b_ih, input, 3 * H);
   if (b_hh) check_vector(op, "bias_hh", *b_hh, input, 3 * H);
   const c10::OptionalDeviceGuard guard(input.device());
-  const Tensor gi = b_ih ? at::addmm(*b_ih, input, w_ih.t()) : at::mm(input, w_ih.t());
-  const Tensor gh = b_hh ? at::addmm(*b_hh, hx, w_hh.t()) : at::mm(hx, w_hh.t());
+  const Tensor gi = b_ih ? gemm::addmm(*b_ih, input, w_ih.t()) : gemm::mm(input, w_ih.t());
+  const Tensor gh = b_hh ? gemm::addmm(*b_hh, hx, w_hh.t()) : gemm::mm(hx, w_hh.t());
   const Tensor h = hx.contiguous();
   Tensor hy = at::empty({B, H}, input.options());
   Tensor workspace = at::empty({B, 4 * H}, input.options());
@@ -85,10 +86,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward(
   Tensor dh = at::empty({B, H}, input.options());
   DF_DEVICE_LAUNCH(rnn, gru_backward, input.device(), grad_hy.contiguous(), workspace.contiguous(),
             hx.contiguous(), dgi, dgh, dh);
-  Tensor dx = at::mm(dgi, w_ih);
-  dh.addmm_(dgh, w_hh);
-  Tensor dw_ih = at::mm(dgi.t(), input);
-  Tensor dw_hh = at::mm(dgh.t(), hx);
+  Tensor dx = gemm::mm(dgi, w_ih);
+  gemm::addmm_(dh, dgh, w_hh);
+  Tensor dw_ih = gemm::mm(dgi.t(), input);
+  Tensor dw_hh = gemm::mm(dgh.t(), hx);
   Tensor db_ih = dgi.sum(0);
   Tensor db_hh = dgh.sum(0);
   return {dx, dh, dw_ih, dw_hh, db_ih, db_hh};
@@ -115,7 +116,7 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_cell(const Tensor& input, const Tensor
   const int64_t B = input.size(0), H = hx.size(1);
   const c10::OptionalDeviceGuard guard(input.device());
   // parts = cat([x, h]) @ W.T as one GEMM (cheaper than two passes over the output)
-  Tensor parts = at::mm(at::cat({input, hx}, 1), weight.t());
+  Tensor parts = gemm::mm(at::cat({input, hx}, 1), weight.t());
   Tensor hy = at::empty({B, H}, input.options());
   Tensor stats = at::empty({B, 2}, input.options().dtype(at::toOpMathType(input.scalar_type())));
   DF_DEVICE_LAUNCH(rnn, ln_gru_forward, input.device(), parts, hx.contiguous(), norm_weight.contiguous(),
@@ -145,10 +146,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_cell_backward(
   DF_DEVICE_LAUNCH(rnn, ln_gru_backward, input.device(), grad_hy.contiguous(), parts.contiguous(),
             hx.contiguous(), norm_weight.contiguous(), norm_bias.contiguous(),
             stats.contiguous(), update_bias, dy, dy_xhat, dparts, dh);
-  const Tensor d_in = at::mm(dparts, weight);
+  const Tensor d_in = gemm::mm(dparts, weight);
   Tensor dx = d_in.narrow(1, 0, I).contiguous();
   dh.add_(d_in.narrow(1, I, H));
-  Tensor dweight = at::mm(dparts.t(), at::cat({input, hx}, 1));
+  Tensor dweight = gemm::mm(dparts.t(), at::cat({input, hx}, 1));
   Tensor dgamma = dy_xhat.sum(0).to(input.scalar_type());
   Tensor dbeta = dy.sum(0).to(input.scalar_type());
   return {dx, dh, dweight, dgamma, dbeta};

@@ -1,5 +1,6 @@
 // RSSM / actor building blocks (see rssm_model.h).
 #include "rssm_model.h"
+#include "gemm.h"
 
 #include <ATen/ATen.h>
 
@@ -175,7 +176,7 @@ std::vector<Tensor> Grads::finish() {
     Tensor& dst = out[idx];
     switch (kind) {
       case kMm: {
-        const Tensor g = at::mm(cat_rows(e.a).t(), cat_rows(e.b));  // [N, cols]
+        const Tensor g = gemm::mm(cat_rows(e.a).t(), cat_rows(e.b));  // [N, cols]
         dst.narrow(1, off, g.size(1)).add_(g);
         break;
       }
@@ -194,7 +195,7 @@ std::vector<Tensor> Grads::finish() {
       case kBlockX: {
         const Tensor dz = cat_rows(e.a), x = cat_rows(e.b);
         const int64_t rows = x.size(1), G = e.G;
-        const Tensor g = at::mm(x.t(), dz).reshape({rows, G, -1}).permute({1, 0, 2});
+        const Tensor g = gemm::mm(x.t(), dz).reshape({rows, G, -1}).permute({1, 0, 2});
         dst.narrow(1, off, rows).add_(g);
         break;
       }
@@ -251,7 +252,7 @@ Tensor layer_backward(at::TensorList P, const DenseRef& r, const LayerSaved& s,
   const Tensor dz = layer_backward_dz(P, r, s, dout, g);
   g.mm(r.w, dz, s.x);
   if (r.b >= 0) g.rowsum(r.b, dz);
-  return need_dx ? at::mm(dz, P[r.w]) : Tensor();
+  return need_dx ? gemm::mm(dz, P[r.w]) : Tensor();
 }
 
 // ---- cells -----------------------------------------------------------------------------
@@ -298,9 +299,9 @@ Tensor cell_forward(at::TensorList P, const Spec& s, const Tensor& x, const Tens
   Tensor hy = out.defined() ? out : at::empty({B, D}, deter.options());
   TORCH_INTERNAL_ASSERT(hy.is_contiguous() && hy.size(0) == B && hy.size(1) == D);
   if (s.cell == kGru) {
-    const Tensor gi = s.cell_bias ? at::addmm(P[c + 2], x, P[c].t()) : at::mm(x, P[c].t());
+    const Tensor gi = s.cell_bias ? gemm::addmm(P[c + 2], x, P[c].t()) : gemm::mm(x, P[c].t());
     const Tensor gh =
-        s.cell_bias ? at::addmm(P[c + 3], deter, P[c + 1].t()) : at::mm(deter, P[c + 1].t());
+        s.cell_bias ? gemm::addmm(P[c + 3], deter, P[c + 1].t()) : gemm::mm(deter, P[c + 1].t());
     Tensor ws = at::empty({B, 4 * D}, deter.options());
     DF_DEVICE_LAUNCH(rnn, gru_forward, deter, gi, gh, deter, hy, ws);
     if (saved) saved->insert(saved->end(), {x, deter, ws});
@@ -312,7 +313,7 @@ Tensor cell_forward(at::TensorList P, const Spec& s, const Tensor& x, const Tens
     // one GEMM on cat([x, h]) rather than two into the same output: at the small batch
     // of a posterior step (B = 16) the second pass over the output costs as much as
     // the copy of the inputs
-    Tensor parts = at::mm(at::cat({x, deter}, 1), W.t());
+    Tensor parts = gemm::mm(at::cat({x, deter}, 1), W.t());
     Tensor stats = at::empty({B, 2}, deter.options().dtype(at::toOpMathType(deter.scalar_type())));
     DF_DEVICE_LAUNCH(rnn, ln_gru_forward, deter, parts, deter, P[c + 1], P[c + 2], s.cell_eps,
                   s.update_bias, hy, stats);
@@ -341,7 +342,7 @@ Tensor cell_forward(at::TensorList P, const Spec& s, const Tensor& x, const Tens
     Tensor z;
     if (l == 0) {
       z = block_linear(deter, W.narrow(1, 0, Dg));
-      z.addmm_(xcat, W.narrow(1, Dg, U3).permute({1, 0, 2}).reshape({U3, D}));
+      gemm::addmm_(z, xcat, W.narrow(1, Dg, U3).permute({1, 0, 2}).reshape({U3, D}));
     } else {
       z = block_linear(h, W);
     }
@@ -370,8 +371,8 @@ CellGrads cell_backward(at::TensorList P, const Spec& s, const Tensor* sv,
     Tensor dgi = at::empty({B, 3 * H}, h.options()), dgh = at::empty({B, 3 * H}, h.options());
     Tensor dh = at::empty({B, H}, h.options());
     DF_DEVICE_LAUNCH(rnn, gru_backward, h, d_out, ws, h, dgi, dgh, dh);
-    r.x = at::mm(dgi, P[c]);
-    dh.addmm_(dgh, P[c + 1]);
+    r.x = gemm::mm(dgi, P[c]);
+    gemm::addmm_(dh, dgh, P[c + 1]);
     r.deter = dh;
     g.mm(c, dgi, x);
     g.mm(c + 1, dgh, h);
@@ -392,7 +393,7 @@ CellGrads cell_backward(at::TensorList P, const Spec& s, const Tensor* sv,
     DF_DEVICE_LAUNCH(rnn, ln_gru_backward, h, d_out, parts, h, P[c + 1], P[c + 2], stats,
                   s.update_bias, dy, dy_xhat, dparts, dh);
     const Tensor& W = P[c];
-    const Tensor d_in = at::mm(dparts, W);  // [B, I + H] in one GEMM
+    const Tensor d_in = gemm::mm(dparts, W);  // [B, I + H] in one GEMM
     r.x = d_in.narrow(1, 0, I);
     dh.add_(d_in.narrow(1, I, H));
     r.deter = dh;
@@ -429,7 +430,7 @@ CellGrads cell_backward(at::TensorList P, const Spec& s, const Tensor* sv,
       g.block(w, dz, deter, G, 0);
       d_deter.add_(block_linear_dx(dz, W.narrow(1, 0, Dg)));
       g.block_x(w, dz, xcat, G, Dg);
-      dx = at::mm(dz, W.narrow(1, Dg, U3).permute({1, 0, 2}).reshape({U3, D}).t());
+      dx = gemm::mm(dz, W.narrow(1, Dg, U3).permute({1, 0, 2}).reshape({U3, D}).t());
     } else {
       const Tensor& h_prev = sv[10 + 3 * (l - 1)];
       g.block(w, dz, h_prev, G);

@@ -21,6 +21,7 @@
 #include <unordered_set>
 
 #include "rssm_model.h"
+#include "gemm.h"
 
 namespace dreamer_fast {
 namespace rssm {
@@ -61,9 +62,9 @@ Tensor split_linear(at::TensorList P, const DenseRef& r, const Tensor& a, const 
   const Tensor& W = P[r.w];
   const int64_t Fa = a.size(1), Fb = b.size(1);
   TORCH_INTERNAL_ASSERT(W.size(1) == Fa + Fb);
-  Tensor z = r.b >= 0 ? at::addmm(P[r.b], a, W.narrow(1, 0, Fa).t())
-                      : at::mm(a, W.narrow(1, 0, Fa).t());
-  return z.addmm_(b, W.narrow(1, Fa, Fb).t());
+  Tensor z = r.b >= 0 ? gemm::addmm(P[r.b], a, W.narrow(1, 0, Fa).t())
+                      : gemm::mm(a, W.narrow(1, 0, Fa).t());
+  return gemm::addmm_(z, b, W.narrow(1, Fa, Fb).t());
 }
 
 // Backward of split_linear given dz: records dW (both column blocks) and db, returns
@@ -73,7 +74,7 @@ Tensor split_linear_backward(at::TensorList P, const DenseRef& r, const Tensor& 
   g.mm(r.w, dz, a, 0);
   g.mm(r.w, dz, b, a.size(1));
   if (r.b >= 0) g.rowsum(r.b, dz);
-  return at::mm(dz, P[r.w]);
+  return gemm::mm(dz, P[r.w]);
 }
 
 // Outputs of an op must not share memory (autograd and torch.compile treat every
@@ -92,6 +93,37 @@ void dealias(TensorVec& saved) {
     if (is_placeholder(t)) continue;
     if (!seen.insert(t.storage().unsafeGetStorageImpl()).second) t = t.clone();
   }
+}
+
+// Packing of the weights the per-step products reuse (gemm.h, PackedWeights). Each
+// registers the right operand exactly as the step code passes it: W.t() for x W^T in
+// forward, W for dz W in backward (column blocks as the same narrow views).
+void pack_layers(gemm::PackedWeights& pk, at::TensorList P, const std::vector<DenseRef>& layers,
+                 bool backward, size_t first = 0) {
+  for (size_t l = first; l < layers.size(); ++l)
+    pk.add(backward ? P[layers[l].w] : P[layers[l].w].t());
+}
+// A layer whose input is cat(a, b) with a of `Fa` features, run as two products.
+void pack_split(gemm::PackedWeights& pk, at::TensorList P, const DenseRef& r, int64_t Fa,
+                bool backward) {
+  const Tensor& W = P[r.w];
+  if (backward) {
+    pk.add(W.narrow(1, 0, Fa));  // observe needs d a only (imagine: pack_layers, d cat(a, b))
+  } else {
+    pk.add(W.narrow(1, 0, Fa).t());
+    pk.add(W.narrow(1, Fa, W.size(1) - Fa).t());
+  }
+}
+void pack_cell(gemm::PackedWeights& pk, at::TensorList P, const Spec& s, bool backward) {
+  const int64_t c = s.cell_first;
+  auto add = [&](const Tensor& W) { pk.add(backward ? W : W.t()); };
+  if (s.cell == kGru) {
+    add(P[c]);
+    add(P[c + 1]);
+  } else if (s.cell == kLnGru) {
+    add(P[c]);
+  }
+  // block_gru: block-diagonal products (bmm) and a per-call weight copy, not packed
 }
 
 void check_seq(const char* op, const char* name, const Tensor& t, const Tensor& like,
@@ -131,6 +163,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
               kObserve, ": parameters are ", P[0].scalar_type(), " on ", P[0].device(),
               ", inputs ", embed.scalar_type(), " on ", embed.device());
   const c10::OptionalDeviceGuard guard(embed.device());
+  gemm::PackedWeights packs(B);
+  if (s.cell != kBlockGru) pack_split(packs, P, s.img_in[0], SF, false);
+  pack_cell(packs, P, s, false);
+  pack_split(packs, P, s.obs_out[0], D, false);
+  pack_layers(packs, P, s.obs_out, false, 1);
 
   const Tensor keepT = time_major(keep).unsqueeze(-1);               // [T, B, 1]
   const Tensor actT = time_major(action).mul_(keepT);                // masked actions
@@ -139,13 +176,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
   const DenseRef& o0 = s.obs_out[0];
   // The embed part of the posterior's first layer for all steps at once.
   const Tensor W0 = P[o0.w];
-  Tensor e_proj = at::mm(embT.view({T * B, E}), W0.narrow(1, D, E).t());
+  Tensor e_proj = gemm::mm(embT.view({T * B, E}), W0.narrow(1, D, E).t());
   if (o0.b >= 0) e_proj.add_(P[o0.b]);
   e_proj = e_proj.view({T, B, -1});
   Tensor a_proj;
   if (s.cell != kBlockGru) {
     const DenseRef& r = s.img_in[0];
-    a_proj = at::mm(actT.view({T * B, A}), P[r.w].narrow(1, SF, A).t());
+    a_proj = gemm::mm(actT.view({T * B, A}), P[r.w].narrow(1, SF, A).t());
     if (r.b >= 0) a_proj.add_(P[r.b]);
     a_proj = a_proj.view({T, B, -1});
   }
@@ -163,14 +200,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
     const Tensor deter_in = deter * k, stoch_in = stoch * k;
     if (s.cell != kBlockGru) {
       const DenseRef& r = s.img_in[0];
-      const Tensor z = at::addmm(a_proj[t], stoch_in, P[r.w].narrow(1, 0, SF).t());
+      const Tensor z = gemm::addmm(a_proj[t], stoch_in, P[r.w].narrow(1, 0, SF).t());
       const Tensor x = layer_epilogue(P, r, z, stoch_in, sv);
       deter = cell_forward(P, s, x, deter_in, Tensor(), Tensor(), sv, deters[t]);
     } else {
       deter = cell_forward(P, s, Tensor(), deter_in, stoch_in, actT[t], sv, deters[t]);
     }
     // posterior MLP on cat(deter, embed); the embed part is in e_proj
-    const Tensor z0 = at::addmm(e_proj[t], deter, W0.narrow(1, 0, D).t());
+    const Tensor z0 = gemm::addmm(e_proj[t], deter, W0.narrow(1, 0, D).t());
     Tensor h = layer_epilogue(P, o0, z0, empty0(deter), sv);  // x = deters[t]
     for (size_t l = 1; l < s.obs_out.size(); ++l) h = layer_forward(P, s.obs_out[l], h, sv);
     const HeadOut ho = latent_forward(s, h, postNT[t]);
@@ -224,6 +261,11 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
               kObsGlobal + n_prior + T * per_step);
   const c10::OptionalDeviceGuard guard(deters.device());
   Grads g(P);
+  gemm::PackedWeights packs(B);
+  if (s.cell != kBlockGru) pack_split(packs, P, s.img_in[0], SF, true);
+  pack_cell(packs, P, s, true);
+  pack_split(packs, P, s.obs_out[0], D, true);
+  pack_layers(packs, P, s.obs_out, true, 1);
 
   // prior head + MLP over all T·B rows
   Tensor d = latent_backward(s, prior_stats, priorNT.view({T * B, S}),
@@ -259,7 +301,7 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
     g.mm(o0.w, dz0, embT[t], D);
     if (o0.b >= 0) g.rowsum(o0.b, dz0);
     dz_obs[t] = dz0;
-    dd.addmm_(dz0, W0.narrow(1, 0, D));
+    gemm::addmm_(dd, dz0, W0.narrow(1, 0, D));
     const CellGrads cg = cell_backward(P, s, sv + n_img_in, dd, g);
     Tensor d_stoch_in;
     if (s.cell != kBlockGru) {
@@ -269,7 +311,7 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
       g.mm(r.w, dz, actT[t], SF);
       if (r.b >= 0) g.rowsum(r.b, dz);
       dz_in[t] = dz;
-      d_stoch_in = at::mm(dz, P[r.w].narrow(1, 0, SF));
+      d_stoch_in = gemm::mm(dz, P[r.w].narrow(1, 0, SF));
     } else {
       d_stoch_in = cg.stoch;
       d_actT[t].copy_(cg.action / actT[t].abs().clamp_min(1.0));
@@ -278,10 +320,10 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
     carry_stoch = d_stoch_in * keepT[t];
   }
   // input gradients of the batched projections
-  const Tensor d_embed = at::mm(at::cat(dz_obs), W0.narrow(1, D, E)).view({T, B, E});
+  const Tensor d_embed = gemm::mm(at::cat(dz_obs), W0.narrow(1, D, E)).view({T, B, E});
   if (s.cell != kBlockGru) {
     const DenseRef& r = s.img_in[0];
-    d_actT = at::mm(at::cat(dz_in), P[r.w].narrow(1, SF, A)).view({T, B, A});
+    d_actT = gemm::mm(at::cat(dz_in), P[r.w].narrow(1, SF, A)).view({T, B, A});
   }
   d_actT = d_actT * keepT;
   return {g.finish(), batch_major(d_embed), batch_major(d_actT), carry_deter, carry_stoch};
@@ -333,6 +375,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
               kImagine, ": parameters are ", P[0].scalar_type(), " on ", P[0].device(),
               ", states ", deter0.scalar_type(), " on ", deter0.device());
   const c10::OptionalDeviceGuard guard(deter0.device());
+  gemm::PackedWeights packs(N);
+  if (use_actor) {
+    pack_split(packs, AP, as.layers[0], SF, false);
+    pack_layers(packs, AP, as.layers, false, 1);
+  }
+  if (s.cell != kBlockGru) pack_split(packs, P, s.img_in[0], SF, false);
+  pack_cell(packs, P, s, false);
+  pack_layers(packs, P, s.img_out, false);
   const Tensor snT = time_major(stoch_noise);
   const Tensor anT = use_actor ? time_major(action_noise) : Tensor();
   const Tensor givenT = use_actor ? Tensor() : time_major(actions);
@@ -421,6 +471,11 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
               "_backward: `saved` has ", saved.size(), " tensors, expected ",
               kImagineGlobal + H * per_step);
   const c10::OptionalDeviceGuard guard(acts.device());
+  gemm::PackedWeights packs(N);
+  if (use_actor) pack_layers(packs, AP, as.layers, true);
+  if (s.cell != kBlockGru) pack_layers(packs, P, s.img_in, true);
+  pack_cell(packs, P, s, true);
+  pack_layers(packs, P, s.img_out, true);
   const Tensor gdT = grad_tm(g_deter);
   const Tensor gsT = grad_tm(g_stoch), gaT = grad_tm(g_a), gbT = grad_tm(g_b);
   const Tensor gactT = grad_tm(g_action);
