@@ -78,17 +78,18 @@ Tensor backward_epilogue(const Tensor& dout, const Forward& saved, const Params&
                          Tensor* d_norm_weight, Tensor* d_norm_bias) {
   if (!has_epilogue(p)) return dout.contiguous();
   const auto acc = at::toOpMathType(dout.scalar_type());
-  Tensor dy, dy_xhat;
+  Tensor dy_sum, dy_xhat_sum;  // column sums (accumulation dtype)
   const bool want_w = p.norm_weight.has_value() && d_norm_weight;
   const bool want_b = p.norm_bias.has_value() && d_norm_bias;
-  if (want_w) dy_xhat = at::empty(saved.z.sizes(), saved.z.options().dtype(acc));
-  if (want_b) dy = at::empty(saved.z.sizes(), saved.z.options().dtype(acc));
+  const int64_t N = saved.z.size(1);
+  if (want_w) dy_xhat_sum = at::empty({N}, saved.z.options().dtype(acc));
+  if (want_b) dy_sum = at::empty({N}, saved.z.options().dtype(acc));
   Tensor dz = at::empty_like(saved.z);
   Tensor dout_c = dout.contiguous();
   DF_DEVICE_LAUNCH(dense, epilogue_backward, dout, dout_c, saved.z, saved.stats, p,
-                   want_b ? &dy : nullptr, want_w ? &dy_xhat : nullptr, dz);
-  if (want_w) *d_norm_weight = dy_xhat.sum(0).to(dout.scalar_type());
-  if (want_b) *d_norm_bias = dy.sum(0).to(dout.scalar_type());
+                   want_b ? &dy_sum : nullptr, want_w ? &dy_xhat_sum : nullptr, dz);
+  if (want_w) *d_norm_weight = dy_xhat_sum.to(dout.scalar_type());
+  if (want_b) *d_norm_bias = dy_sum.to(dout.scalar_type());
   return dz;
 }
 

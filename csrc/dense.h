@@ -50,14 +50,16 @@ Grads backward(const at::Tensor& dout, const at::Tensor& x, const Forward& saved
 // Launchers of the epilogue row kernels (dense_cpu.cpp / dense_cuda.cpp).
 void epilogue_forward_cpu(const at::Tensor& z, const Params& p, at::Tensor& out,
                           at::Tensor& stats);
+// dy_sum / dy_xhat_sum (each optional): [N] in the accumulation dtype, receive the
+// column sums of dy and dy ⊙ x̂ (the norm bias / weight gradients).
 void epilogue_backward_cpu(const at::Tensor& dout, const at::Tensor& z, const at::Tensor& stats,
-                           const Params& p, at::Tensor* dy, at::Tensor* dy_xhat,
+                           const Params& p, at::Tensor* dy_sum, at::Tensor* dy_xhat_sum,
                            at::Tensor& dz);
 #ifdef DREAMER_FAST_WITH_CUDA
 void epilogue_forward_cuda(const at::Tensor& z, const Params& p, at::Tensor& out,
                            at::Tensor& stats);
 void epilogue_backward_cuda(const at::Tensor& dout, const at::Tensor& z, const at::Tensor& stats,
-                            const Params& p, at::Tensor* dy, at::Tensor* dy_xhat,
+                            const Params& p, at::Tensor* dy_sum, at::Tensor* dy_xhat_sum,
                             at::Tensor& dz);
 #endif
 

@@ -42,7 +42,7 @@ void epilogue_forward_cpu(const at::Tensor& z, const Params& p, at::Tensor& out,
 }
 
 void epilogue_backward_cpu(const at::Tensor& dout, const at::Tensor& z, const at::Tensor& stats,
-                           const Params& p, at::Tensor* dy, at::Tensor* dy_xhat,
+                           const Params& p, at::Tensor* dy_sum, at::Tensor* dy_xhat_sum,
                            at::Tensor& dz) {
   const int64_t B = z.size(0), N = z.size(1);
   DF_DISPATCH_FLOATS(z.scalar_type(), "dense_bwd_cpu", [&] {
@@ -55,15 +55,21 @@ void epilogue_backward_cpu(const at::Tensor& dout, const at::Tensor& z, const at
     const scalar_t *pg = dout.const_data_ptr<scalar_t>(), *pz = z.const_data_ptr<scalar_t>(),
                    *pw = ptr_or_null<scalar_t>(nw), *pb = ptr_or_null<scalar_t>(nb);
     const acc_t* ps = stats.const_data_ptr<acc_t>();
-    acc_t* pdy = dy ? dy->mutable_data_ptr<acc_t>() : nullptr;
-    acc_t* pdyx = dy_xhat ? dy_xhat->mutable_data_ptr<acc_t>() : nullptr;
+    auto zeroed = [](at::Tensor* t) { return t ? t->zero_().mutable_data_ptr<acc_t>() : nullptr; };
+    ColumnSums<acc_t> sum_dy(zeroed(dy_sum), N), sum_dyx(zeroed(dy_xhat_sum), N);
     scalar_t* pdz = dz.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, B, row_grain(3 * N), [&](int64_t b0, int64_t b1) {
-      for (int64_t r = b0; r < b1; ++r)
+      auto t_dy = sum_dy.task();
+      auto t_dyx = sum_dyx.task();
+      for (int64_t r = b0; r < b1; ++r) {
         layer::norm_act_backward_row<Cvt>(pg + r * N, pz + r * N, pw, pb, ps + 2 * r, N, p.norm,
-                                          p.act, pdy ? pdy + r * N : nullptr,
-                                          pdyx ? pdyx + r * N : nullptr, pdz + r * N,
+                                          p.act, t_dy.row_ptr(), t_dyx.row_ptr(), pdz + r * N,
                                           rnn::SerialLanes{});
+        if (t_dy.row_ptr()) ColumnSums<acc_t>::add_row(t_dy);
+        if (t_dyx.row_ptr()) ColumnSums<acc_t>::add_row(t_dyx);
+      }
+      sum_dy.merge(t_dy);
+      sum_dyx.merge(t_dyx);
     });
   });
 }

@@ -1,5 +1,6 @@
 // Torch side of the dense-layer epilogue launches (compiled only with CUDA kernels).
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 #include "cuda_glue.h"
 #include "dense.h"
@@ -28,9 +29,15 @@ void epilogue_forward_cuda(const at::Tensor& z, const Params& p, at::Tensor& out
 }
 
 void epilogue_backward_cuda(const at::Tensor& dout, const at::Tensor& z, const at::Tensor& stats,
-                            const Params& p, at::Tensor* dy, at::Tensor* dy_xhat,
+                            const Params& p, at::Tensor* dy_sum, at::Tensor* dy_xhat_sum,
                             at::Tensor& dz) {
   std::optional<at::Tensor> w, b;
+  // the row kernel writes dy / dy ⊙ x̂ per row; their column sums are reduced after it
+  const auto acc = at::toOpMathType(z.scalar_type());
+  at::Tensor dy_rows, dyx_rows;
+  at::Tensor* dy = dy_sum ? &(dy_rows = at::empty(z.sizes(), z.options().dtype(acc))) : nullptr;
+  at::Tensor* dy_xhat =
+      dy_xhat_sum ? &(dyx_rows = at::empty(z.sizes(), z.options().dtype(acc))) : nullptr;
   check_launch("linear_norm_act_backward",
                cuda::norm_act_backward(
                    kernel_dtype("linear_norm_act_backward", z.scalar_type()), dout.const_data_ptr(),
@@ -39,6 +46,8 @@ void epilogue_backward_cuda(const at::Tensor& dout, const at::Tensor& z, const a
                    dy ? dy->mutable_data_ptr() : nullptr,
                    dy_xhat ? dy_xhat->mutable_data_ptr() : nullptr, dz.mutable_data_ptr(),
                    current_stream()));
+  if (dy_sum) at::sum_out(*dy_sum, dy_rows, 0);
+  if (dy_xhat_sum) at::sum_out(*dy_xhat_sum, dyx_rows, 0);
 }
 
 }  // namespace dense

@@ -139,19 +139,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_cell_backward(
               op, ": `stats` must be [", B, ", 2] of ", acc, " on ", input.device(), ", got ",
               stats.sizes(), " ", stats.scalar_type());
   const c10::OptionalDeviceGuard guard(input.device());
-  Tensor dy = at::empty({B, 3 * H}, input.options().dtype(acc));
-  Tensor dy_xhat = at::empty({B, 3 * H}, input.options().dtype(acc));
+  Tensor dy_sum = at::empty({3 * H}, input.options().dtype(acc));
+  Tensor dy_xhat_sum = at::empty({3 * H}, input.options().dtype(acc));
   Tensor dparts = at::empty({B, 3 * H}, input.options());
   Tensor dh = at::empty({B, H}, input.options());
   DF_DEVICE_LAUNCH(rnn, ln_gru_backward, input.device(), grad_hy.contiguous(), parts.contiguous(),
             hx.contiguous(), norm_weight.contiguous(), norm_bias.contiguous(),
-            stats.contiguous(), update_bias, dy, dy_xhat, dparts, dh);
+            stats.contiguous(), update_bias, dy_sum, dy_xhat_sum, dparts, dh);
   const Tensor d_in = gemm::mm(dparts, weight);
   Tensor dx = d_in.narrow(1, 0, I).contiguous();
   dh.add_(d_in.narrow(1, I, H));
   Tensor dweight = gemm::mm(dparts.t(), at::cat({input, hx}, 1));
-  Tensor dgamma = dy_xhat.sum(0).to(input.scalar_type());
-  Tensor dbeta = dy.sum(0).to(input.scalar_type());
+  Tensor dgamma = dy_xhat_sum.to(input.scalar_type());
+  Tensor dbeta = dy_sum.to(input.scalar_type());
   return {dx, dh, dweight, dgamma, dbeta};
 }
 

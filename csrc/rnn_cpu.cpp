@@ -66,8 +66,8 @@ void ln_gru_forward_cpu(const at::Tensor& parts, const at::Tensor& hx, const at:
 
 void ln_gru_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& parts,
                          const at::Tensor& hx, const at::Tensor& gamma, const at::Tensor& beta,
-                         const at::Tensor& stats, double update_bias, at::Tensor& dy,
-                         at::Tensor& dy_xhat, at::Tensor& dparts, at::Tensor& dh_direct) {
+                         const at::Tensor& stats, double update_bias, at::Tensor& dy_sum,
+                         at::Tensor& dy_xhat_sum, at::Tensor& dparts, at::Tensor& dh_direct) {
   const int64_t B = hx.size(0), H = hx.size(1);
   DF_DISPATCH_FLOATS(hx.scalar_type(), "ln_gru_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -76,15 +76,23 @@ void ln_gru_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& parts,
                    *pp = parts.const_data_ptr<scalar_t>(), *ph = hx.const_data_ptr<scalar_t>(),
                    *pg = gamma.const_data_ptr<scalar_t>(), *pb = beta.const_data_ptr<scalar_t>();
     const acc_t* ps = stats.const_data_ptr<acc_t>();
-    acc_t *pdy = dy.mutable_data_ptr<acc_t>(), *pdyx = dy_xhat.mutable_data_ptr<acc_t>();
+    ColumnSums<acc_t> sum_dy(dy_sum.zero_().mutable_data_ptr<acc_t>(), 3 * H),
+        sum_dyx(dy_xhat_sum.zero_().mutable_data_ptr<acc_t>(), 3 * H);
     scalar_t *pdp = dparts.mutable_data_ptr<scalar_t>(),
              *pdh = dh_direct.mutable_data_ptr<scalar_t>();
     const acc_t ub = static_cast<acc_t>(update_bias);
     at::parallel_for(0, B, row_grain(12 * H), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
+      auto t_dy = sum_dy.task();
+      auto t_dyx = sum_dyx.task();
+      for (int64_t b = b0; b < b1; ++b) {
         ln_gru_backward_row<Cvt>(pgy + b * H, pp + b * 3 * H, ph + b * H, pg, pb, ps + 2 * b,
-                                 ub, H, pdy + b * 3 * H, pdyx + b * 3 * H, pdp + b * 3 * H,
+                                 ub, H, t_dy.row_ptr(), t_dyx.row_ptr(), pdp + b * 3 * H,
                                  pdh + b * H, SerialLanes{});
+        ColumnSums<acc_t>::add_row(t_dy);
+        ColumnSums<acc_t>::add_row(t_dyx);
+      }
+      sum_dy.merge(t_dy);
+      sum_dyx.merge(t_dyx);
     });
   });
 }

@@ -42,8 +42,11 @@ void ln_gru_forward_cuda(const at::Tensor& parts, const at::Tensor& hx, const at
 
 void ln_gru_backward_cuda(const at::Tensor& grad_hy, const at::Tensor& parts,
                           const at::Tensor& hx, const at::Tensor& gamma, const at::Tensor& beta,
-                          const at::Tensor& stats, double update_bias, at::Tensor& dy,
-                          at::Tensor& dy_xhat, at::Tensor& dparts, at::Tensor& dh_direct) {
+                          const at::Tensor& stats, double update_bias, at::Tensor& dy_sum,
+                          at::Tensor& dy_xhat_sum, at::Tensor& dparts, at::Tensor& dh_direct) {
+  // the row kernel writes dy / dy ⊙ x̂ per row; their column sums are reduced after it
+  at::Tensor dy = at::empty(dparts.sizes(), dparts.options().dtype(dy_sum.scalar_type()));
+  at::Tensor dy_xhat = at::empty_like(dy);
   check_launch("ln_gru_cell_backward",
                cuda::ln_gru_backward(kernel_dtype("ln_gru_cell_backward", hx.scalar_type()),
                                      grad_hy.const_data_ptr(), parts.const_data_ptr(),
@@ -52,6 +55,8 @@ void ln_gru_backward_cuda(const at::Tensor& grad_hy, const at::Tensor& parts,
                                      dy.mutable_data_ptr(), dy_xhat.mutable_data_ptr(),
                                      dparts.mutable_data_ptr(), dh_direct.mutable_data_ptr(),
                                      hx.size(0), hx.size(1), current_stream()));
+  at::sum_out(dy_sum, dy, 0);
+  at::sum_out(dy_xhat_sum, dy_xhat, 0);
 }
 
 void block_gru_forward_cuda(const at::Tensor& parts, const at::Tensor& hx, int64_t blocks,

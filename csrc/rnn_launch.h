@@ -19,11 +19,12 @@ void gru_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& workspace,
 void ln_gru_forward_cpu(const at::Tensor& parts, const at::Tensor& hx, const at::Tensor& gamma,
                         const at::Tensor& beta, double eps, double update_bias, at::Tensor& hy,
                         at::Tensor& stats);
-// dy, dy_xhat [B,3H] (acc dtype), dparts [B,3H], dh_direct [B,H]
+// dy_sum, dy_xhat_sum [3H] (acc dtype): the column sums of dy and dy ⊙ x̂ (the
+// LayerNorm bias / weight gradients); dparts [B,3H], dh_direct [B,H]
 void ln_gru_backward_cpu(const at::Tensor& grad_hy, const at::Tensor& parts,
                          const at::Tensor& hx, const at::Tensor& gamma, const at::Tensor& beta,
-                         const at::Tensor& stats, double update_bias, at::Tensor& dy,
-                         at::Tensor& dy_xhat, at::Tensor& dparts, at::Tensor& dh_direct);
+                         const at::Tensor& stats, double update_bias, at::Tensor& dy_sum,
+                         at::Tensor& dy_xhat_sum, at::Tensor& dparts, at::Tensor& dh_direct);
 
 // hy [B,D] <- parts [B,3D] (block layout, see rnn_math.h), hx [B,D]
 void block_gru_forward_cpu(const at::Tensor& parts, const at::Tensor& hx, int64_t blocks,
@@ -49,8 +50,8 @@ void ln_gru_forward_cuda(const at::Tensor& parts, const at::Tensor& hx, const at
                          at::Tensor& stats);
 void ln_gru_backward_cuda(const at::Tensor& grad_hy, const at::Tensor& parts,
                           const at::Tensor& hx, const at::Tensor& gamma, const at::Tensor& beta,
-                          const at::Tensor& stats, double update_bias, at::Tensor& dy,
-                          at::Tensor& dy_xhat, at::Tensor& dparts, at::Tensor& dh_direct);
+                          const at::Tensor& stats, double update_bias, at::Tensor& dy_sum,
+                          at::Tensor& dy_xhat_sum, at::Tensor& dparts, at::Tensor& dh_direct);
 #endif
 
 }  // namespace rnn

@@ -139,33 +139,67 @@ ActorSpec parse_actor(const char* op, at::TensorList params, at::IntArrayRef int
 
 // ---- Grads ---------------------------------------------------------------------------
 
-void Grads::mm(int64_t idx, const Tensor& dz, const Tensor& x, int64_t col0) {
-  Entry& e = entries_[{idx, kMm, col0}];
-  e.a.push_back(dz);
-  e.b.push_back(x);
+Tensor& Grads::dst(int64_t idx) {
+  if (!out_[idx].defined()) out_[idx] = at::zeros_like(params_[idx]);
+  return out_[idx];
 }
 
-void Grads::rowsum(int64_t idx, const Tensor& dz) { entries_[{idx, kRowSum, 0}].a.push_back(dz); }
+void Grads::record(int64_t idx, Kind kind, int64_t off, const Tensor& a, const Tensor& b,
+                   int64_t G) {
+  Entry& e = entries_[{idx, kind, off}];
+  e.a.push_back(a);
+  if (b.defined()) e.b.push_back(b);
+  e.G = G;
+}
+
+void Grads::accumulate(Tensor& dst, Kind kind, int64_t off, const Tensor& a, const Tensor& b,
+                       int64_t G) {
+  switch (kind) {
+    case kMm: {
+      const Tensor g = gemm::mm(a.t(), b);  // [N, cols]
+      dst.narrow(1, off, g.size(1)).add_(g);
+      break;
+    }
+    case kRowSum:
+      dst.add_(a.sum(0));
+      break;
+    case kBlock: {
+      const int64_t R = a.size(0);
+      const Tensor dyb = a.reshape({R, G, -1}).transpose(0, 1);
+      const Tensor xb = b.reshape({R, G, -1}).transpose(0, 1);
+      const Tensor g = at::bmm(xb.transpose(1, 2), dyb);  // [G, in_g, out_g]
+      dst.narrow(1, off, g.size(1)).add_(g);
+      break;
+    }
+    case kBlockX: {
+      const int64_t rows = b.size(1);
+      const Tensor g = gemm::mm(b.t(), a).reshape({rows, G, -1}).permute({1, 0, 2});
+      dst.narrow(1, off, rows).add_(g);
+      break;
+    }
+  }
+}
+
+void Grads::mm(int64_t idx, const Tensor& dz, const Tensor& x, int64_t col0) {
+  record(idx, kMm, col0, dz, x, 1);
+}
+
+void Grads::rowsum(int64_t idx, const Tensor& dz) { record(idx, kRowSum, 0, dz, Tensor(), 1); }
 
 void Grads::block(int64_t idx, const Tensor& dy, const Tensor& x, int64_t G, int64_t row0) {
-  Entry& e = entries_[{idx, kBlock, row0}];
-  e.a.push_back(dy);
-  e.b.push_back(x);
-  e.G = G;
+  record(idx, kBlock, row0, dy, x, G);
 }
 
 void Grads::block_x(int64_t idx, const Tensor& dz, const Tensor& x, int64_t G, int64_t row0) {
-  Entry& e = entries_[{idx, kBlockX, row0}];
-  e.a.push_back(dz);
-  e.b.push_back(x);
-  e.G = G;
+  record(idx, kBlockX, row0, dz, x, G);
 }
 
-void Grads::add(int64_t idx, const Tensor& g) { entries_[{idx, kAdd, 0}].a.push_back(g); }
+void Grads::add(int64_t idx, const Tensor& g) {
+  // a finished gradient (norm weights): nothing to concatenate, add at once
+  dst(idx).add_(g);
+}
 
 std::vector<Tensor> Grads::finish() {
-  std::vector<Tensor> out(params_.size());
-  for (size_t i = 0; i < params_.size(); ++i) out[i] = at::zeros_like(params_[i]);
   for (auto& [key, e] : entries_) {
     const auto [idx, kind, off] = key;
     // Backward passes record their steps last-to-first; in first-to-last order the
@@ -173,38 +207,12 @@ std::vector<Tensor> Grads::finish() {
     // cat_rows then reads as one view. (Both lists flip together: pairs stay matched.)
     std::reverse(e.a.begin(), e.a.end());
     std::reverse(e.b.begin(), e.b.end());
-    Tensor& dst = out[idx];
-    switch (kind) {
-      case kMm: {
-        const Tensor g = gemm::mm(cat_rows(e.a).t(), cat_rows(e.b));  // [N, cols]
-        dst.narrow(1, off, g.size(1)).add_(g);
-        break;
-      }
-      case kRowSum:
-        dst.add_(cat_rows(e.a).sum(0));
-        break;
-      case kBlock: {
-        const Tensor dy = cat_rows(e.a), x = cat_rows(e.b);
-        const int64_t R = dy.size(0), G = e.G;
-        const Tensor dyb = dy.reshape({R, G, -1}).transpose(0, 1);
-        const Tensor xb = x.reshape({R, G, -1}).transpose(0, 1);
-        const Tensor g = at::bmm(xb.transpose(1, 2), dyb);  // [G, in_g, out_g]
-        dst.narrow(1, off, g.size(1)).add_(g);
-        break;
-      }
-      case kBlockX: {
-        const Tensor dz = cat_rows(e.a), x = cat_rows(e.b);
-        const int64_t rows = x.size(1), G = e.G;
-        const Tensor g = gemm::mm(x.t(), dz).reshape({rows, G, -1}).permute({1, 0, 2});
-        dst.narrow(1, off, rows).add_(g);
-        break;
-      }
-      default:
-        for (const Tensor& t : e.a) dst.add_(t);
-    }
+    accumulate(dst(idx), static_cast<Kind>(kind), off, cat_rows(e.a),
+               e.b.empty() ? Tensor() : cat_rows(e.b), e.G);
   }
   entries_.clear();
-  return out;
+  for (size_t i = 0; i < params_.size(); ++i) dst(static_cast<int64_t>(i));
+  return std::move(out_);
 }
 
 // ---- dense layers -----------------------------------------------------------------
@@ -386,12 +394,12 @@ CellGrads cell_backward(at::TensorList P, const Spec& s, const Tensor* sv,
     const Tensor &x = sv[0], &h = sv[1], &parts = sv[2], &stats = sv[3];
     const int64_t B = h.size(0), H = h.size(1), I = x.size(1);
     const auto acc = at::toOpMathType(h.scalar_type());
-    Tensor dy = at::empty({B, 3 * H}, h.options().dtype(acc));
-    Tensor dy_xhat = at::empty({B, 3 * H}, h.options().dtype(acc));
+    Tensor dy_sum = at::empty({3 * H}, h.options().dtype(acc));
+    Tensor dy_xhat_sum = at::empty({3 * H}, h.options().dtype(acc));
     Tensor dparts = at::empty({B, 3 * H}, h.options());
     Tensor dh = at::empty({B, H}, h.options());
     DF_DEVICE_LAUNCH(rnn, ln_gru_backward, h, d_out, parts, h, P[c + 1], P[c + 2], stats,
-                  s.update_bias, dy, dy_xhat, dparts, dh);
+                  s.update_bias, dy_sum, dy_xhat_sum, dparts, dh);
     const Tensor& W = P[c];
     const Tensor d_in = gemm::mm(dparts, W);  // [B, I + H] in one GEMM
     r.x = d_in.narrow(1, 0, I);
@@ -399,8 +407,8 @@ CellGrads cell_backward(at::TensorList P, const Spec& s, const Tensor* sv,
     r.deter = dh;
     g.mm(c, dparts, x, 0);
     g.mm(c, dparts, h, I);
-    g.add(c + 1, dy_xhat.sum(0).to(h.scalar_type()));
-    g.add(c + 2, dy.sum(0).to(h.scalar_type()));
+    g.add(c + 1, dy_xhat_sum.to(h.scalar_type()));
+    g.add(c + 2, dy_sum.to(h.scalar_type()));
     return r;
   }
   // block GRU

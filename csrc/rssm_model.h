@@ -73,10 +73,12 @@ struct ActorSpec {
 ActorSpec parse_actor(const char* op, at::TensorList params, at::IntArrayRef ints,
                       at::ArrayRef<double> floats);
 
-// Deferred parameter gradients (see the file comment).
+// Deferred parameter gradients (see the file comment). Accumulating an imagination
+// step's products at once instead (N = 1024 rows each) measured slower: every step
+// then transposes its dz for the product.
 class Grads {
  public:
-  explicit Grads(at::TensorList params) : params_(params.vec()) {}
+  explicit Grads(at::TensorList params) : params_(params.vec()), out_(params.size()) {}
   // dW[idx](:, col0:col0+cols of x) += dz^T x
   void mm(int64_t idx, const Tensor& dz, const Tensor& x, int64_t col0 = 0);
   // db[idx] += sum over rows of dz
@@ -90,12 +92,16 @@ class Grads {
   std::vector<Tensor> finish();
 
  private:
-  enum Kind : int { kMm, kRowSum, kBlock, kBlockX, kAdd };
+  enum Kind : int { kMm, kRowSum, kBlock, kBlockX };
   struct Entry {
     std::vector<Tensor> a, b;
     int64_t G = 1;
   };
-  std::vector<Tensor> params_;
+  Tensor& dst(int64_t idx);
+  void record(int64_t idx, Kind kind, int64_t off, const Tensor& a, const Tensor& b, int64_t G);
+  static void accumulate(Tensor& dst, Kind kind, int64_t off, const Tensor& a, const Tensor& b,
+                         int64_t G);
+  std::vector<Tensor> params_, out_;
   std::map<std::tuple<int64_t, int, int64_t>, Entry> entries_;
 };
 
