@@ -200,6 +200,14 @@ void Grads::add(int64_t idx, const Tensor& g) {
 }
 
 std::vector<Tensor> Grads::finish() {
+  // One dz list often feeds several products in a row (the column blocks of one weight,
+  // then its bias: the map orders a weight's entries before its bias's): it is
+  // concatenated once and, for oneDNN, transposed once.
+  struct Shared {
+    const void* first = nullptr;
+    size_t n = 0;
+    Tensor rows, rows_t;
+  } shared;
   for (auto& [key, e] : entries_) {
     const auto [idx, kind, off] = key;
     // Backward passes record their steps last-to-first; in first-to-last order the
@@ -207,8 +215,15 @@ std::vector<Tensor> Grads::finish() {
     // cat_rows then reads as one view. (Both lists flip together: pairs stay matched.)
     std::reverse(e.a.begin(), e.a.end());
     std::reverse(e.b.begin(), e.b.end());
-    accumulate(dst(idx), static_cast<Kind>(kind), off, cat_rows(e.a),
-               e.b.empty() ? Tensor() : cat_rows(e.b), e.G);
+    const void* first = e.a.front().unsafeGetTensorImpl();
+    if (first != shared.first || e.a.size() != shared.n) shared = {first, e.a.size(), cat_rows(e.a)};
+    Tensor a = shared.rows;
+    const Tensor b = e.b.empty() ? Tensor() : cat_rows(e.b);
+    if (kind == kMm && gemm::uses_onednn(a.t(), b)) {
+      if (!shared.rows_t.defined()) shared.rows_t = a.t().contiguous();
+      a = shared.rows_t.t();  // its transpose, the product's left operand, is contiguous
+    }
+    accumulate(dst(idx), static_cast<Kind>(kind), off, a, b, e.G);
   }
   entries_.clear();
   for (size_t i = 0; i < params_.size(); ++i) dst(static_cast<int64_t>(i));
