@@ -72,6 +72,10 @@ bool onednn_for(int64_t M, const Tensor& b) {
   if (M == 0 || K == 0 || N == 0) return false;
   if (M < kMinRows && M * K * N < kMinMacs) return false;
   if (!at::globalContext().userEnabledMkldnn()) return false;
+  // At "medium" at::mm itself runs float32 products through oneDNN with bf16
+  // arithmetic (where the CPU has it); this inner product would stay IEEE float32.
+  if (at::globalContext().float32MatmulPrecision() == at::Float32MatmulPrecision::MEDIUM)
+    return false;
   return onednn_linear().has_value();
 }
 }  // namespace

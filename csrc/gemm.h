@@ -8,9 +8,9 @@
 // cost. Why: torch's CPU wheels route float32 at::mm to MKL, whose kernels on the
 // AMD EPYC (Zen 4) CPUs we measure on run at about half of oneDNN's speed for every
 // shape an RSSM uses (B=16 recurrent products 2-3.7x, 1024-row products ~2.2x, both
-// IEEE float32, same results to float32 rounding). oneDNN follows
-// torch.set_float32_matmul_precision like at::mm does (bf16 inner products at
-// "medium").
+// IEEE float32, same results to float32 rounding). At
+// torch.set_float32_matmul_precision("medium") they stay with at::mm, which then runs
+// float32 products through oneDNN with bf16 arithmetic itself.
 //
 // Shapes: a [M, K], b [K, N] (any strides; views of a weight are not copied), c a
 // bias [N] or a full [M, N] addend. Results are new contiguous [M, N] tensors.

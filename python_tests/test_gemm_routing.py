@@ -4,6 +4,8 @@
   products through ``mkldnn::_linear_pointwise`` and packs the weights its steps reuse
   (``mkldnn::_reorder_linear_weight``); float64, or ``torch.backends.mkldnn`` disabled,
   keeps ATen's ``mm`` (no oneDNN op is called).
+* At ``torch.set_float32_matmul_precision("medium")`` the products stay with ATen,
+  which then uses oneDNN's bf16 arithmetic itself.
 * Both routes give the reference backend's numbers (values and parameter gradients)
   within float32 tolerance, at sizes where every recurrent product takes oneDNN.
 """
@@ -79,6 +81,19 @@ def test_onednn_and_aten_routes_agree():
     torch.testing.assert_close(feat, feat_mm, rtol=1e-4, atol=1e-4)
     for g, g_mm in zip(grads, grads_mm):
         torch.testing.assert_close(g, g_mm, rtol=1e-3, atol=1e-5)
+
+
+def test_medium_precision_leaves_products_to_aten():
+    """At "medium" at::mm runs float32 products with bf16 arithmetic itself; the
+    IEEE oneDNN route would keep them at full precision (and speed)."""
+    fused, _ = make_pair("ln_gru", torch.float32)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        names = op_names(lambda: observe_loss(fused, torch.float32))
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert LINEAR not in names and REORDER not in names
 
 
 def test_float64_keeps_aten_mm():
