@@ -1,4 +1,4 @@
-// A dense layer `act(norm(x W^T + b))` as C++ building blocks: the GEMM through ATen,
+// A dense layer `act(norm(x W^T + b))` as C++ building blocks: the GEMM through gemm.h,
 // the epilogue in one fused row kernel (layer_math.h), and the matching backward.
 // Used by the linear_norm_act op and by the composite ops (block GRU, RSSM steps).
 #pragma once

@@ -1,4 +1,4 @@
-// The recurrent-cell ops: GEMMs through ATen (BLAS / cuBLAS), everything pointwise
+// The recurrent-cell ops: GEMMs through gemm.h (cuBLAS / oneDNN / BLAS), everything pointwise
 // or row-wise in one fused launch per direction (rnn_launch.h, math in rnn_math.h).
 // The same functions serve CPU and CUDA tensors; only the launch differs.
 //

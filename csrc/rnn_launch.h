@@ -1,5 +1,5 @@
 // Pointwise / row-wise launchers of the recurrent cells, one per device. The cell
-// ops (rnn_cells.cpp) run the GEMMs through ATen and call these for everything
+// ops (rnn_cells.cpp) run the GEMMs through gemm.h and call these for everything
 // else. Tensors are contiguous 2-D [rows, cols] (see rnn_math.h for layouts).
 #pragma once
 

@@ -1,6 +1,6 @@
 // The pieces of an RSSM step and of the actor as C++ building blocks, for the
 // whole-sequence ops in rssm_ops.cpp (observe, imagine). Every GEMM goes through
-// ATen (BLAS / cuBLAS); every pointwise or row-wise stage is one launch of the
+// gemm.h (cuBLAS / oneDNN / BLAS); every pointwise or row-wise stage is one launch of the
 // kernels shared with the single-layer ops (dense epilogues, GRU gates, heads).
 //
 // Parameters arrive as one flat tensor list plus an integer and a float spec, built

@@ -18,9 +18,9 @@
         h' = u ⊙ c + (1 − u) ⊙ h
 
 ``input`` is ``[..., I]`` and ``hx`` ``[..., H]`` with the same leading (batch) dims,
-or ``hx=None`` for zeros. The fast ops run the GEMMs through ATen (BLAS/cuBLAS) and
-everything else in one fused kernel forward and one backward. Differentiable in
-every tensor argument.
+or ``hx=None`` for zeros. The fast ops run the GEMMs through ``csrc/gemm.h`` (cuBLAS on
+CUDA, oneDNN for float32 on the CPU) and everything else in one fused kernel forward
+and one backward. Differentiable in every tensor argument.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ norm='none', act='none', eps=1e-3)`` computes ``act(norm(input @ weight.T + bias
   ``torch.nn.GELU()``), ``sigmoid``.
 
 This is every hidden layer of Dreamer's MLPs (encoder, heads, RSSM input and prior
-layers). The GEMM runs through ATen; the epilogue is one row kernel forward and one
-backward. Differentiable in every tensor argument.
+layers). The GEMM runs through ``csrc/gemm.h`` (cuBLAS, or oneDNN for float32 on the
+CPU); the epilogue is one row kernel forward and one backward. Differentiable in every
+tensor argument.
 """
 
 from __future__ import annotations
