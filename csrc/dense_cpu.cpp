@@ -61,10 +61,14 @@ void epilogue_backward_cpu(const at::Tensor& dout, const at::Tensor& z, const at
     at::parallel_for(0, B, row_grain(3 * N), [&](int64_t b0, int64_t b1) {
       auto t_dy = sum_dy.task();
       auto t_dyx = sum_dyx.task();
+      // dy / dy_xhat rows even where their sums are not wanted: with every row output
+      // present the row function takes its branch-free variant
+      std::vector<acc_t> scratch(2 * N);
+      acc_t* pdy = t_dy.row_ptr() ? t_dy.row_ptr() : scratch.data();
+      acc_t* pdyx = t_dyx.row_ptr() ? t_dyx.row_ptr() : scratch.data() + N;
       for (int64_t r = b0; r < b1; ++r) {
         layer::norm_act_backward_row<Cvt>(pg + r * N, pz + r * N, pw, pb, ps + 2 * r, N, p.norm,
-                                          p.act, t_dy.row_ptr(), t_dyx.row_ptr(), pdz + r * N,
-                                          rnn::SerialLanes{});
+                                          p.act, pdy, pdyx, pdz + r * N, rnn::SerialLanes{});
         if (t_dy.row_ptr()) ColumnSums<acc_t>::add_row(t_dy);
         if (t_dyx.row_ptr()) ColumnSums<acc_t>::add_row(t_dyx);
       }
