@@ -47,6 +47,20 @@ bool dense_either_way(const Tensor& W) {
          (W.stride(0) == 1 && (W.stride(1) == N || K == 1));
 }
 
+// Whether a product of M rows with the right operand `b` [K, N] takes oneDNN.
+bool onednn_for(int64_t M, const Tensor& b) {
+  if (!b.device().is_cpu() || b.scalar_type() != at::kFloat || b.dim() != 2) return false;
+  const int64_t K = b.size(0), N = b.size(1);
+  if (M == 0 || K == 0 || N == 0) return false;
+  if (M < kMinRows && M * K * N < kMinMacs) return false;
+  if (!at::globalContext().userEnabledMkldnn()) return false;
+  // At "medium" at::mm itself runs float32 products through oneDNN with bf16
+  // arithmetic (where the CPU has it); this inner product would stay IEEE float32.
+  if (at::globalContext().float32MatmulPrecision() == at::Float32MatmulPrecision::MEDIUM)
+    return false;
+  return onednn_linear().has_value();
+}
+
 Tensor onednn_mm(const Tensor& a, const Tensor& b, const Tensor& bias) {
   torch::jit::Stack stack;
   stack.reserve(6);
@@ -62,22 +76,6 @@ Tensor onednn_mm(const Tensor& a, const Tensor& b, const Tensor& bias) {
   return std::move(stack[0]).toTensor();
 }
 
-}  // namespace
-
-namespace {
-// Whether a product of M rows with the right operand `b` [K, N] takes oneDNN.
-bool onednn_for(int64_t M, const Tensor& b) {
-  if (!b.device().is_cpu() || b.scalar_type() != at::kFloat || b.dim() != 2) return false;
-  const int64_t K = b.size(0), N = b.size(1);
-  if (M == 0 || K == 0 || N == 0) return false;
-  if (M < kMinRows && M * K * N < kMinMacs) return false;
-  if (!at::globalContext().userEnabledMkldnn()) return false;
-  // At "medium" at::mm itself runs float32 products through oneDNN with bf16
-  // arithmetic (where the CPU has it); this inner product would stay IEEE float32.
-  if (at::globalContext().float32MatmulPrecision() == at::Float32MatmulPrecision::MEDIUM)
-    return false;
-  return onednn_linear().has_value();
-}
 }  // namespace
 
 bool uses_onednn(const Tensor& a, const Tensor& b) {
