@@ -70,8 +70,8 @@ Forward apply_epilogue(const Tensor& z, const Params& p) {
 }
 
 Forward forward(const Tensor& x, const Params& p) {
-  return apply_epilogue(p.bias ? gemm::addmm(*p.bias, x, p.weight.t()) : gemm::mm(x, p.weight.t()),
-                        p);
+  const Tensor z = p.bias ? gemm::addmm(*p.bias, x, p.weight.t()) : gemm::mm(x, p.weight.t());
+  return apply_epilogue(z, p);
 }
 
 Tensor backward_epilogue(const Tensor& dout, const Forward& saved, const Params& p,

@@ -1,13 +1,13 @@
 // RSSM / actor building blocks (see rssm_model.h).
 #include "rssm_model.h"
-#include "gemm.h"
 
 #include <ATen/ATen.h>
-
-#include <algorithm>
 #include <ATen/OpMathType.h>
 
+#include <algorithm>
+
 #include "device_launch.h"
+#include "gemm.h"
 #include "heads_launch.h"
 #include "layer_math.h"
 #include "rnn_launch.h"
@@ -146,6 +146,7 @@ Tensor& Grads::dst(int64_t idx) {
 
 void Grads::record(int64_t idx, Kind kind, int64_t off, const Tensor& a, const Tensor& b,
                    int64_t G) {
+  if (!wanted_) return;
   Entry& e = entries_[{idx, kind, off}];
   e.a.push_back(a);
   if (b.defined()) e.b.push_back(b);
@@ -196,10 +197,11 @@ void Grads::block_x(int64_t idx, const Tensor& dz, const Tensor& x, int64_t G, i
 
 void Grads::add(int64_t idx, const Tensor& g) {
   // a finished gradient (norm weights): nothing to concatenate, add at once
-  dst(idx).add_(g);
+  if (wanted_) dst(idx).add_(g);
 }
 
 std::vector<Tensor> Grads::finish() {
+  TORCH_INTERNAL_ASSERT(wanted_, "Grads::finish on gradients nobody wanted");
   // One dz list often feeds several products in a row (the column blocks of one weight,
   // then its bias: the map orders a weight's entries before its bias's): it is
   // concatenated once and, for oneDNN, transposed once.
@@ -263,8 +265,8 @@ Tensor layer_backward_dz(at::TensorList P, const DenseRef& r, const LayerSaved& 
   const dense::Params p = layer_params(P, r);
   const dense::Forward f{Tensor(), s.z, s.stats};
   Tensor dnw, dnb;
-  Tensor dz = dense::backward_epilogue(dout, f, p, r.nw >= 0 ? &dnw : nullptr,
-                                       r.nb >= 0 ? &dnb : nullptr);
+  Tensor dz = dense::backward_epilogue(dout, f, p, r.nw >= 0 && g.wanted() ? &dnw : nullptr,
+                                       r.nb >= 0 && g.wanted() ? &dnb : nullptr);
   if (dnw.defined()) g.add(r.nw, dnw);
   if (dnb.defined()) g.add(r.nb, dnb);
   return dz;

@@ -78,7 +78,11 @@ ActorSpec parse_actor(const char* op, at::TensorList params, at::IntArrayRef int
 // then transposes its dz for the product.
 class Grads {
  public:
-  explicit Grads(at::TensorList params) : params_(params.vec()), out_(params.size()) {}
+  // `wanted` false: nobody needs these gradients (imagination with the world model
+  // detached); every record is dropped and the norm-parameter sums are not computed.
+  explicit Grads(at::TensorList params, bool wanted = true)
+      : params_(params.vec()), out_(params.size()), wanted_(wanted) {}
+  bool wanted() const { return wanted_; }
   // dW[idx](:, col0:col0+cols of x) += dz^T x
   void mm(int64_t idx, const Tensor& dz, const Tensor& x, int64_t col0 = 0);
   // db[idx] += sum over rows of dz
@@ -102,6 +106,7 @@ class Grads {
   static void accumulate(Tensor& dst, Kind kind, int64_t off, const Tensor& a, const Tensor& b,
                          int64_t G);
   std::vector<Tensor> params_, out_;
+  bool wanted_;
   std::map<std::tuple<int64_t, int, int64_t>, Entry> entries_;
 };
 

@@ -20,8 +20,8 @@
 
 #include <unordered_set>
 
-#include "rssm_model.h"
 #include "gemm.h"
+#include "rssm_model.h"
 
 namespace dreamer_fast {
 namespace rssm {
@@ -479,7 +479,7 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   const Tensor gdT = grad_tm(g_deter);
   const Tensor gsT = grad_tm(g_stoch), gaT = grad_tm(g_a), gbT = grad_tm(g_b);
   const Tensor gactT = grad_tm(g_action);
-  Grads g(P), ga(AP);
+  Grads g(P, need_params), ga(AP, use_actor && need_actor_params);
   Tensor d_actions = use_actor ? empty0(acts) : at::empty({H, N, A}, acts.options());
   Tensor carry_deter, carry_stoch;
   const int64_t n_actor = use_actor ? 3 * static_cast<int64_t>(as.layers.size()) : 0;

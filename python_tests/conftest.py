@@ -128,3 +128,37 @@ def pytest_report_header(config):
     return (f"dreamer_fast: has_extension={dreamer_fast.has_extension()} "
             f"has_cuda_kernels={HAS_CUDA_KERNELS} torch={torch.__version__}"
             + (f" extension_error={err!r}" if err else ""))
+
+
+# ---- imagination rollouts (test_imagine.py, test_imagine_graph.py) -----------------------
+
+#: Small RSSMs of the three Dreamer versions (cell, latents, norm) and the actor heads.
+IMAGINE_RSSMS = {
+    "v1-gru-gauss": dict(cell="gru", classes=None, norm="none", act="elu"),
+    "v2-lngru-cat": dict(cell="ln_gru", classes=4, norm="layer", act="elu"),
+    "v3-block-cat": dict(cell="block_gru", classes=4, norm="rms", act="silu", blocks=4),
+}
+ACTOR_HEADS = ("tanh_normal", "bounded_normal", "categorical")
+
+
+def imagine_models(cfg: str, head: str, backend: str, dtype: torch.dtype = torch.float64,
+                   device="cpu"):
+    """A seeded ``(RSSM, Actor)`` pair: deter 16, hidden 12, 5 latents, 3 actions."""
+    from dreamer_fast.nn import RSSM, Actor
+    torch.manual_seed(0)
+    rssm = RSSM(stoch=5, deter=16, hidden=12, action_size=3, embed_size=7, dtype=dtype,
+                backend=backend, device=device, **IMAGINE_RSSMS[cfg])
+    actor = Actor(rssm.feat_size, 3, head=head, units=10, layers=2, dtype=dtype,
+                  backend=backend, device=device)
+    return rssm, actor
+
+
+def imagine_start(rssm, n: int, seed: int) -> dict[str, torch.Tensor]:
+    """``rssm.initial(n)`` plus seeded noise (drawn on the CPU), on the RSSM's device."""
+    p = next(rssm.parameters())
+    g = torch.Generator().manual_seed(seed)
+    state = {k: (v.cpu() + 0.3 * torch.randn(v.shape, generator=g, dtype=v.dtype)).to(p.device)
+             for k, v in rssm.initial(n).items()}
+    if "std" in state:
+        state["std"] = state["std"].abs() + 0.1
+    return state

@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dreamer_fast.bench.timing import matmul_precision
 from dreamer_fast.nn import RSSM, Actor
 from dreamer_fast.ops import draw_imagine_noise, imagine
 
@@ -87,12 +88,8 @@ def test_medium_precision_leaves_products_to_aten():
     """At "medium" at::mm runs float32 products with bf16 arithmetic itself; the
     IEEE oneDNN route would keep them at full precision (and speed)."""
     fused, _ = make_pair("ln_gru", torch.float32)
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("medium")
-    try:
+    with matmul_precision("medium"):
         names = op_names(lambda: observe_loss(fused, torch.float32))
-    finally:
-        torch.set_float32_matmul_precision(previous)
     assert LINEAR not in names and REORDER not in names
 
 

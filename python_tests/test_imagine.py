@@ -6,33 +6,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dreamer_fast.nn import RSSM, Actor
+from conftest import ACTOR_HEADS as HEADS
+from conftest import IMAGINE_RSSMS as RSSMS
+from conftest import imagine_models, imagine_start
+from dreamer_fast.nn import Actor
 from dreamer_fast.ops import draw_imagine_noise, imagine_ref
-
-RSSMS = {
-    "v1-gru-gauss": dict(cell="gru", classes=None, norm="none", act="elu"),
-    "v2-lngru-cat": dict(cell="ln_gru", classes=4, norm="layer", act="elu"),
-    "v3-block-cat": dict(cell="block_gru", classes=4, norm="rms", act="silu", blocks=4),
-}
-HEADS = ("tanh_normal", "bounded_normal", "categorical")
 
 
 def _models(cfg, head, backend="ref", dtype=torch.float64):
-    torch.manual_seed(0)
-    rssm = RSSM(stoch=5, deter=16, hidden=12, action_size=3, embed_size=7, dtype=dtype,
-                backend=backend, **RSSMS[cfg])
-    actor = Actor(rssm.feat_size, 3, head=head, units=10, layers=2, dtype=dtype, backend=backend)
-    return rssm, actor
+    return imagine_models(cfg, head, backend, dtype)
 
 
-def _start(rssm, n, dtype=torch.float64):
-    g = torch.Generator().manual_seed(n)
-    state = rssm.initial(n)
-    state = {k: v + 0.3 * torch.randn(v.shape, generator=g, dtype=dtype) for k, v in
-             state.items()}
-    if "std" in state:
-        state["std"] = state["std"].abs() + 0.1
-    return state
+def _start(rssm, n):
+    return imagine_start(rssm, n, seed=n)
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -133,7 +119,7 @@ TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=2e-4
 def test_fused_rollout_matches_ref_none(cfg, head, n, horizon, device):
     dtype = torch.float64 if n != 1024 else torch.float32
     fr, fa, rr, ra = _fused_pair(cfg, head, device, dtype)
-    start = {k: v.to(device) for k, v in _start(rr, n, dtype).items()}
+    start = {k: v.to(device) for k, v in _start(rr, n).items()}
     noise = draw_imagine_noise(rr, ra, n, horizon, like=start["deter"])
     fast = imagine(fr, fa, start, horizon, noise=noise)
     ref = imagine_ref(rr, ra, start, horizon, noise=noise)
@@ -153,7 +139,7 @@ def test_fused_rollout_matches_ref_none(cfg, head, n, horizon, device):
 def test_fused_rollout_matches_ref_dynamics_gradients(cfg, head, wm_grad, horizon, device):
     dtype = torch.float64
     fr, fa, rr, ra = _fused_pair(cfg, head, device, dtype)
-    start = {k: v.to(device) for k, v in _start(rr, 5, dtype).items()}
+    start = {k: v.to(device) for k, v in _start(rr, 5).items()}
     start_f = {k: v.clone().requires_grad_() for k, v in start.items()}
     start_r = {k: v.clone().requires_grad_() for k, v in start.items()}
     noise = draw_imagine_noise(rr, ra, 5, horizon, like=start["deter"])

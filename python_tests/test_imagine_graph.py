@@ -13,37 +13,20 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import requires_cuda
-from dreamer_fast.nn import RSSM, Actor
+from conftest import ACTOR_HEADS as HEADS
+from conftest import IMAGINE_RSSMS as RSSMS
+from conftest import imagine_models, imagine_start, requires_cuda
 from dreamer_fast.ops import ImagineGraph, draw_imagine_noise, imagine, imagine_ref
 from dreamer_fast.ops import imagine_graph as ig
-
-RSSMS = {
-    "v1-gru-gauss": dict(cell="gru", classes=None, norm="none", act="elu"),
-    "v2-lngru-cat": dict(cell="ln_gru", classes=4, norm="layer", act="elu"),
-    "v3-block-cat": dict(cell="block_gru", classes=4, norm="rms", act="silu", blocks=4),
-}
-HEADS = ("tanh_normal", "bounded_normal", "categorical")
 
 
 def _models(cfg="v3-block-cat", head="categorical", backend="auto", dtype=torch.float64,
             device="cpu"):
-    torch.manual_seed(0)
-    rssm = RSSM(stoch=5, deter=16, hidden=12, action_size=3, embed_size=7, dtype=dtype,
-                backend=backend, device=device, **RSSMS[cfg])
-    actor = Actor(rssm.feat_size, 3, head=head, units=10, layers=2, dtype=dtype,
-                  backend=backend, device=device)
-    return rssm, actor
+    return imagine_models(cfg, head, backend, dtype, device)
 
 
 def _start(rssm, n, seed=0):
-    p = next(rssm.parameters())
-    g = torch.Generator().manual_seed(seed)
-    state = {k: (v.cpu() + 0.3 * torch.randn(v.shape, generator=g, dtype=v.dtype)).to(p.device)
-             for k, v in rssm.initial(n).items()}
-    if "std" in state:
-        state["std"] = state["std"].abs() + 0.1
-    return state
+    return imagine_start(rssm, n, seed)
 
 
 def _assert_same(got, want, **tol):

@@ -26,6 +26,7 @@ from dreamer_fast.agents import checkpoint
 from dreamer_fast.agents.config import load_config
 from dreamer_fast.agents.logger import read_metrics
 from dreamer_fast.agents.trainer import CHECKPOINT, Trainer
+from dreamer_fast.bench.timing import matmul_precision
 from dreamer_fast.cli import main
 
 #: A shrunken debug model: the smoke runs check plumbing, not learning.
@@ -122,13 +123,10 @@ def _wait_for(pred, proc, timeout: float) -> None:
 
 
 def test_matmul_precision_is_applied_for_the_run(tmp_path):
-    before = torch.get_float32_matmul_precision()
-    try:
+    with matmul_precision():  # restores the suite's value afterwards
         cfg = tiny_config("v3", "gym:Pendulum-v1", steps=0, matmul_precision="medium")
         Trainer(cfg, tmp_path)
         assert torch.get_float32_matmul_precision() == "medium"
-    finally:
-        torch.set_float32_matmul_precision(before)
 
 
 def test_sigkill_then_resume_restores_everything(tmp_path):

@@ -92,23 +92,26 @@ IMPLS = {"fast": imagine, "eager": imagine_ref}
 
 
 def graph_case(models: tuple[RSSM, Actor], n: int, horizon: int) -> Prepare:
-    """CUDA only, ``grad='none'``: the rollout captured once into a CUDA graph
-    (:class:`~dreamer_fast.ops.ImagineGraph`, built on the first call, outside the
-    timing) and replayed; each timed run copies the start states and noise into the
-    graph's buffers and replays (no output clone). ``models`` with ``backend='ref'``
-    give the "eager + CUDA graph" baseline."""
+    """CUDA only, ``grad='none'``: the rollout captured into a CUDA graph
+    (:class:`~dreamer_fast.ops.ImagineGraph`, built on the first call at each float32
+    matmul precision, outside the timing: cuBLAS fixes its TF32 choice at capture, so a
+    row at another precision must not replay it) and replayed; each timed run copies the
+    start states and noise into the graph's buffers and replays (no output clone).
+    ``models`` with ``backend='ref'`` give the "eager + CUDA graph" baseline."""
     from dreamer_fast.ops import ImagineGraph
 
     rssm, actor = models
     start, noise = rollout_inputs(rssm, actor, n, horizon)
-    graph = []
+    graphs: dict[str, ImagineGraph] = {}
 
     def prepare():
-        if not graph:
-            graph.append(ImagineGraph(rssm, actor, n, horizon, clone=False))
+        precision = torch.get_float32_matmul_precision()
+        if precision not in graphs:
+            graphs[precision] = ImagineGraph(rssm, actor, n, horizon, clone=False)
+        graph = graphs[precision]
 
         def run():
-            return graph[0](start, noise)
+            return graph(start, noise)
         return run
     return prepare
 

@@ -47,10 +47,8 @@ def matmul_precision(precision: str | None = None):
 def at_precision(prepare: Prepare, precision: str) -> Prepare:
     """``prepare`` with the float32 matmul precision set to ``precision`` first (untimed);
     the timed run follows its prepare directly, so it runs at that precision. Call inside
-    :func:`matmul_precision` to restore the caller's value afterwards."""
-    if precision not in MATMUL_PRECISIONS:
-        raise ValueError(f"unknown float32 matmul precision {precision!r}; expected one of "
-                         f"{MATMUL_PRECISIONS}")
+    :func:`matmul_precision` to restore the caller's value afterwards. ``precision`` is
+    one of :data:`MATMUL_PRECISIONS` (the CLI checks it; torch's setter rejects others)."""
 
     def wrapped():
         torch.set_float32_matmul_precision(precision)
