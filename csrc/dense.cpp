@@ -55,28 +55,44 @@ void check(const char* op, const Tensor& x, const Params& p) {
   TORCH_CHECK(p.norm == layer::kNone || p.eps > 0, op, ": `eps` must be > 0, got ", p.eps);
 }
 
-Forward apply_epilogue(const Tensor& z, const Params& p) {
+namespace {
+
+// `out` if given (checked against the shape it must have), else a new tensor like `like`.
+Tensor output_like(const Tensor& like, const Tensor& out, const char* what) {
+  if (!out.defined()) return at::empty_like(like, at::MemoryFormat::Contiguous);
+  TORCH_INTERNAL_ASSERT(out.is_contiguous() && out.sizes() == like.sizes() &&
+                            out.scalar_type() == like.scalar_type(),
+                        what, ": the output buffer must be contiguous ", like.sizes());
+  return out;
+}
+
+}  // namespace
+
+Forward apply_epilogue(const Tensor& z, const Params& p, const Tensor& out) {
   Forward f;
   f.z = z.contiguous();
   f.stats = at::empty({z.size(0), 2}, z.options().dtype(at::toOpMathType(z.scalar_type())));
   if (!has_epilogue(p)) {
-    f.out = f.z;
+    f.out = out.defined() ? output_like(f.z, out, "apply_epilogue").copy_(f.z) : f.z;
     f.stats.zero_();
     return f;
   }
-  f.out = at::empty_like(f.z);
+  f.out = output_like(f.z, out, "apply_epilogue");
   DF_DEVICE_LAUNCH(dense, epilogue_forward, z, f.z, p, f.out, f.stats);
   return f;
 }
 
-Forward forward(const Tensor& x, const Params& p) {
+Forward forward(const Tensor& x, const Params& p, const Tensor& out) {
   const Tensor z = p.bias ? gemm::addmm(*p.bias, x, p.weight.t()) : gemm::mm(x, p.weight.t());
-  return apply_epilogue(z, p);
+  return apply_epilogue(z, p, out);
 }
 
 Tensor backward_epilogue(const Tensor& dout, const Forward& saved, const Params& p,
-                         Tensor* d_norm_weight, Tensor* d_norm_bias) {
-  if (!has_epilogue(p)) return dout.contiguous();
+                         Tensor* d_norm_weight, Tensor* d_norm_bias, const Tensor& dz_out) {
+  if (!has_epilogue(p)) {
+    if (!dz_out.defined()) return dout.contiguous();
+    return output_like(saved.z, dz_out, "backward_epilogue").copy_(dout);
+  }
   const auto acc = at::toOpMathType(dout.scalar_type());
   Tensor dy_sum, dy_xhat_sum;  // column sums (accumulation dtype)
   const bool want_w = p.norm_weight.has_value() && d_norm_weight;
@@ -84,7 +100,7 @@ Tensor backward_epilogue(const Tensor& dout, const Forward& saved, const Params&
   const int64_t N = saved.z.size(1);
   if (want_w) dy_xhat_sum = at::empty({N}, saved.z.options().dtype(acc));
   if (want_b) dy_sum = at::empty({N}, saved.z.options().dtype(acc));
-  Tensor dz = at::empty_like(saved.z);
+  Tensor dz = output_like(saved.z, dz_out, "backward_epilogue");
   Tensor dout_c = dout.contiguous();
   DF_DEVICE_LAUNCH(dense, epilogue_backward, dout, dout_c, saved.z, saved.stats, p,
                    want_b ? &dy_sum : nullptr, want_w ? &dy_xhat_sum : nullptr, dz);

@@ -33,15 +33,20 @@ struct Grads {
 // Checks shapes/dtypes/devices of `p` against x [B, I]; `op` names the caller.
 void check(const char* op, const at::Tensor& x, const Params& p);
 
-Forward forward(const at::Tensor& x, const Params& p);
+// `out` (optional, contiguous [B, N]): where the layer's output goes (a step of a
+// sequence buffer, so that the steps need no concatenation later); f.out is then `out`.
+Forward forward(const at::Tensor& x, const Params& p, const at::Tensor& out = at::Tensor());
 
 // The epilogue alone, on a linear output z [B, N] computed by the caller
-// (p.weight / p.bias are not used).
-Forward apply_epilogue(const at::Tensor& z, const Params& p);
+// (p.weight / p.bias are not used). `out` as for `forward`.
+Forward apply_epilogue(const at::Tensor& z, const Params& p,
+                       const at::Tensor& out = at::Tensor());
 
 // dz only (the gradient w.r.t. the linear output), plus the norm parameter grads.
+// `dz_out` (optional, contiguous [B, N]): where dz goes; it is then the result.
 at::Tensor backward_epilogue(const at::Tensor& dout, const Forward& saved, const Params& p,
-                             at::Tensor* d_norm_weight, at::Tensor* d_norm_bias);
+                             at::Tensor* d_norm_weight, at::Tensor* d_norm_bias,
+                             const at::Tensor& dz_out = at::Tensor());
 
 // Full backward. `need_input` false skips dx (the layer's input is a leaf).
 Grads backward(const at::Tensor& dout, const at::Tensor& x, const Forward& saved,

@@ -4,6 +4,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "cpu_common.h"
@@ -25,6 +26,128 @@ void for_each_row_range(int64_t rows, int64_t row_len, const Fn& fn) {
 template <typename scalar_t>
 const scalar_t* optional_ptr(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+}
+
+// ---- categorical rows in blocks ------------------------------------------------------
+//
+// categorical_forward_row / _backward_row handle one row with loops over its K classes.
+// For the small K of latent classes (8, 32) those loops are short chains of dependent
+// additions and a vector exp call per row, so the CPU launcher instead takes up to
+// kBlockRows rows at once, transposed into a [K][rows] scratch block: every loop then
+// runs over the rows, vectorised, while each row still sees exactly the row function's
+// chain of operations (the same element functions from heads_math.h, the classes in
+// ascending order), so the values and the sampled index are the same bit for bit.
+// Wider rows keep the row function.
+constexpr int64_t kBlockRows = 32;
+constexpr int64_t kMaxBlockClasses = 64;
+
+template <typename Cvt, typename scalar_t, typename acc_t>
+void categorical_forward_block(const scalar_t* DF_RESTRICT logits,
+                               const scalar_t* DF_RESTRICT uniform,
+                               scalar_t* DF_RESTRICT probs, scalar_t* DF_RESTRICT sample,
+                               acc_t* DF_RESTRICT buf, int64_t rows, int64_t K, acc_t keep,
+                               acc_t floor) {
+  constexpr int64_t RB = kBlockRows;
+  // `before[r]`: how many running sums c_k (k < K - 1) the uniform is not below. The
+  // sums never decrease (p >= 0), so that count is the row function's index, the
+  // smallest k with u < c_k (K - 1 if none; also for NaN rows); counting in acc_t
+  // keeps every array of the loop the same width, so it vectorises.
+  acc_t m[RB], Z[RB], c[RB], u[RB], before[RB];
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < K; ++k) buf[k * RB + r] = Cvt::load(logits[r * K + k]);
+  // the exp loops run over all RB lanes (rows past `rows` hold zeros): a partial block
+  // must not leave rows to a scalar remainder loop, whose libm exp can differ in the
+  // last bit from the vector one
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t r = rows; r < RB; ++r) buf[k * RB + r] = acc_t(0);
+  DF_SIMD
+  for (int64_t r = 0; r < RB; ++r) m[r] = buf[r];
+  for (int64_t k = 1; k < K; ++k) {
+    DF_SIMD
+    for (int64_t r = 0; r < RB; ++r) m[r] = max_step(m[r], buf[k * RB + r]);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    DF_SIMD
+    for (int64_t r = 0; r < RB; ++r) buf[k * RB + r] = exp_acc(buf[k * RB + r] - m[r]);
+  }
+  DF_SIMD
+  for (int64_t r = 0; r < RB; ++r) {
+    Z[r] = acc_t(0);
+    c[r] = acc_t(0);
+    u[r] = r < rows ? Cvt::load(uniform[r]) : acc_t(0);
+    before[r] = acc_t(0);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    DF_SIMD
+    for (int64_t r = 0; r < RB; ++r) Z[r] = Z[r] + buf[k * RB + r];
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    DF_SIMD
+    for (int64_t r = 0; r < RB; ++r) {
+      const acc_t p = mix_prob(buf[k * RB + r], Z[r], keep, floor);
+      buf[k * RB + r] = p;
+      c[r] = cumsum_step(c[r], p);
+      before[r] = before[r] + (u[r] < c[r] ? acc_t(0) : acc_t(1));
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    // the last class's sum is not searched (the row function's `k < K - 1`)
+    const acc_t last = u[r] < c[r] ? acc_t(0) : acc_t(1);
+    const int64_t index = static_cast<int64_t>(before[r] - last);
+    for (int64_t k = 0; k < K; ++k) {
+      const acc_t p = buf[k * RB + r];
+      probs[r * K + k] = Cvt::store(p);
+      sample[r * K + k] = Cvt::store(straight_through(k == index ? acc_t(1) : acc_t(0), p));
+    }
+  }
+}
+
+template <typename Cvt, typename scalar_t, typename acc_t>
+void categorical_backward_block(const scalar_t* DF_RESTRICT g_sample,
+                                const scalar_t* DF_RESTRICT g_probs,
+                                const scalar_t* DF_RESTRICT logits,
+                                scalar_t* DF_RESTRICT g_logits, acc_t* DF_RESTRICT buf,
+                                acc_t* DF_RESTRICT gbuf, int64_t rows, int64_t K, acc_t keep) {
+  constexpr int64_t RB = kBlockRows;
+  acc_t m[RB], Z[RB], dot[RB];
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < K; ++k) {
+      buf[k * RB + r] = Cvt::load(logits[r * K + k]);
+      gbuf[k * RB + r] = upstream_grad<Cvt, scalar_t, acc_t>(
+          g_sample ? g_sample + r * K : nullptr, g_probs ? g_probs + r * K : nullptr, k);
+    }
+  for (int64_t k = 0; k < K; ++k)  // all RB lanes through the vector exp (see forward)
+    for (int64_t r = rows; r < RB; ++r) buf[k * RB + r] = gbuf[k * RB + r] = acc_t(0);
+  DF_SIMD
+  for (int64_t r = 0; r < RB; ++r) m[r] = buf[r];
+  for (int64_t k = 1; k < K; ++k) {
+    DF_SIMD
+    for (int64_t r = 0; r < RB; ++r) m[r] = max_step(m[r], buf[k * RB + r]);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    DF_SIMD
+    for (int64_t r = 0; r < RB; ++r) buf[k * RB + r] = exp_acc(buf[k * RB + r] - m[r]);
+  }
+  DF_SIMD
+  for (int64_t r = 0; r < RB; ++r) {
+    Z[r] = acc_t(0);
+    dot[r] = acc_t(0);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    DF_SIMD
+    for (int64_t r = 0; r < RB; ++r) Z[r] = Z[r] + buf[k * RB + r];
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    DF_SIMD
+    for (int64_t r = 0; r < RB; ++r) {
+      buf[k * RB + r] = buf[k * RB + r] / Z[r];
+      dot[r] = dot[r] + buf[k * RB + r] * gbuf[k * RB + r];
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < K; ++k)
+      g_logits[r * K + k] =
+          Cvt::store(logit_grad(buf[k * RB + r], gbuf[k * RB + r], dot[r], keep));
 }
 
 }  // namespace
@@ -83,6 +206,19 @@ void categorical_forward_cpu(const at::Tensor& logits, const at::Tensor& uniform
     scalar_t *ps = sample.mutable_data_ptr<scalar_t>(), *pp = probs.mutable_data_ptr<scalar_t>();
     const acc_t keep = static_cast<acc_t>(1.0 - unimix);
     const acc_t floor = static_cast<acc_t>(unimix / static_cast<double>(K));
+    if (K <= kMaxBlockClasses) {
+      const int64_t blocks = (R + kBlockRows - 1) / kBlockRows;
+      for_each_row_range(blocks, K * kBlockRows, [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> buf(K * kBlockRows);
+        for (int64_t b = begin; b < end; ++b) {
+          const int64_t r = b * kBlockRows, n = std::min(kBlockRows, R - r);
+          categorical_forward_block<Cvt, scalar_t, acc_t>(pl + r * K, pu + r, pp + r * K,
+                                                          ps + r * K, buf.data(), n, K, keep,
+                                                          floor);
+        }
+      });
+      return;
+    }
     for_each_row_range(R, K, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> buf(K);
       for (int64_t r = begin; r < end; ++r)
@@ -102,6 +238,19 @@ void categorical_backward_cpu(const at::Tensor& g_sample, const at::Tensor& g_pr
     const scalar_t *pgs = optional_ptr<scalar_t>(g_sample), *pgp = optional_ptr<scalar_t>(g_probs);
     scalar_t* pg = g_logits.mutable_data_ptr<scalar_t>();
     const acc_t keep = static_cast<acc_t>(1.0 - unimix);
+    if (K <= kMaxBlockClasses) {
+      const int64_t blocks = (R + kBlockRows - 1) / kBlockRows;
+      for_each_row_range(blocks, K * kBlockRows, [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> buf(K * kBlockRows), gbuf(K * kBlockRows);
+        for (int64_t b = begin; b < end; ++b) {
+          const int64_t r = b * kBlockRows, n = std::min(kBlockRows, R - r);
+          categorical_backward_block<Cvt, scalar_t, acc_t>(
+              pgs ? pgs + r * K : nullptr, pgp ? pgp + r * K : nullptr, pl + r * K, pg + r * K,
+              buf.data(), gbuf.data(), n, K, keep);
+        }
+      });
+      return;
+    }
     for_each_row_range(R, K, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> buf(K);
       for (int64_t r = begin; r < end; ++r)

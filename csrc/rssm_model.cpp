@@ -247,34 +247,34 @@ dense::Params layer_params(at::TensorList P, const DenseRef& r) {
 }
 
 Tensor layer_forward(at::TensorList P, const DenseRef& r, const Tensor& x,
-                     std::vector<Tensor>* saved) {
-  const dense::Forward f = dense::forward(x, layer_params(P, r));
+                     std::vector<Tensor>* saved, const Tensor& out) {
+  const dense::Forward f = dense::forward(x, layer_params(P, r), out);
   if (saved) saved->insert(saved->end(), {x, f.z, f.stats});
   return f.out;
 }
 
 Tensor layer_epilogue(at::TensorList P, const DenseRef& r, const Tensor& z, const Tensor& x,
-                      std::vector<Tensor>* saved) {
-  const dense::Forward f = dense::apply_epilogue(z, layer_params(P, r));
+                      std::vector<Tensor>* saved, const Tensor& out) {
+  const dense::Forward f = dense::apply_epilogue(z, layer_params(P, r), out);
   if (saved) saved->insert(saved->end(), {x, f.z, f.stats});
   return f.out;
 }
 
 Tensor layer_backward_dz(at::TensorList P, const DenseRef& r, const LayerSaved& s,
-                         const Tensor& dout, Grads& g) {
+                         const Tensor& dout, Grads& g, const Tensor& dz_out) {
   const dense::Params p = layer_params(P, r);
   const dense::Forward f{Tensor(), s.z, s.stats};
   Tensor dnw, dnb;
   Tensor dz = dense::backward_epilogue(dout, f, p, r.nw >= 0 && g.wanted() ? &dnw : nullptr,
-                                       r.nb >= 0 && g.wanted() ? &dnb : nullptr);
+                                       r.nb >= 0 && g.wanted() ? &dnb : nullptr, dz_out);
   if (dnw.defined()) g.add(r.nw, dnw);
   if (dnb.defined()) g.add(r.nb, dnb);
   return dz;
 }
 
 Tensor layer_backward(at::TensorList P, const DenseRef& r, const LayerSaved& s,
-                      const Tensor& dout, Grads& g, bool need_dx) {
-  const Tensor dz = layer_backward_dz(P, r, s, dout, g);
+                      const Tensor& dout, Grads& g, bool need_dx, const Tensor& dz_out) {
+  const Tensor dz = layer_backward_dz(P, r, s, dout, g, dz_out);
   g.mm(r.w, dz, s.x);
   if (r.b >= 0) g.rowsum(r.b, dz);
   return need_dx ? gemm::mm(dz, P[r.w]) : Tensor();

@@ -334,8 +334,15 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
 // ---------------------------------------------------------------------------------------
 
 constexpr const char* kImagine = "rssm_imagine";
-// global saved entries before the per-step ones
+// global saved entries before the per-step ones: 7, then the actor's hidden-layer
+// buffers (imagine_hidden)
 constexpr int64_t kImagineGlobal = 7;
+
+// Hidden layers of the actor (all but the last): their outputs are saved as [H, N, U]
+// sequence buffers.
+int64_t imagine_hidden(const ActorSpec* a) {
+  return a ? static_cast<int64_t>(a->layers.size()) - 1 : 0;
+}
 
 int64_t imagine_step_saved(const Spec& s, const ActorSpec* a) {
   const int64_t actor = a ? 3 * static_cast<int64_t>(a->layers.size()) : 0;
@@ -400,17 +407,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
   Tensor acts = use_actor ? at::empty({H, N, A}, deter0.options()) : givenT;
   Tensor raws =
       use_actor ? at::empty({H, N, AP[as.layers.back().w].size(0)}, deter0.options()) : Tensor();
+  // The actor's layers write their outputs into sequence buffers (when saving): step t
+  // of hidden[l] is layer l + 1's input at step t, so its weight gradient reads the
+  // steps as one row block (no concatenation in Grads::finish). The last layer writes
+  // into raws.
+  const int64_t L = use_actor ? static_cast<int64_t>(as.layers.size()) : 0;
+  TensorVec hidden;
+  for (int64_t l = 0; save && l < imagine_hidden(use_actor ? &as : nullptr); ++l)
+    hidden.push_back(at::empty({H, N, AP[as.layers[l].w].size(0)}, deter0.options()));
   TensorVec steps;
   TensorVec* sv = save ? &steps : nullptr;
   for (int64_t t = 0; t < H; ++t) {
     const Tensor deter = deters[t], stoch = stochs[t];
     if (use_actor) {
+      const size_t actor0 = steps.size();
+      const auto out_of = [&](int64_t l) {
+        return l + 1 == L ? raws[t] : save ? hidden[l][t] : Tensor();
+      };
       // first actor layer on feat = cat(stoch, deter) as two GEMMs into one output
       const DenseRef& r0 = as.layers[0];
       Tensor h = split_linear(AP, r0, stoch, deter);
-      h = layer_epilogue(AP, r0, h, empty0(h), sv);  // x = (stochs[t], deters[t])
-      for (size_t l = 1; l < as.layers.size(); ++l) h = layer_forward(AP, as.layers[l], h, sv);
-      raws[t].copy_(h);
+      h = layer_epilogue(AP, r0, h, empty0(h), sv, out_of(0));  // x = (stochs, deters)[t]
+      for (int64_t l = 1; l < L; ++l) {
+        h = layer_forward(AP, as.layers[l], h, sv, out_of(l));
+        if (save) steps[actor0 + 3 * l] = empty0(h);  // x = hidden[l - 1][t]
+      }
       acts[t].copy_(action_forward(as, h, anT[t]));
     }
     const Tensor action = acts[t];
@@ -443,6 +464,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
   if (save) {
     saved = {snT, use_actor ? anT : empty0(deter0), acts, stats_all,
              use_actor ? raws : empty0(deter0), deters, stochs};
+    saved.insert(saved.end(), hidden.begin(), hidden.end());
     saved.insert(saved.end(), steps.begin(), steps.end());
     dealias(saved);
   }
@@ -467,9 +489,11 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   const int64_t H = acts.size(0), N = acts.size(1), A = acts.size(2);
   const int64_t SF = s.flat_stoch();
   const int64_t per_step = imagine_step_saved(s, use_actor ? &as : nullptr);
-  TORCH_CHECK(static_cast<int64_t>(saved.size()) == kImagineGlobal + H * per_step, kImagine,
+  const int64_t n_global = kImagineGlobal + imagine_hidden(use_actor ? &as : nullptr);
+  TORCH_CHECK(static_cast<int64_t>(saved.size()) == n_global + H * per_step, kImagine,
               "_backward: `saved` has ", saved.size(), " tensors, expected ",
-              kImagineGlobal + H * per_step);
+              n_global + H * per_step);
+  const Tensor* hidden = saved.data() + kImagineGlobal;
   const c10::OptionalDeviceGuard guard(acts.device());
   gemm::PackedWeights packs(N);
   if (use_actor) pack_layers(packs, AP, as.layers, true);
@@ -480,13 +504,22 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   const Tensor gsT = grad_tm(g_stoch), gaT = grad_tm(g_a), gbT = grad_tm(g_b);
   const Tensor gactT = grad_tm(g_action);
   Grads g(P, need_params), ga(AP, use_actor && need_actor_params);
+  // dz of each actor layer into a [H, N, U] sequence buffer (one row block for the
+  // deferred weight gradient, see layer_backward_dz)
+  const int64_t L = use_actor ? static_cast<int64_t>(as.layers.size()) : 0;
+  TensorVec actor_dz;
+  for (int64_t l = 0; ga.wanted() && l < L; ++l)
+    actor_dz.push_back(at::empty({H, N, AP[as.layers[l].w].size(0)}, acts.options()));
+  const auto dz_at = [&](int64_t l, int64_t t) {
+    return actor_dz.empty() ? Tensor() : actor_dz[l][t];
+  };
   Tensor d_actions = use_actor ? empty0(acts) : at::empty({H, N, A}, acts.options());
   Tensor carry_deter, carry_stoch;
   const int64_t n_actor = use_actor ? 3 * static_cast<int64_t>(as.layers.size()) : 0;
   const int64_t n_img_in = s.cell == kBlockGru ? 0 : 3;
   const int64_t n_cell = cell_saved_count(s);
   for (int64_t t = H - 1; t >= 0; --t) {
-    const Tensor* sv = saved.data() + kImagineGlobal + t * per_step;
+    const Tensor* sv = saved.data() + n_global + t * per_step;
     Tensor dh = latent_backward(s, stats_all[t], snT[t], plus(at_step(gsT, t), carry_stoch),
                                 at_step(gaT, t), at_step(gbT, t));
     const Tensor* ov = sv + n_actor + n_img_in + n_cell;
@@ -521,12 +554,14 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
     d_act = plus(d_act, at_step(gactT, t));
     if (use_actor) {
       Tensor dr = action_backward(as, raws[t], anT[t], d_act);
-      for (int64_t l = static_cast<int64_t>(as.layers.size()) - 1; l >= 1; --l) {
+      for (int64_t l = L - 1; l >= 1; --l) {
         const Tensor* lv = sv + 3 * l;
-        dr = layer_backward(AP, as.layers[l], LayerSaved{lv[0], lv[1], lv[2]}, dr, ga, true);
+        dr = layer_backward(AP, as.layers[l], LayerSaved{hidden[l - 1][t], lv[1], lv[2]}, dr,
+                            ga, true, dz_at(l, t));
       }
       const DenseRef& r0 = as.layers[0];
-      const Tensor dz = layer_backward_dz(AP, r0, LayerSaved{sv[0], sv[1], sv[2]}, dr, ga);
+      const Tensor dz =
+          layer_backward_dz(AP, r0, LayerSaved{sv[0], sv[1], sv[2]}, dr, ga, dz_at(0, t));
       dr = split_linear_backward(AP, r0, dz, stochs[t], deters[t], ga);
       d_stoch = d_stoch + dr.narrow(1, 0, SF);
       d_deter = d_deter + dr.narrow(1, SF, dr.size(1) - SF);

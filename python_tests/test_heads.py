@@ -392,6 +392,30 @@ def test_index_is_the_shared_search_on_the_kernels_probs(device, dtype, K, gen):
             assert torch.equal(index[on_boundary], k + 1)
 
 
+@pytest.mark.parametrize("K", [2, 8, 32, 64, 65])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=_dtype_id)
+@pytest.mark.parametrize("device", DEVICES)
+def test_categorical_row_position_does_not_matter(device, dtype, K, gen):
+    """Bit-exact: a row gives the same probs, sample and logit gradient wherever it
+    sits in a call (the CPU launcher takes rows in blocks for K <= 64, and the rows
+    of a partial last block must go through the same arithmetic as the others)."""
+    row = randn((K,), gen, scale=2.0).to(dtype)
+    g = randn((2, K), gen).to(dtype)
+    u = torch.tensor(0.37, dtype=dtype)
+
+    def run(rows: int):
+        logits = row.expand(rows, K)[None].to(device).clone().requires_grad_()
+        sample, probs = categorical_sample(logits, u.expand(1, rows).to(device))
+        torch.autograd.backward((sample, probs), [g[0].expand(1, rows, K).to(device),
+                                                  g[1].expand(1, rows, K).to(device)])
+        return sample[0].cpu(), probs[0].cpu(), logits.grad[0].cpu()
+
+    one = run(1)
+    for rows in (5, 33, 100):
+        for name, got, want in zip(("sample", "probs", "d/d logits"), run(rows), one):
+            assert torch.equal(got, want.expand(rows, K)), f"{name} differ at {rows} rows"
+
+
 def _exact_prob_logits(K: int, dtype: torch.dtype) -> torch.Tensor:
     """Rows whose softmax every implementation computes exactly (logits 0 or -inf:
     exp gives exactly 1 or 0, the sum is a small integer): some all-finite, some
