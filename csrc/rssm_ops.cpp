@@ -8,7 +8,8 @@
 //   rssm_imagine: H image steps from N start states, the action of each step either given
 //     ([N, H, A]) or sampled from the actor (MLP + head) on the step's feature
 //     cat(stoch, deter). Used for RSSM.img_step (H = 1), imagine_with_action and the
-//     imagination rollout of behaviour learning.
+//     imagination rollout of behaviour learning, which asks (`feat_out`) for the
+//     features of steps 0..H as one [N, H + 1, F] output instead of deter and stoch.
 //
 // Noise is an input. Internally everything is time-major; inputs and outputs are
 // batch-major. Saved activations travel as a Tensor[] output (empty when `save` is
@@ -350,11 +351,11 @@ int64_t imagine_step_saved(const Spec& s, const ActorSpec* a) {
   return actor + img_in + cell_saved_count(s) + 3 * static_cast<int64_t>(s.img_out.size());
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
     at::TensorList P, at::IntArrayRef spec, at::ArrayRef<double> fspec, at::TensorList AP,
     at::IntArrayRef actor_spec, at::ArrayRef<double> actor_fspec, const Tensor& deter0,
     const Tensor& stoch0, const std::optional<Tensor>& actions_opt, const Tensor& action_noise,
-    const Tensor& stoch_noise, int64_t horizon, bool save) {
+    const Tensor& stoch_noise, int64_t horizon, bool save, bool feat_out) {
   const Spec s = parse_rssm(kImagine, P, spec, fspec);
   const Tensor actions = opt(actions_opt);
   const bool use_actor = !actions.defined();
@@ -469,15 +470,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
     dealias(saved);
   }
   const Tensor a_all = s.classes ? stats_all : out_a;
-  return {batch_major(deters.narrow(0, 1, H)), batch_major(stochs.narrow(0, 1, H)),
-          batch_major(a_all), s.classes ? empty0(deter0) : batch_major(out_b),
-          batch_major(acts), saved};
+  const Tensor b_out = s.classes ? empty0(deter0) : batch_major(out_b);
+  if (!feat_out)
+    return {batch_major(deters.narrow(0, 1, H)), batch_major(stochs.narrow(0, 1, H)),
+            batch_major(a_all), b_out, batch_major(acts), empty0(deter0), saved};
+  // The features cat(stoch, deter) of steps 0..H, start included, as one output written
+  // straight from the buffers, in place of the deter and stoch outputs (left empty): a
+  // caller building them from those would copy every state twice more (start + steps,
+  // then the two parts side by side).
+  Tensor feat = at::empty({N, H + 1, SF + D}, deter0.options());
+  feat.narrow(2, 0, SF).copy_(stochs.transpose(0, 1));
+  feat.narrow(2, SF, D).copy_(deters.transpose(0, 1));
+  return {empty0(deter0), empty0(deter0), batch_major(a_all), b_out, batch_major(acts), feat,
+          saved};
 }
 
 std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
     const std::optional<Tensor>& g_deter, const std::optional<Tensor>& g_stoch,
     const std::optional<Tensor>& g_a, const std::optional<Tensor>& g_b,
-    const std::optional<Tensor>& g_action, at::TensorList saved, at::TensorList P,
+    const std::optional<Tensor>& g_action, const std::optional<Tensor>& g_feat,
+    at::TensorList saved, at::TensorList P,
     at::IntArrayRef spec, at::ArrayRef<double> fspec, at::TensorList AP,
     at::IntArrayRef actor_spec, at::ArrayRef<double> actor_fspec, bool use_actor,
     bool need_params, bool need_actor_params) {
@@ -500,8 +512,24 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   if (s.cell != kBlockGru) pack_layers(packs, P, s.img_in, true);
   pack_cell(packs, P, s, true);
   pack_layers(packs, P, s.img_out, true);
-  const Tensor gdT = grad_tm(g_deter);
-  const Tensor gsT = grad_tm(g_stoch), gaT = grad_tm(g_a), gbT = grad_tm(g_b);
+  Tensor gdT = grad_tm(g_deter), gsT = grad_tm(g_stoch);
+  const Tensor gaT = grad_tm(g_a), gbT = grad_tm(g_b);
+  // the gradient of `feat` (feat_out): rows 1..H join the steps' deter / stoch
+  // gradients, row 0 is the start's
+  const Tensor gf = opt(g_feat);
+  Tensor g_start_deter, g_start_stoch;
+  if (gf.defined()) {
+    const int64_t D = deters.size(2);
+    TORCH_CHECK(gf.dim() == 3 && gf.size(0) == N && gf.size(1) == H + 1 &&
+                    gf.size(2) == SF + D,
+                kImagine, "_backward: `g_feat` must be [", N, ", ", H + 1, ", ", SF + D,
+                "], got ", gf.sizes());
+    const Tensor steps = gf.narrow(1, 1, H);
+    gdT = plus(gdT, time_major(steps.narrow(2, SF, D)));
+    gsT = plus(gsT, time_major(steps.narrow(2, 0, SF)));
+    g_start_deter = gf.select(1, 0).narrow(1, SF, D);
+    g_start_stoch = gf.select(1, 0).narrow(1, 0, SF);
+  }
   const Tensor gactT = grad_tm(g_action);
   Grads g(P, need_params), ga(AP, use_actor && need_actor_params);
   // dz of each actor layer into a [H, N, U] sequence buffer (one row block for the
@@ -571,6 +599,10 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
     carry_deter = d_deter;
     carry_stoch = d_stoch.contiguous();
   }
+  if (gf.defined()) {
+    carry_deter = carry_deter + g_start_deter;
+    carry_stoch = carry_stoch + g_start_stoch;
+  }
   TensorVec dP = need_params ? g.finish() : TensorVec{};
   TensorVec dA = (use_actor && need_actor_params) ? ga.finish() : TensorVec{};
   return {dP, dA, carry_deter, carry_stoch,
@@ -594,11 +626,12 @@ TORCH_LIBRARY_FRAGMENT(dreamer_fast, m) {
   m.def(
       "rssm_imagine(Tensor[] params, int[] spec, float[] fspec, Tensor[] actor_params, "
       "int[] actor_spec, float[] actor_fspec, Tensor deter, Tensor stoch, Tensor? actions, "
-      "Tensor action_noise, Tensor stoch_noise, int horizon, bool save) -> (Tensor deter, "
-      "Tensor stoch, Tensor a, Tensor b, Tensor action, Tensor[] saved)");
+      "Tensor action_noise, Tensor stoch_noise, int horizon, bool save, bool feat_out) "
+      "-> (Tensor deter, Tensor stoch, Tensor a, Tensor b, Tensor action, Tensor feat, "
+      "Tensor[] saved)");
   m.def(
       "rssm_imagine_backward(Tensor? g_deter, Tensor? g_stoch, Tensor? g_a, Tensor? g_b, "
-      "Tensor? g_action, Tensor[] saved, Tensor[] params, int[] spec, float[] fspec, "
+      "Tensor? g_action, Tensor? g_feat, Tensor[] saved, Tensor[] params, int[] spec, float[] fspec, "
       "Tensor[] actor_params, int[] actor_spec, float[] actor_fspec, bool use_actor, "
       "bool need_params, bool need_actor_params) -> (Tensor[], Tensor[], Tensor, Tensor, "
       "Tensor)");

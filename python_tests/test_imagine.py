@@ -147,6 +147,8 @@ def test_fused_rollout_matches_ref_dynamics_gradients(cfg, head, wm_grad, horizo
     for rssm, actor, st, fn in ((fr, fa, start_f, imagine), (rr, ra, start_r, imagine_ref)):
         traj = fn(rssm, actor, st, horizon, grad="dynamics", noise=noise, wm_grad=wm_grad)
         loss = (traj["feat"] * weights).tanh().sum() + traj["action"].square().sum()
+        # the state entries too (with the fused kernels, views of feat)
+        loss = loss + traj["deter"].sin().sum() + (traj["stoch"] * traj["stoch"]).sum()
         if rssm.classes:
             loss = loss + traj["logit"].square().mean()
         else:

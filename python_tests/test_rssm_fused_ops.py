@@ -55,7 +55,7 @@ def raw_observe_args(m: RSSM, B: int, T: int):
             noise[0], noise[1], True)
 
 
-def raw_imagine_args(m: RSSM, actor: Actor, N: int, H: int):
+def raw_imagine_args(m: RSSM, actor: Actor, N: int, H: int, feat_out: bool = False):
     g = torch.Generator().manual_seed(N * 100 + H)
     params, ints, floats = rssm_spec(m)
     a_params, a_ints, a_floats = actor_spec(actor)
@@ -64,7 +64,7 @@ def raw_imagine_args(m: RSSM, actor: Actor, N: int, H: int):
     a_noise = torch.rand(N, H, actor.noise_size(), generator=g, dtype=F64)
     s_noise = torch.rand(N, H, m.stoch, generator=g, dtype=F64)
     return (list(params), ints, floats, list(a_params), a_ints, a_floats, deter, stoch, None,
-            a_noise, s_noise, H, True)
+            a_noise, s_noise, H, True, feat_out)
 
 
 def tensors_of(x):
@@ -97,15 +97,16 @@ def test_observe_outputs_share_no_memory(cell, B, T):
     assert_no_shared_memory(args, out)
 
 
+@pytest.mark.parametrize("feat_out", [False, True], ids=["states", "feat"])
 @pytest.mark.parametrize("N,H", [(1, 1), (1, 3), (4, 1), (4, 3)])
 @pytest.mark.parametrize("cell", CELLS)
-def test_imagine_outputs_share_no_memory(cell, N, H):
+def test_imagine_outputs_share_no_memory(cell, N, H, feat_out):
     m = make_rssm(cell, None)
     actor = Actor(m.feat_size, 3, head="bounded_normal", units=8, layers=2, dtype=F64,
                   backend="fused")
-    args = raw_imagine_args(m, actor, N, H)
+    args = raw_imagine_args(m, actor, N, H, feat_out)
     out = torch.ops.dreamer_fast.rssm_imagine(*args)
-    assert len(out[5]) > 0
+    assert len(out[6]) > 0
     assert_no_shared_memory(args, out)
 
 
@@ -132,12 +133,13 @@ def test_opcheck_rssm_observe(cell, classes):
                           raw_observe_args(m, 2, 3), test_utils=OPCHECK_TESTS)
 
 
+@pytest.mark.parametrize("feat_out", [False, True], ids=["states", "feat"])
 @pytest.mark.parametrize("cell,head", [("ln_gru", "categorical"), ("block_gru", "tanh_normal")])
-def test_opcheck_rssm_imagine(cell, head):
+def test_opcheck_rssm_imagine(cell, head, feat_out):
     m = make_rssm(cell, 4)
     actor = Actor(m.feat_size, 3, head=head, units=8, layers=2, dtype=F64, backend="fused")
     torch.library.opcheck(torch.ops.dreamer_fast.rssm_imagine.default,
-                          raw_imagine_args(m, actor, 3, 2), test_utils=OPCHECK_TESTS)
+                          raw_imagine_args(m, actor, 3, 2, feat_out), test_utils=OPCHECK_TESTS)
 
 
 def _grads(loss, params):

@@ -135,7 +135,7 @@ class RSSM(nn.Module):
         return self._unflat(deter, ps, pa, pb), self._unflat(deter, qs, qa, qb)
 
     def _fused_imagine(self, state, action, noise) -> State:
-        deter, stoch, a, b, _ = rssm_imagine(self, None, state["deter"],
+        deter, stoch, a, b, _, _ = rssm_imagine(self, None, state["deter"],
                                              self._flat(state["stoch"]), action, None, noise,
                                              action.shape[1])
         return self._unflat(deter, stoch, a, b)

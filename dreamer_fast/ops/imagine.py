@@ -20,7 +20,9 @@ with ``state_0 = start``. Everything is batch-major; ``N`` start states:
   with :func:`draw_imagine_noise` when ``None``.
 * returns a dict: ``feat [N, H+1, F]`` (index 0 is the start), the state entries
   ``deter``, ``stoch``, ``logit`` or ``mean``/``std`` ``[N, H+1, ...]`` (index 0 copies
-  the start) and ``action [N, H, A]``.
+  the start) and ``action [N, H, A]``. With the fused kernels ``deter`` and ``stoch``
+  are views of ``feat`` (the op writes the features once, straight from its state
+  buffers); treat the outputs as read-only.
 
 Gradient modes:
 
@@ -188,11 +190,18 @@ def imagine(rssm, actor, start: dict[str, torch.Tensor], horizon: int, grad: str
     detach_wm = (lambda ps: [p.detach() for p in ps]) if not wm_grad else None
     ctx = torch.no_grad() if grad == "none" else contextlib.nullcontext()
     with ctx:
-        deter, stoch, a, b, action = rssm_imagine(
+        _, _, a, b, action, feat = rssm_imagine(
             rssm, actor, start["deter"], rssm._flat(start["stoch"]), None, noise["action"],
-            noise["stoch"], horizon, wm_params=detach_wm)
-        steps = rssm._unflat(deter, stoch, a, b)
-        out = {k: torch.cat([start[k].unsqueeze(1), steps[k]], 1) for k in _state_keys(rssm)}
-        out["feat"] = rssm.get_feat(out)
+            noise["stoch"], horizon, wm_params=detach_wm, feat_out=True)
+        flat = rssm.stoch * (rssm.classes or 1)
+        stoch = feat[..., :flat]
+        if rssm.classes:
+            stoch = stoch.unflatten(-1, (rssm.stoch, rssm.classes))
+        out = {"deter": feat[..., flat:], "stoch": stoch}
+        # the distribution's statistics come for steps 1..H (the ops' a / b)
+        steps = rssm._unflat(None, a, a, b)
+        for k in _state_keys(rssm)[2:]:
+            out[k] = torch.cat([start[k].unsqueeze(1), steps[k]], 1)
+        out["feat"] = feat
         out["action"] = action
         return out

@@ -112,9 +112,11 @@ def rssm_observe(rssm, embed, action, keep, deter, stoch, prior_noise, post_nois
 
 
 def rssm_imagine(rssm, actor, deter, stoch, actions, action_noise, stoch_noise, horizon,
-                 wm_params=None):
-    """Raw op call: returns ``(deter, stoch, a, b, action)`` for steps ``1..H``,
-    batch-major with flat latents. ``actions`` given -> ``actor`` unused."""
+                 wm_params=None, feat_out=False):
+    """Raw op call: returns ``(deter, stoch, a, b, action, feat)`` for steps ``1..H``,
+    batch-major with flat latents. ``actions`` given -> ``actor`` unused. ``feat_out``:
+    ``feat = cat([flat stoch, deter], -1)`` of steps ``0..H`` (start included),
+    ``[N, H + 1, F]``, and empty ``deter``/``stoch``; otherwise ``feat`` is empty."""
     _extension.require_device_kernels("rssm_imagine", deter.device)
     params, ints, floats = rssm_spec(rssm)
     if wm_params is not None:
@@ -127,8 +129,8 @@ def rssm_imagine(rssm, actor, deter, stoch, actions, action_noise, stoch_noise, 
     save = _needs_graph(*params, *a_params, deter, stoch, actions)
     out = torch.ops.dreamer_fast.rssm_imagine(params, ints, floats, a_params, a_ints, a_floats,
                                               deter, stoch, actions, action_noise, stoch_noise,
-                                              horizon, save)
-    return out[:5]
+                                              horizon, save, feat_out)
+    return out[:6]
 
 
 def _structured(ctx, grads):
@@ -179,7 +181,7 @@ def _register() -> None:
     def imagine_setup(ctx, inputs, output):
         ctx.list_lens = _list_lens(inputs)
         params, spec, fspec, a_params, a_spec, a_fspec, deter, stoch, actions = inputs[:9]
-        saved = output[5]
+        saved = output[6]
         ctx.mark_non_differentiable(*saved)
         ctx.set_materialize_grads(False)
         ctx.spec, ctx.fspec, ctx.a_spec, ctx.a_fspec = spec, fspec, a_spec, a_fspec
@@ -189,7 +191,7 @@ def _register() -> None:
         ctx.n_saved, ctx.n_params = len(saved), len(params)
         ctx.save_for_backward(*saved, *params, *a_params)
 
-    def imagine_backward(ctx, gd, gs, ga, gb, g_action, _g_saved):
+    def imagine_backward(ctx, gd, gs, ga, gb, g_action, g_feat, _g_saved):
         if ctx.n_saved == 0:
             raise RuntimeError("rssm_imagine: backward through a call made without "
                                "recording (save=False)")
@@ -198,7 +200,7 @@ def _register() -> None:
         params, a_params = t[:ctx.n_params], t[ctx.n_params:]
         d_params, d_actor, d_deter, d_stoch, d_actions = (
             torch.ops.dreamer_fast.rssm_imagine_backward(
-                gd, gs, ga, gb, g_action, saved, params, ctx.spec, ctx.fspec, a_params,
+                gd, gs, ga, gb, g_action, g_feat, saved, params, ctx.spec, ctx.fspec, a_params,
                 ctx.a_spec, ctx.a_fspec, ctx.use_actor, ctx.need_params, ctx.need_actor))
         if ctx.need_params:
             # the posterior MLP takes no part in imagination: no gradient, as in eager
@@ -207,7 +209,7 @@ def _register() -> None:
         return _structured(ctx, (
             d_params if ctx.need_params else None, None, None,
             d_actor if ctx.need_actor else None, None, None, d_deter, d_stoch,
-            None if ctx.use_actor else d_actions, None, None, None, None))
+            None if ctx.use_actor else d_actions, None, None, None, None, None))
 
     torch.library.register_autograd("dreamer_fast::rssm_imagine", imagine_backward,
                                     setup_context=imagine_setup)
