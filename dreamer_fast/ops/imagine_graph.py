@@ -212,8 +212,9 @@ class ImagineGraph:
     (``.static_outputs``): no copy, but the next call overwrites them, so clone what you
     keep. The graph holds, for its lifetime, the static inputs (``N·(D + 2·S·K)`` values
     for categorical latents, ``N·(D + 3·S)`` Gaussian, plus the noise ``N·H·(noise_size +
-    S)``), the static outputs (``N·((H+1)·(F + D + 2·S·K or 3·S) + H·A)`` values) and its
-    private memory pool, which keeps the peak of the captured call's allocations (the
+    S)``), the static outputs (``N·((H+1)·(F + D + 2·S·K or 3·S) + H·A)`` values; with
+    fused modules ``deter`` and ``stoch`` are views of ``feat``, so
+    ``N·((H+1)·(F + S·K or 2·S) + H·A)``) and its private memory pool, which keeps the peak of the captured call's allocations (the
     outputs plus the call's temporaries, about the peak of one eager call; nothing is
     kept per step under ``grad='none'``) reserved and unavailable to other allocations.
 
