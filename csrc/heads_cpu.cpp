@@ -41,23 +41,18 @@ const scalar_t* optional_ptr(const at::Tensor& t) {
 constexpr int64_t kBlockRows = 32;
 constexpr int64_t kMaxBlockClasses = 64;
 
+// The shared first half of both block functions: the rows' logits transposed into
+// buf [K][RB], exp(logit - row max) in place, and each row's sum Z (classes in order).
+// The exp loops run over all RB lanes (rows past `rows` hold zeros): a partial block
+// must not leave rows to a scalar remainder loop, whose libm exp can differ in the last
+// bit from the vector one.
 template <typename Cvt, typename scalar_t, typename acc_t>
-void categorical_forward_block(const scalar_t* DF_RESTRICT logits,
-                               const scalar_t* DF_RESTRICT uniform,
-                               scalar_t* DF_RESTRICT probs, scalar_t* DF_RESTRICT sample,
-                               acc_t* DF_RESTRICT buf, int64_t rows, int64_t K, acc_t keep,
-                               acc_t floor) {
+void exp_block(const scalar_t* DF_RESTRICT logits, acc_t* DF_RESTRICT buf, int64_t rows,
+               int64_t K, acc_t* DF_RESTRICT Z) {
   constexpr int64_t RB = kBlockRows;
-  // `before[r]`: how many running sums c_k (k < K - 1) the uniform is not below. The
-  // sums never decrease (p >= 0), so that count is the row function's index, the
-  // smallest k with u < c_k (K - 1 if none; also for NaN rows); counting in acc_t
-  // keeps every array of the loop the same width, so it vectorises.
-  acc_t m[RB], Z[RB], c[RB], u[RB], before[RB];
+  acc_t m[RB];
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t k = 0; k < K; ++k) buf[k * RB + r] = Cvt::load(logits[r * K + k]);
-  // the exp loops run over all RB lanes (rows past `rows` hold zeros): a partial block
-  // must not leave rows to a scalar remainder loop, whose libm exp can differ in the
-  // last bit from the vector one
   for (int64_t k = 0; k < K; ++k)
     for (int64_t r = rows; r < RB; ++r) buf[k * RB + r] = acc_t(0);
   DF_SIMD
@@ -71,15 +66,31 @@ void categorical_forward_block(const scalar_t* DF_RESTRICT logits,
     for (int64_t r = 0; r < RB; ++r) buf[k * RB + r] = exp_acc(buf[k * RB + r] - m[r]);
   }
   DF_SIMD
-  for (int64_t r = 0; r < RB; ++r) {
-    Z[r] = acc_t(0);
-    c[r] = acc_t(0);
-    u[r] = r < rows ? Cvt::load(uniform[r]) : acc_t(0);
-    before[r] = acc_t(0);
-  }
+  for (int64_t r = 0; r < RB; ++r) Z[r] = acc_t(0);
   for (int64_t k = 0; k < K; ++k) {
     DF_SIMD
     for (int64_t r = 0; r < RB; ++r) Z[r] = Z[r] + buf[k * RB + r];
+  }
+}
+
+template <typename Cvt, typename scalar_t, typename acc_t>
+void categorical_forward_block(const scalar_t* DF_RESTRICT logits,
+                               const scalar_t* DF_RESTRICT uniform,
+                               scalar_t* DF_RESTRICT probs, scalar_t* DF_RESTRICT sample,
+                               acc_t* DF_RESTRICT buf, int64_t rows, int64_t K, acc_t keep,
+                               acc_t floor) {
+  constexpr int64_t RB = kBlockRows;
+  // `before[r]`: how many running sums c_k (k < K - 1) the uniform is not below. The
+  // sums never decrease (p >= 0), so that count is the row function's index, the
+  // smallest k with u < c_k (K - 1 if none; also for NaN rows); counting in acc_t
+  // keeps every array of the loop the same width, so it vectorises.
+  acc_t Z[RB], c[RB], u[RB], before[RB];
+  exp_block<Cvt>(logits, buf, rows, K, Z);
+  DF_SIMD
+  for (int64_t r = 0; r < RB; ++r) {
+    c[r] = acc_t(0);
+    u[r] = r < rows ? Cvt::load(uniform[r]) : acc_t(0);
+    before[r] = acc_t(0);
   }
   for (int64_t k = 0; k < K; ++k) {
     DF_SIMD
@@ -109,34 +120,16 @@ void categorical_backward_block(const scalar_t* DF_RESTRICT g_sample,
                                 scalar_t* DF_RESTRICT g_logits, acc_t* DF_RESTRICT buf,
                                 acc_t* DF_RESTRICT gbuf, int64_t rows, int64_t K, acc_t keep) {
   constexpr int64_t RB = kBlockRows;
-  acc_t m[RB], Z[RB], dot[RB];
+  acc_t Z[RB], dot[RB];
+  exp_block<Cvt>(logits, buf, rows, K, Z);
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = 0; k < K; ++k) {
-      buf[k * RB + r] = Cvt::load(logits[r * K + k]);
+    for (int64_t k = 0; k < K; ++k)
       gbuf[k * RB + r] = upstream_grad<Cvt, scalar_t, acc_t>(
           g_sample ? g_sample + r * K : nullptr, g_probs ? g_probs + r * K : nullptr, k);
-    }
-  for (int64_t k = 0; k < K; ++k)  // all RB lanes through the vector exp (see forward)
-    for (int64_t r = rows; r < RB; ++r) buf[k * RB + r] = gbuf[k * RB + r] = acc_t(0);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t r = rows; r < RB; ++r) gbuf[k * RB + r] = acc_t(0);
   DF_SIMD
-  for (int64_t r = 0; r < RB; ++r) m[r] = buf[r];
-  for (int64_t k = 1; k < K; ++k) {
-    DF_SIMD
-    for (int64_t r = 0; r < RB; ++r) m[r] = max_step(m[r], buf[k * RB + r]);
-  }
-  for (int64_t k = 0; k < K; ++k) {
-    DF_SIMD
-    for (int64_t r = 0; r < RB; ++r) buf[k * RB + r] = exp_acc(buf[k * RB + r] - m[r]);
-  }
-  DF_SIMD
-  for (int64_t r = 0; r < RB; ++r) {
-    Z[r] = acc_t(0);
-    dot[r] = acc_t(0);
-  }
-  for (int64_t k = 0; k < K; ++k) {
-    DF_SIMD
-    for (int64_t r = 0; r < RB; ++r) Z[r] = Z[r] + buf[k * RB + r];
-  }
+  for (int64_t r = 0; r < RB; ++r) dot[r] = acc_t(0);
   for (int64_t k = 0; k < K; ++k) {
     DF_SIMD
     for (int64_t r = 0; r < RB; ++r) {
