@@ -73,6 +73,25 @@ Tensor cat_rows(const std::vector<Tensor>& ts) {
   return at::cat(ts);
 }
 
+// The column concatenation of 2-D pieces [C, n_i]. Pieces that are consecutive column
+// blocks of one row-major buffer (the steps of a transposed sequence buffer [C, T·B])
+// come back as one view of that buffer, without a copy.
+Tensor cat_cols(const std::vector<Tensor>& ts) {
+  if (ts.size() == 1) return ts[0];
+  const Tensor& first = ts[0];
+  bool adjacent = first.dim() == 2 && first.stride(1) == 1;
+  int64_t cols = 0;
+  for (size_t i = 0; adjacent && i < ts.size(); ++i) {
+    const Tensor& t = ts[i];
+    adjacent = t.dim() == 2 && t.stride(1) == 1 && t.size(0) == first.size(0) &&
+               t.stride(0) == first.stride(0) && t.is_alias_of(first) &&
+               t.storage_offset() == first.storage_offset() + cols;
+    cols += t.size(1);
+  }
+  if (adjacent) return first.as_strided({first.size(0), cols}, {first.stride(0), 1});
+  return at::cat(ts, 1);
+}
+
 }  // namespace
 
 Spec parse_rssm(const char* op, at::TensorList params, at::IntArrayRef ints,
@@ -164,6 +183,14 @@ void Grads::accumulate(Tensor& dst, Kind kind, int64_t off, const Tensor& a, con
     case kRowSum:
       dst.add_(a.sum(0));
       break;
+    case kMmT: {  // a = dz^T [N, rows]
+      const Tensor g = gemm::mm(a, b);
+      dst.narrow(1, off, g.size(1)).add_(g);
+      break;
+    }
+    case kRowSumT:
+      dst.add_(a.sum(1));
+      break;
     case kBlock: {
       const int64_t R = a.size(0);
       const Tensor dyb = a.reshape({R, G, -1}).transpose(0, 1);
@@ -186,6 +213,14 @@ void Grads::mm(int64_t idx, const Tensor& dz, const Tensor& x, int64_t col0) {
 }
 
 void Grads::rowsum(int64_t idx, const Tensor& dz) { record(idx, kRowSum, 0, dz, Tensor(), 1); }
+
+void Grads::mm_t(int64_t idx, const Tensor& dzT, const Tensor& x, int64_t col0) {
+  record(idx, kMmT, col0, dzT, x, 1);
+}
+
+void Grads::rowsum_t(int64_t idx, const Tensor& dzT) {
+  record(idx, kRowSumT, 0, dzT, Tensor(), 1);
+}
 
 void Grads::block(int64_t idx, const Tensor& dy, const Tensor& x, int64_t G, int64_t row0) {
   record(idx, kBlock, row0, dy, x, G);
@@ -218,7 +253,9 @@ std::vector<Tensor> Grads::finish() {
     std::reverse(e.a.begin(), e.a.end());
     std::reverse(e.b.begin(), e.b.end());
     const void* first = e.a.front().unsafeGetTensorImpl();
-    if (first != shared.first || e.a.size() != shared.n) shared = {first, e.a.size(), cat_rows(e.a)};
+    const bool transposed = kind == kMmT || kind == kRowSumT;
+    if (first != shared.first || e.a.size() != shared.n)
+      shared = {first, e.a.size(), transposed ? cat_cols(e.a) : cat_rows(e.a)};
     Tensor a = shared.rows;
     const Tensor b = e.b.empty() ? Tensor() : cat_rows(e.b);
     if (kind == kMm && gemm::uses_onednn(a.t(), b)) {

@@ -87,6 +87,12 @@ class Grads {
   void mm(int64_t idx, const Tensor& dz, const Tensor& x, int64_t col0 = 0);
   // db[idx] += sum over rows of dz
   void rowsum(int64_t idx, const Tensor& dz);
+  // mm / rowsum with dz given transposed, dzT [N, rows]: steps that are consecutive
+  // column blocks of one [N, T·B] buffer are then the product's left operand as they
+  // are, where `mm` would transpose all T·B rows of dz at once in `finish` (a cold
+  // 8 MB copy at 1024 x 15 x 128 that cost more than the product).
+  void mm_t(int64_t idx, const Tensor& dzT, const Tensor& x, int64_t col0 = 0);
+  void rowsum_t(int64_t idx, const Tensor& dzT);
   // block-diagonal weight [G, in_g, out_g]: dW[idx][:, row0:row0+in_g] += x_g^T dy_g
   void block(int64_t idx, const Tensor& dy, const Tensor& x, int64_t G, int64_t row0 = 0);
   // the x rows of the block GRU's first hidden weight: [G, rows, Dg] from dz^T x
@@ -96,7 +102,7 @@ class Grads {
   std::vector<Tensor> finish();
 
  private:
-  enum Kind : int { kMm, kRowSum, kBlock, kBlockX };
+  enum Kind : int { kMm, kRowSum, kBlock, kBlockX, kMmT, kRowSumT };
   struct Entry {
     std::vector<Tensor> a, b;
     int64_t G = 1;

@@ -532,14 +532,24 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   }
   const Tensor gactT = grad_tm(g_action);
   Grads g(P, need_params), ga(AP, use_actor && need_actor_params);
-  // dz of each actor layer into a [H, N, U] sequence buffer (one row block for the
-  // deferred weight gradient, see layer_backward_dz)
+  // dz^T of each actor layer into a transposed sequence buffer [U, H·N]: step t's
+  // columns t·N .. t·N + N are written while its dz is still in cache, and the deferred
+  // weight gradient reads the whole buffer as its product's left operand (Grads::mm_t).
+  // Transposing all H·N rows of dz at the end instead cost ~2.8 ms a layer at the
+  // `debug` size, more than the product itself.
   const int64_t L = use_actor ? static_cast<int64_t>(as.layers.size()) : 0;
-  TensorVec actor_dz;
+  TensorVec actor_dzT;
   for (int64_t l = 0; ga.wanted() && l < L; ++l)
-    actor_dz.push_back(at::empty({H, N, AP[as.layers[l].w].size(0)}, acts.options()));
-  const auto dz_at = [&](int64_t l, int64_t t) {
-    return actor_dz.empty() ? Tensor() : actor_dz[l][t];
+    actor_dzT.push_back(at::empty({AP[as.layers[l].w].size(0), H * N}, acts.options()));
+  // Records layer r's weight (x at column col0) and bias gradients of step t from dz.
+  const auto record_actor = [&](int64_t l, int64_t t, const Tensor& dz,
+                                std::initializer_list<std::pair<Tensor, int64_t>> xs) {
+    if (!ga.wanted()) return;
+    const DenseRef& r = as.layers[l];
+    const Tensor dzT = actor_dzT[l].narrow(1, t * N, N);
+    dzT.copy_(dz.t());
+    for (const auto& [x, col0] : xs) ga.mm_t(r.w, dzT, x, col0);
+    if (r.b >= 0) ga.rowsum_t(r.b, dzT);
   };
   Tensor d_actions = use_actor ? empty0(acts) : at::empty({H, N, A}, acts.options());
   Tensor carry_deter, carry_stoch;
@@ -582,15 +592,17 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
     d_act = plus(d_act, at_step(gactT, t));
     if (use_actor) {
       Tensor dr = action_backward(as, raws[t], anT[t], d_act);
-      for (int64_t l = L - 1; l >= 1; --l) {
+      for (int64_t l = L - 1; l >= 0; --l) {
         const Tensor* lv = sv + 3 * l;
-        dr = layer_backward(AP, as.layers[l], LayerSaved{hidden[l - 1][t], lv[1], lv[2]}, dr,
-                            ga, true, dz_at(l, t));
+        const DenseRef& r = as.layers[l];
+        const Tensor dz = layer_backward_dz(AP, r, LayerSaved{lv[0], lv[1], lv[2]}, dr, ga);
+        // layer 0's input is feat = cat(stoch, deter), read as its two parts
+        if (l > 0)
+          record_actor(l, t, dz, {{hidden[l - 1][t], 0}});
+        else
+          record_actor(l, t, dz, {{stochs[t], 0}, {deters[t], SF}});
+        dr = gemm::mm(dz, AP[r.w]);
       }
-      const DenseRef& r0 = as.layers[0];
-      const Tensor dz =
-          layer_backward_dz(AP, r0, LayerSaved{sv[0], sv[1], sv[2]}, dr, ga, dz_at(0, t));
-      dr = split_linear_backward(AP, r0, dz, stochs[t], deters[t], ga);
       d_stoch = d_stoch + dr.narrow(1, 0, SF);
       d_deter = d_deter + dr.narrow(1, SF, dr.size(1) - SF);
     } else {
