@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_common.h"
@@ -185,6 +186,68 @@ void gaussian_backward_cpu(const at::Tensor& g_sample, const at::Tensor& g_mean,
           gaussian_backward_element<Cvt, scalar_t, acc_t>(pgs, pgm, pgd, ps, pn, pgst, pgn, ms,
                                                           S, r, j);
     });
+  });
+}
+
+namespace {
+
+template <typename acc_t>
+NormalActionHead<acc_t> head_constants(const NormalActionSpec& h) {
+  return {static_cast<acc_t>(h.min_std), static_cast<acc_t>(h.std_range),
+          static_cast<acc_t>(h.std_offset), static_cast<acc_t>(h.mean_scale)};
+}
+
+}  // namespace
+
+void normal_action_forward_cpu(const at::Tensor& raw, const at::Tensor& noise,
+                               const NormalActionSpec& h, at::Tensor& action) {
+  const auto [R, A] = rows_of(noise);
+  DF_DISPATCH_FLOATS(raw.scalar_type(), "normal_action_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using Cvt = CpuCvt<scalar_t, acc_t>;
+    const scalar_t *pr = raw.const_data_ptr<scalar_t>(), *pn = noise.const_data_ptr<scalar_t>();
+    scalar_t* pa = action.mutable_data_ptr<scalar_t>();
+    const auto c = head_constants<acc_t>(h);
+    const auto rows = [&](auto tanh_tag) {
+      constexpr bool kTanh = decltype(tanh_tag)::value;
+      for_each_row_range(R, 4 * A, [&](int64_t begin, int64_t end) {
+        for (int64_t j = 0; j < A; ++j)
+          DF_SIMD
+          for (int64_t r = begin; r < end; ++r)
+            normal_action_forward_element<kTanh, Cvt>(pr, pn, pa, c, A, r, j);
+      });
+    };
+    if (h.tanh_normal)
+      rows(std::true_type{});
+    else
+      rows(std::false_type{});
+  });
+}
+
+void normal_action_backward_cpu(const at::Tensor& raw, const at::Tensor& noise,
+                                const at::Tensor& g_action, const NormalActionSpec& h,
+                                at::Tensor& g_raw) {
+  const auto [R, A] = rows_of(noise);
+  DF_DISPATCH_FLOATS(raw.scalar_type(), "normal_action_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using Cvt = CpuCvt<scalar_t, acc_t>;
+    const scalar_t *pr = raw.const_data_ptr<scalar_t>(), *pn = noise.const_data_ptr<scalar_t>(),
+                   *pg = g_action.const_data_ptr<scalar_t>();
+    scalar_t* pd = g_raw.mutable_data_ptr<scalar_t>();
+    const auto c = head_constants<acc_t>(h);
+    const auto rows = [&](auto tanh_tag) {
+      constexpr bool kTanh = decltype(tanh_tag)::value;
+      for_each_row_range(R, 6 * A, [&](int64_t begin, int64_t end) {
+        for (int64_t j = 0; j < A; ++j)
+          DF_SIMD
+          for (int64_t r = begin; r < end; ++r)
+            normal_action_backward_element<kTanh, Cvt>(pr, pn, pg, pd, c, A, r, j);
+      });
+    };
+    if (h.tanh_normal)
+      rows(std::true_type{});
+    else
+      rows(std::false_type{});
   });
 }
 

@@ -39,6 +39,29 @@ void gaussian_backward_cuda(const at::Tensor& g_sample, const at::Tensor& g_mean
                        g_noise.mutable_data_ptr(), min_std, R, S, current_stream()));
 }
 
+void normal_action_forward_cuda(const at::Tensor& raw, const at::Tensor& noise,
+                                const NormalActionSpec& h, at::Tensor& action) {
+  const char* op = "normal_action";
+  const auto [R, A] = rows_of(noise);
+  check_launch(op, kh::normal_action_forward(kernel_dtype(op, raw.scalar_type()),
+                                             raw.const_data_ptr(), noise.const_data_ptr(),
+                                             action.mutable_data_ptr(), h.tanh_normal, h.min_std,
+                                             h.std_range, h.std_offset, h.mean_scale, R, A,
+                                             current_stream()));
+}
+
+void normal_action_backward_cuda(const at::Tensor& raw, const at::Tensor& noise,
+                                 const at::Tensor& g_action, const NormalActionSpec& h,
+                                 at::Tensor& g_raw) {
+  const char* op = "normal_action_backward";
+  const auto [R, A] = rows_of(noise);
+  check_launch(op, kh::normal_action_backward(
+                       kernel_dtype(op, raw.scalar_type()), raw.const_data_ptr(),
+                       noise.const_data_ptr(), g_action.const_data_ptr(),
+                       g_raw.mutable_data_ptr(), h.tanh_normal, h.min_std, h.std_range,
+                       h.std_offset, h.mean_scale, R, A, current_stream()));
+}
+
 void categorical_forward_cuda(const at::Tensor& logits, const at::Tensor& uniform,
                               double unimix, at::Tensor& probs, at::Tensor& sample) {
   const char* op = "categorical_sample";

@@ -40,6 +40,18 @@ cudaError_t categorical_sample_backward(Dtype dtype, const void* g_sample, const
                                         const void* logits, void* g_logits, double unimix,
                                         int64_t R, int64_t K, cudaStream_t stream);
 
+// raw [R, 2A]; noise, action, g_action [R, A]; g_raw [R, 2A]. One thread per element.
+// tanh_normal false: bounded_normal (heads_math.h, normal_action_forward_element).
+cudaError_t normal_action_forward(Dtype dtype, const void* raw, const void* noise, void* action,
+                                  bool tanh_normal, double min_std, double std_range,
+                                  double std_offset, double mean_scale, int64_t R, int64_t A,
+                                  cudaStream_t stream);
+cudaError_t normal_action_backward(Dtype dtype, const void* raw, const void* noise,
+                                   const void* g_action, void* g_raw, bool tanh_normal,
+                                   double min_std, double std_range, double std_offset,
+                                   double mean_scale, int64_t R, int64_t A,
+                                   cudaStream_t stream);
+
 }  // namespace heads
 }  // namespace cuda
 }  // namespace dreamer_fast

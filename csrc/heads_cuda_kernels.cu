@@ -64,6 +64,35 @@ __global__ void __launch_bounds__(kThreads) gaussian_backward_kernel(
       g_sample, g_mean, g_std, stats, noise, g_stats, g_noise, min_std, S, r, i - r * S);
 }
 
+// ---- Normal action heads: one thread per element ------------------------------------
+
+template <bool TANH, typename scalar_t, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    normal_action_forward_kernel(const scalar_t* __restrict__ raw,
+                                 const scalar_t* __restrict__ noise, scalar_t* __restrict__ action,
+                                 dreamer_fast::heads::NormalActionHead<acc_of<scalar_t>> h,
+                                 index_t total, index_t A) {
+  using Cvt = CudaCvt<scalar_t>;
+  const index_t i = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= total) return;
+  const index_t r = i / A;
+  dreamer_fast::heads::normal_action_forward_element<TANH, Cvt>(raw, noise, action, h, A, r,
+                                                                 i - r * A);
+}
+
+template <bool TANH, typename scalar_t, typename index_t>
+__global__ void __launch_bounds__(kThreads) normal_action_backward_kernel(
+    const scalar_t* __restrict__ raw, const scalar_t* __restrict__ noise,
+    const scalar_t* __restrict__ g_action, scalar_t* __restrict__ g_raw,
+    dreamer_fast::heads::NormalActionHead<acc_of<scalar_t>> h, index_t total, index_t A) {
+  using Cvt = CudaCvt<scalar_t>;
+  const index_t i = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= total) return;
+  const index_t r = i / A;
+  dreamer_fast::heads::normal_action_backward_element<TANH, Cvt>(raw, noise, g_action, g_raw, h,
+                                                                  A, r, i - r * A);
+}
+
 // ---- Categorical, small K: one thread per row ---------------------------------------
 
 template <typename scalar_t>
@@ -346,6 +375,66 @@ cudaError_t gaussian_sample_backward(Dtype dtype, const void* g_sample, const vo
           static_cast<const s*>(g_std), static_cast<const s*>(stats),
           static_cast<const s*>(noise), static_cast<s*>(g_stats), static_cast<s*>(g_noise),
           static_cast<acc_t>(min_std), static_cast<index_t>(total), static_cast<index_t>(S));
+    };
+    dispatch_index(total, launch);
+  });
+}
+
+namespace {
+
+template <typename acc_t>
+dreamer_fast::heads::NormalActionHead<acc_t> head_constants(double min_std, double std_range,
+                                                            double std_offset,
+                                                            double mean_scale) {
+  return {static_cast<acc_t>(min_std), static_cast<acc_t>(std_range),
+          static_cast<acc_t>(std_offset), static_cast<acc_t>(mean_scale)};
+}
+
+}  // namespace
+
+cudaError_t normal_action_forward(Dtype dtype, const void* raw, const void* noise, void* action,
+                                  bool tanh_normal, double min_std, double std_range,
+                                  double std_offset, double mean_scale, int64_t R, int64_t A,
+                                  cudaStream_t stream) {
+  const int64_t total = R * A;
+  if (total == 0) return cudaSuccess;
+  const int64_t blocks = blocks_for(total, kThreads);
+  if (blocks > kMaxBlocks) return cudaErrorInvalidConfiguration;
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using s = decltype(tag);
+    const auto h = head_constants<acc_of<s>>(min_std, std_range, std_offset, mean_scale);
+    const auto launch = [&](auto index_tag) {
+      using index_t = decltype(index_tag);
+      const auto kernel = tanh_normal ? normal_action_forward_kernel<true, s, index_t>
+                                      : normal_action_forward_kernel<false, s, index_t>;
+      kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+          static_cast<const s*>(raw), static_cast<const s*>(noise), static_cast<s*>(action), h,
+          static_cast<index_t>(total), static_cast<index_t>(A));
+    };
+    dispatch_index(total, launch);
+  });
+}
+
+cudaError_t normal_action_backward(Dtype dtype, const void* raw, const void* noise,
+                                   const void* g_action, void* g_raw, bool tanh_normal,
+                                   double min_std, double std_range, double std_offset,
+                                   double mean_scale, int64_t R, int64_t A,
+                                   cudaStream_t stream) {
+  const int64_t total = R * A;
+  if (total == 0) return cudaSuccess;
+  const int64_t blocks = blocks_for(total, kThreads);
+  if (blocks > kMaxBlocks) return cudaErrorInvalidConfiguration;
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using s = decltype(tag);
+    const auto h = head_constants<acc_of<s>>(min_std, std_range, std_offset, mean_scale);
+    const auto launch = [&](auto index_tag) {
+      using index_t = decltype(index_tag);
+      const auto kernel = tanh_normal ? normal_action_backward_kernel<true, s, index_t>
+                                      : normal_action_backward_kernel<false, s, index_t>;
+      kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+          static_cast<const s*>(raw), static_cast<const s*>(noise),
+          static_cast<const s*>(g_action), static_cast<s*>(g_raw), h,
+          static_cast<index_t>(total), static_cast<index_t>(A));
     };
     dispatch_index(total, launch);
   });

@@ -12,6 +12,13 @@
 namespace dreamer_fast {
 namespace heads {
 
+// The constants of a normal action head of the actor (heads_math.h,
+// normal_action_forward_element): tanh_normal or bounded_normal.
+struct NormalActionSpec {
+  bool tanh_normal = false;
+  double min_std = 0.1, std_range = 0.9, std_offset = 0.0, mean_scale = 1.0;
+};
+
 // (rows, row length) of a contiguous [..., N] tensor.
 inline std::pair<int64_t, int64_t> rows_of(const at::Tensor& t) {
   const int64_t n = t.size(-1);
@@ -29,6 +36,13 @@ void categorical_forward_cpu(const at::Tensor& logits, const at::Tensor& uniform
 void categorical_backward_cpu(const at::Tensor& g_sample, const at::Tensor& g_probs,
                               const at::Tensor& logits, double unimix, at::Tensor& g_logits);
 
+// raw [R, 2A]; noise, action, g_action [R, A]; g_raw [R, 2A].
+void normal_action_forward_cpu(const at::Tensor& raw, const at::Tensor& noise,
+                               const NormalActionSpec& h, at::Tensor& action);
+void normal_action_backward_cpu(const at::Tensor& raw, const at::Tensor& noise,
+                                const at::Tensor& g_action, const NormalActionSpec& h,
+                                at::Tensor& g_raw);
+
 #ifdef DREAMER_FAST_WITH_CUDA
 void gaussian_forward_cuda(const at::Tensor& stats, const at::Tensor& noise, double min_std,
                            at::Tensor& sample, at::Tensor& mean, at::Tensor& std_);
@@ -40,6 +54,11 @@ void categorical_forward_cuda(const at::Tensor& logits, const at::Tensor& unifor
                               double unimix, at::Tensor& probs, at::Tensor& sample);
 void categorical_backward_cuda(const at::Tensor& g_sample, const at::Tensor& g_probs,
                                const at::Tensor& logits, double unimix, at::Tensor& g_logits);
+void normal_action_forward_cuda(const at::Tensor& raw, const at::Tensor& noise,
+                                const NormalActionSpec& h, at::Tensor& action);
+void normal_action_backward_cuda(const at::Tensor& raw, const at::Tensor& noise,
+                                 const at::Tensor& g_action, const NormalActionSpec& h,
+                                 at::Tensor& g_raw);
 #endif
 
 }  // namespace heads

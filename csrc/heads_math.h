@@ -141,6 +141,89 @@ DF_HOST_DEVICE void gaussian_backward_element(
 }
 
 // ---------------------------------------------------------------------------
+// Normal action heads of the actor (dreamer_fast/nn/actor.py) on the MLP output
+// raw [R, 2A] = [raw_mean_0 .. raw_mean_{A-1}, raw_std_0 .. raw_std_{A-1}] per row,
+// noise ε [R, A], action [R, A]:
+//   tanh_normal (TANH):      mean = s · tanh(raw_mean / s),  s = mean_scale
+//                            std  = softplus(raw_std + std_offset) + min_std
+//                            action = tanh(mean + std · ε)
+//   bounded_normal (!TANH):  mean = tanh(raw_mean)
+//                            std  = std_range · σ(raw_std + 2) + min_std,
+//                            std_range = max_std − min_std
+//                            action = clip(mean + std · ε, −1, 1)
+// Backward (d = d action):
+//   tanh_normal:     d pre = d (1 − action²);  d raw_mean = d pre (1 − tanh²(raw_mean / s));
+//                    d raw_std = d pre · ε · softplus'(raw_std + std_offset)
+//   bounded_normal:  the clip is straight-through (d x = d action, as the reference's
+//                    x + sg(clip(x) − x));  d raw_mean = d (1 − mean²);
+//                    d raw_std = d · ε · std_range · σ (1 − σ),  σ = σ(raw_std + 2)
+// ---------------------------------------------------------------------------
+
+DF_HOST_DEVICE float tanh_acc(float x) { return ::tanhf(x); }
+DF_HOST_DEVICE double tanh_acc(double x) { return ::tanh(x); }
+
+template <typename acc_t>
+DF_HOST_DEVICE acc_t sigmoid_acc(acc_t x) {
+  return acc_t(1) / (acc_t(1) + exp_acc(-x));
+}
+
+// The head's constants in the accumulation type. std_range is max_std − min_std taken
+// in double before the conversion, as the reference's Python float is.
+template <typename acc_t>
+struct NormalActionHead {
+  acc_t min_std, std_range, std_offset, mean_scale;
+};
+
+// Element (r, j), r < R, j < A.
+template <bool TANH, typename Cvt, typename scalar_t, typename acc_t>
+DF_HOST_DEVICE void normal_action_forward_element(const scalar_t* DF_RESTRICT raw,
+                                                  const scalar_t* DF_RESTRICT noise,
+                                                  scalar_t* DF_RESTRICT action,
+                                                  const NormalActionHead<acc_t>& h, int64_t A,
+                                                  int64_t r, int64_t j) {
+  const int64_t i = r * A + j, m_at = 2 * r * A + j;
+  const acc_t rm = Cvt::load(raw[m_at]), rs = Cvt::load(raw[m_at + A]);
+  const acc_t eps = Cvt::load(noise[i]);
+  if (TANH) {
+    const acc_t mean = mul_rn(tanh_acc(rm / h.mean_scale), h.mean_scale);
+    const acc_t sd = add_rn(softplus(add_rn(rs, h.std_offset)), h.min_std);
+    action[i] = Cvt::store(tanh_acc(add_rn(mean, mul_rn(sd, eps))));
+  } else {
+    const acc_t mean = tanh_acc(rm);
+    const acc_t sd = add_rn(mul_rn(sigmoid_acc(add_rn(rs, acc_t(2))), h.std_range), h.min_std);
+    const acc_t x = add_rn(mean, mul_rn(sd, eps));
+    // NaN passes through, as torch.clamp's
+    action[i] = Cvt::store(x < acc_t(-1) ? acc_t(-1) : (x > acc_t(1) ? acc_t(1) : x));
+  }
+}
+
+// Backward of element (r, j): writes g_raw at (r, j) and (r, A + j).
+template <bool TANH, typename Cvt, typename scalar_t, typename acc_t>
+DF_HOST_DEVICE void normal_action_backward_element(const scalar_t* DF_RESTRICT raw,
+                                                   const scalar_t* DF_RESTRICT noise,
+                                                   const scalar_t* DF_RESTRICT g_action,
+                                                   scalar_t* DF_RESTRICT g_raw,
+                                                   const NormalActionHead<acc_t>& h, int64_t A,
+                                                   int64_t r, int64_t j) {
+  const int64_t i = r * A + j, m_at = 2 * r * A + j;
+  const acc_t rm = Cvt::load(raw[m_at]), rs = Cvt::load(raw[m_at + A]);
+  const acc_t eps = Cvt::load(noise[i]), g = Cvt::load(g_action[i]);
+  if (TANH) {
+    const acc_t t = tanh_acc(rm / h.mean_scale);
+    const acc_t sd = add_rn(softplus(add_rn(rs, h.std_offset)), h.min_std);
+    const acc_t a = tanh_acc(add_rn(mul_rn(t, h.mean_scale), mul_rn(sd, eps)));
+    const acc_t d_pre = g * (acc_t(1) - a * a);
+    g_raw[m_at] = Cvt::store(d_pre * (acc_t(1) - t * t));
+    g_raw[m_at + A] = Cvt::store(d_pre * eps * softplus_grad(add_rn(rs, h.std_offset)));
+  } else {
+    const acc_t mean = tanh_acc(rm);
+    const acc_t sg = sigmoid_acc(add_rn(rs, acc_t(2)));
+    g_raw[m_at] = Cvt::store(g * (acc_t(1) - mean * mean));
+    g_raw[m_at + A] = Cvt::store(g * eps * h.std_range * (sg * (acc_t(1) - sg)));
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Categorical head (one row = one group of K classes):
 //   probs = (1 - unimix) * softmax(logits) + unimix / K
 //   index = smallest k with u < cumsum(probs)[k], clamped to K - 1

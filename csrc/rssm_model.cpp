@@ -568,8 +568,21 @@ Tensor latent_backward(const Spec& s, const Tensor& stats_in, const Tensor& nois
 
 // ---- actor heads --------------------------------------------------------------------
 
+namespace {
+
+heads::NormalActionSpec normal_head(const ActorSpec& a) {
+  heads::NormalActionSpec h;
+  h.tanh_normal = a.head == kTanhNormal;
+  h.min_std = a.min_std;
+  h.std_range = a.max_std - a.min_std;
+  h.std_offset = a.std_offset;
+  h.mean_scale = a.mean_scale;
+  return h;
+}
+
+}  // namespace
+
 Tensor action_forward(const ActorSpec& a, const Tensor& raw, const Tensor& noise) {
-  const int64_t A = a.actions;
   if (a.head == kCategorical) {
     const Tensor lg = raw.contiguous();
     Tensor probs = at::empty_like(lg), sample = at::empty_like(lg);
@@ -577,15 +590,10 @@ Tensor action_forward(const ActorSpec& a, const Tensor& raw, const Tensor& noise
                   probs, sample);
     return sample;
   }
-  const Tensor rm = raw.narrow(1, 0, A), rs = raw.narrow(1, A, A);
-  if (a.head == kTanhNormal) {
-    const Tensor mean = at::tanh(rm / a.mean_scale) * a.mean_scale;
-    const Tensor std_ = at::softplus(rs + a.std_offset) + a.min_std;
-    return at::tanh(mean + std_ * noise);
-  }
-  const Tensor mean = at::tanh(rm);
-  const Tensor std_ = at::sigmoid(rs + 2.0) * (a.max_std - a.min_std) + a.min_std;
-  return at::clamp(mean + std_ * noise, -1.0, 1.0);
+  Tensor action = at::empty({raw.size(0), a.actions}, raw.options());
+  DF_DEVICE_LAUNCH(heads, normal_action_forward, raw, raw.contiguous(), noise.contiguous(),
+                   normal_head(a), action);
+  return action;
 }
 
 Tensor action_backward(const ActorSpec& a, const Tensor& raw, const Tensor& noise,
@@ -598,23 +606,10 @@ Tensor action_backward(const ActorSpec& a, const Tensor& raw, const Tensor& nois
                   a.unimix, gl);
     return gl;
   }
-  const Tensor rm = raw.narrow(1, 0, A), rs = raw.narrow(1, A, A);
-  Tensor d_mean, d_std, d_rm, d_rs;
-  if (a.head == kTanhNormal) {
-    const Tensor t = at::tanh(rm / a.mean_scale);
-    const Tensor pre = t * a.mean_scale + (at::softplus(rs + a.std_offset) + a.min_std) * noise;
-    const Tensor act = at::tanh(pre);
-    const Tensor d_pre = g_action * (1 - act * act);
-    d_rm = d_pre * (1 - t * t);
-    d_rs = d_pre * noise * at::sigmoid(rs + a.std_offset);
-  } else {
-    // straight-through clip: d x = d action
-    const Tensor mean = at::tanh(rm);
-    const Tensor sg = at::sigmoid(rs + 2.0);
-    d_rm = g_action * (1 - mean * mean);
-    d_rs = g_action * noise * (a.max_std - a.min_std) * sg * (1 - sg);
-  }
-  return at::cat({d_rm, d_rs}, 1);
+  Tensor g_raw = at::empty({raw.size(0), 2 * A}, raw.options());
+  DF_DEVICE_LAUNCH(heads, normal_action_backward, raw, raw.contiguous(), noise.contiguous(),
+                   g_action.contiguous(), normal_head(a), g_raw);
+  return g_raw;
 }
 
 }  // namespace rssm
