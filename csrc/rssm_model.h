@@ -73,6 +73,10 @@ struct ActorSpec {
 ActorSpec parse_actor(const char* op, at::TensorList params, at::IntArrayRef ints,
                       at::ArrayRef<double> floats);
 
+// dst [C, R] = src^T for src [R, C]; dst may be a column block of a wider buffer
+// (unit column stride). Tiled on the CPU for float / double, ATen's copy otherwise.
+void copy_transposed(const Tensor& dst, const Tensor& src);
+
 // Deferred parameter gradients (see the file comment). Accumulating an imagination
 // step's products at once instead (N = 1024 rows each) measured slower: every step
 // then transposes its dz for the product.

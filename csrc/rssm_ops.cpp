@@ -524,9 +524,11 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
                     gf.size(2) == SF + D,
                 kImagine, "_backward: `g_feat` must be [", N, ", ", H + 1, ", ", SF + D,
                 "], got ", gf.sizes());
-    const Tensor steps = gf.narrow(1, 1, H);
-    gdT = plus(gdT, time_major(steps.narrow(2, SF, D)));
-    gsT = plus(gsT, time_major(steps.narrow(2, 0, SF)));
+    // time-major [H, N, ·] views, not copies: each step's rows are read once, by the
+    // add that joins them to the carried gradient
+    const Tensor steps = gf.narrow(1, 1, H).transpose(0, 1);
+    gdT = plus(gdT, steps.narrow(2, SF, D));
+    gsT = plus(gsT, steps.narrow(2, 0, SF));
     g_start_deter = gf.select(1, 0).narrow(1, SF, D);
     g_start_stoch = gf.select(1, 0).narrow(1, 0, SF);
   }
@@ -547,7 +549,7 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
     if (!ga.wanted()) return;
     const DenseRef& r = as.layers[l];
     const Tensor dzT = actor_dzT[l].narrow(1, t * N, N);
-    dzT.copy_(dz.t());
+    copy_transposed(dzT, dz);
     for (const auto& [x, col0] : xs) ga.mm_t(r.w, dzT, x, col0);
     if (r.b >= 0) ga.rowsum_t(r.b, dzT);
   };
