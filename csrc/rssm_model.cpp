@@ -169,6 +169,7 @@ void copy_transposed(const Tensor& dst, const Tensor& src) {
     dst.copy_(src.t());
     return;
   }
+  RECORD_FUNCTION("dreamer_fast::launch::copy_transposed", std::vector<c10::IValue>());
   const int64_t R = src.size(0), C = src.size(1), ld = dst.stride(0);
   // kTile x kTile tiles: a tile's source rows stay in L1 while its columns are written
   // out as contiguous destination rows. ATen's copy of the transposed view walks whole
