@@ -88,11 +88,8 @@ Forward forward(const Tensor& x, const Params& p, const Tensor& out) {
 }
 
 Tensor backward_epilogue(const Tensor& dout, const Forward& saved, const Params& p,
-                         Tensor* d_norm_weight, Tensor* d_norm_bias, const Tensor& dz_out) {
-  if (!has_epilogue(p)) {
-    if (!dz_out.defined()) return dout.contiguous();
-    return output_like(saved.z, dz_out, "backward_epilogue").copy_(dout);
-  }
+                         Tensor* d_norm_weight, Tensor* d_norm_bias) {
+  if (!has_epilogue(p)) return dout.contiguous();
   const auto acc = at::toOpMathType(dout.scalar_type());
   Tensor dy_sum, dy_xhat_sum;  // column sums (accumulation dtype)
   const bool want_w = p.norm_weight.has_value() && d_norm_weight;
@@ -100,7 +97,7 @@ Tensor backward_epilogue(const Tensor& dout, const Forward& saved, const Params&
   const int64_t N = saved.z.size(1);
   if (want_w) dy_xhat_sum = at::empty({N}, saved.z.options().dtype(acc));
   if (want_b) dy_sum = at::empty({N}, saved.z.options().dtype(acc));
-  Tensor dz = output_like(saved.z, dz_out, "backward_epilogue");
+  Tensor dz = at::empty_like(saved.z, at::MemoryFormat::Contiguous);
   Tensor dout_c = dout.contiguous();
   DF_DEVICE_LAUNCH(dense, epilogue_backward, dout, dout_c, saved.z, saved.stats, p,
                    want_b ? &dy_sum : nullptr, want_w ? &dy_xhat_sum : nullptr, dz);

@@ -43,10 +43,8 @@ Forward apply_epilogue(const at::Tensor& z, const Params& p,
                        const at::Tensor& out = at::Tensor());
 
 // dz only (the gradient w.r.t. the linear output), plus the norm parameter grads.
-// `dz_out` (optional, contiguous [B, N]): where dz goes; it is then the result.
 at::Tensor backward_epilogue(const at::Tensor& dout, const Forward& saved, const Params& p,
-                             at::Tensor* d_norm_weight, at::Tensor* d_norm_bias,
-                             const at::Tensor& dz_out = at::Tensor());
+                             at::Tensor* d_norm_weight, at::Tensor* d_norm_bias);
 
 // Full backward. `need_input` false skips dx (the layer's input is a leaf).
 Grads backward(const at::Tensor& dout, const at::Tensor& x, const Forward& saved,

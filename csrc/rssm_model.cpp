@@ -334,20 +334,20 @@ Tensor layer_epilogue(at::TensorList P, const DenseRef& r, const Tensor& z, cons
 }
 
 Tensor layer_backward_dz(at::TensorList P, const DenseRef& r, const LayerSaved& s,
-                         const Tensor& dout, Grads& g, const Tensor& dz_out) {
+                         const Tensor& dout, Grads& g) {
   const dense::Params p = layer_params(P, r);
   const dense::Forward f{Tensor(), s.z, s.stats};
   Tensor dnw, dnb;
   Tensor dz = dense::backward_epilogue(dout, f, p, r.nw >= 0 && g.wanted() ? &dnw : nullptr,
-                                       r.nb >= 0 && g.wanted() ? &dnb : nullptr, dz_out);
+                                       r.nb >= 0 && g.wanted() ? &dnb : nullptr);
   if (dnw.defined()) g.add(r.nw, dnw);
   if (dnb.defined()) g.add(r.nb, dnb);
   return dz;
 }
 
 Tensor layer_backward(at::TensorList P, const DenseRef& r, const LayerSaved& s,
-                      const Tensor& dout, Grads& g, bool need_dx, const Tensor& dz_out) {
-  const Tensor dz = layer_backward_dz(P, r, s, dout, g, dz_out);
+                      const Tensor& dout, Grads& g, bool need_dx) {
+  const Tensor dz = layer_backward_dz(P, r, s, dout, g);
   g.mm(r.w, dz, s.x);
   if (r.b >= 0) g.rowsum(r.b, dz);
   return need_dx ? gemm::mm(dz, P[r.w]) : Tensor();

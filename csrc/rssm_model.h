@@ -135,14 +135,11 @@ Tensor layer_forward(at::TensorList P, const DenseRef& r, const Tensor& x,
 Tensor layer_epilogue(at::TensorList P, const DenseRef& r, const Tensor& z, const Tensor& x,
                       std::vector<Tensor>* saved, const Tensor& out = Tensor());
 // dz of a layer (the gradient at its linear output); records the norm parameter grads.
-// `dz_out` (optional): the step of a sequence buffer dz is written to, so that the
-// deferred weight gradient reads all steps as one block (Grads::finish).
 Tensor layer_backward_dz(at::TensorList P, const DenseRef& r, const LayerSaved& s,
-                         const Tensor& dout, Grads& g, const Tensor& dz_out = Tensor());
+                         const Tensor& dout, Grads& g);
 // Full layer backward: records dW, db; returns dx when `need_dx`.
 Tensor layer_backward(at::TensorList P, const DenseRef& r, const LayerSaved& s,
-                      const Tensor& dout, Grads& g, bool need_dx,
-                      const Tensor& dz_out = Tensor());
+                      const Tensor& dout, Grads& g, bool need_dx);
 
 // ---- the recurrent cell ------------------------------------------------------------
 
