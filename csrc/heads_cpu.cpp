@@ -197,6 +197,26 @@ NormalActionHead<acc_t> head_constants(const NormalActionSpec& h) {
           static_cast<acc_t>(h.std_offset), static_cast<acc_t>(h.mean_scale)};
 }
 
+// Calls element(tag, r, j) for every element of an [R, A] action array, with tag a
+// std::bool_constant<tanh_normal>. The loop runs over rows inside: a row's A actions
+// (6 for our control tasks) are too short a vector (looping over them ran at 90 us
+// for [1024, 6] forward, against 8 us over rows).
+template <typename Fn>
+void for_each_action(int64_t R, int64_t A, int64_t row_len, bool tanh_normal,
+                     const Fn& element) {
+  const auto run = [&](auto tag) {
+    for_each_row_range(R, row_len, [&](int64_t begin, int64_t end) {
+      for (int64_t j = 0; j < A; ++j)
+        DF_SIMD
+        for (int64_t r = begin; r < end; ++r) element(tag, r, j);
+    });
+  };
+  if (tanh_normal)
+    run(std::true_type{});
+  else
+    run(std::false_type{});
+}
+
 }  // namespace
 
 void normal_action_forward_cpu(const at::Tensor& raw, const at::Tensor& noise,
@@ -208,19 +228,9 @@ void normal_action_forward_cpu(const at::Tensor& raw, const at::Tensor& noise,
     const scalar_t *pr = raw.const_data_ptr<scalar_t>(), *pn = noise.const_data_ptr<scalar_t>();
     scalar_t* pa = action.mutable_data_ptr<scalar_t>();
     const auto c = head_constants<acc_t>(h);
-    const auto rows = [&](auto tanh_tag) {
-      constexpr bool kTanh = decltype(tanh_tag)::value;
-      for_each_row_range(R, 4 * A, [&](int64_t begin, int64_t end) {
-        for (int64_t j = 0; j < A; ++j)
-          DF_SIMD
-          for (int64_t r = begin; r < end; ++r)
-            normal_action_forward_element<kTanh, Cvt>(pr, pn, pa, c, A, r, j);
-      });
-    };
-    if (h.tanh_normal)
-      rows(std::true_type{});
-    else
-      rows(std::false_type{});
+    for_each_action(R, A, 4 * A, h.tanh_normal, [&](auto tag, int64_t r, int64_t j) {
+      normal_action_forward_element<decltype(tag)::value, Cvt>(pr, pn, pa, c, A, r, j);
+    });
   });
 }
 
@@ -235,19 +245,9 @@ void normal_action_backward_cpu(const at::Tensor& raw, const at::Tensor& noise,
                    *pg = g_action.const_data_ptr<scalar_t>();
     scalar_t* pd = g_raw.mutable_data_ptr<scalar_t>();
     const auto c = head_constants<acc_t>(h);
-    const auto rows = [&](auto tanh_tag) {
-      constexpr bool kTanh = decltype(tanh_tag)::value;
-      for_each_row_range(R, 6 * A, [&](int64_t begin, int64_t end) {
-        for (int64_t j = 0; j < A; ++j)
-          DF_SIMD
-          for (int64_t r = begin; r < end; ++r)
-            normal_action_backward_element<kTanh, Cvt>(pr, pn, pg, pd, c, A, r, j);
-      });
-    };
-    if (h.tanh_normal)
-      rows(std::true_type{});
-    else
-      rows(std::false_type{});
+    for_each_action(R, A, 6 * A, h.tanh_normal, [&](auto tag, int64_t r, int64_t j) {
+      normal_action_backward_element<decltype(tag)::value, Cvt>(pr, pn, pg, pd, c, A, r, j);
+    });
   });
 }
 

@@ -382,12 +382,22 @@ cudaError_t gaussian_sample_backward(Dtype dtype, const void* g_sample, const vo
 
 namespace {
 
-template <typename acc_t>
-dreamer_fast::heads::NormalActionHead<acc_t> head_constants(double min_std, double std_range,
-                                                            double std_offset,
-                                                            double mean_scale) {
-  return {static_cast<acc_t>(min_std), static_cast<acc_t>(std_range),
-          static_cast<acc_t>(std_offset), static_cast<acc_t>(mean_scale)};
+// One thread per element of an [R, A] action array: dtype and index-width dispatch and
+// the head's constants, shared by both directions. launch(s{}, index_t{}, blocks, h).
+template <typename Launch>
+cudaError_t launch_normal_action(Dtype dtype, double min_std, double std_range,
+                                 double std_offset, double mean_scale, int64_t total,
+                                 const Launch& launch) {
+  if (total == 0) return cudaSuccess;
+  const int64_t blocks = blocks_for(total, kThreads);
+  if (blocks > kMaxBlocks) return cudaErrorInvalidConfiguration;
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using acc_t = acc_of<decltype(tag)>;
+    const dreamer_fast::heads::NormalActionHead<acc_t> h{
+        static_cast<acc_t>(min_std), static_cast<acc_t>(std_range),
+        static_cast<acc_t>(std_offset), static_cast<acc_t>(mean_scale)};
+    dispatch_index(total, [&](auto index_tag) { launch(tag, index_tag, blocks, h); });
+  });
 }
 
 }  // namespace
@@ -396,23 +406,17 @@ cudaError_t normal_action_forward(Dtype dtype, const void* raw, const void* nois
                                   bool tanh_normal, double min_std, double std_range,
                                   double std_offset, double mean_scale, int64_t R, int64_t A,
                                   cudaStream_t stream) {
-  const int64_t total = R * A;
-  if (total == 0) return cudaSuccess;
-  const int64_t blocks = blocks_for(total, kThreads);
-  if (blocks > kMaxBlocks) return cudaErrorInvalidConfiguration;
-  return dispatch_dtype(dtype, [&](auto tag) {
-    using s = decltype(tag);
-    const auto h = head_constants<acc_of<s>>(min_std, std_range, std_offset, mean_scale);
-    const auto launch = [&](auto index_tag) {
-      using index_t = decltype(index_tag);
-      const auto kernel = tanh_normal ? normal_action_forward_kernel<true, s, index_t>
-                                      : normal_action_forward_kernel<false, s, index_t>;
-      kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-          static_cast<const s*>(raw), static_cast<const s*>(noise), static_cast<s*>(action), h,
-          static_cast<index_t>(total), static_cast<index_t>(A));
-    };
-    dispatch_index(total, launch);
-  });
+  return launch_normal_action(
+      dtype, min_std, std_range, std_offset, mean_scale, R * A,
+      [&](auto tag, auto index_tag, int64_t blocks, const auto& h) {
+        using s = decltype(tag);
+        using index_t = decltype(index_tag);
+        const auto kernel = tanh_normal ? normal_action_forward_kernel<true, s, index_t>
+                                        : normal_action_forward_kernel<false, s, index_t>;
+        kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+            static_cast<const s*>(raw), static_cast<const s*>(noise), static_cast<s*>(action),
+            h, static_cast<index_t>(R * A), static_cast<index_t>(A));
+      });
 }
 
 cudaError_t normal_action_backward(Dtype dtype, const void* raw, const void* noise,
@@ -420,24 +424,18 @@ cudaError_t normal_action_backward(Dtype dtype, const void* raw, const void* noi
                                    double min_std, double std_range, double std_offset,
                                    double mean_scale, int64_t R, int64_t A,
                                    cudaStream_t stream) {
-  const int64_t total = R * A;
-  if (total == 0) return cudaSuccess;
-  const int64_t blocks = blocks_for(total, kThreads);
-  if (blocks > kMaxBlocks) return cudaErrorInvalidConfiguration;
-  return dispatch_dtype(dtype, [&](auto tag) {
-    using s = decltype(tag);
-    const auto h = head_constants<acc_of<s>>(min_std, std_range, std_offset, mean_scale);
-    const auto launch = [&](auto index_tag) {
-      using index_t = decltype(index_tag);
-      const auto kernel = tanh_normal ? normal_action_backward_kernel<true, s, index_t>
-                                      : normal_action_backward_kernel<false, s, index_t>;
-      kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-          static_cast<const s*>(raw), static_cast<const s*>(noise),
-          static_cast<const s*>(g_action), static_cast<s*>(g_raw), h,
-          static_cast<index_t>(total), static_cast<index_t>(A));
-    };
-    dispatch_index(total, launch);
-  });
+  return launch_normal_action(
+      dtype, min_std, std_range, std_offset, mean_scale, R * A,
+      [&](auto tag, auto index_tag, int64_t blocks, const auto& h) {
+        using s = decltype(tag);
+        using index_t = decltype(index_tag);
+        const auto kernel = tanh_normal ? normal_action_backward_kernel<true, s, index_t>
+                                        : normal_action_backward_kernel<false, s, index_t>;
+        kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+            static_cast<const s*>(raw), static_cast<const s*>(noise),
+            static_cast<const s*>(g_action), static_cast<s*>(g_raw), h,
+            static_cast<index_t>(R * A), static_cast<index_t>(A));
+      });
 }
 
 cudaError_t categorical_sample_forward(Dtype dtype, const void* logits, const void* uniform,

@@ -174,6 +174,27 @@ struct NormalActionHead {
   acc_t min_std, std_range, std_offset, mean_scale;
 };
 
+// The draw both directions share: t = tanh(raw_mean / s) (tanh_normal) or
+// tanh(raw_mean) (bounded_normal, where t is the mean), sg = σ(raw_std + 2)
+// (bounded_normal only), x = mean + std · ε (the value before the tanh / the clip).
+template <typename acc_t>
+struct NormalDraw {
+  acc_t t, sg, x;
+};
+
+template <bool TANH, typename acc_t>
+DF_HOST_DEVICE NormalDraw<acc_t> normal_action_draw(acc_t rm, acc_t rs, acc_t eps,
+                                                    const NormalActionHead<acc_t>& h) {
+  if (TANH) {
+    const acc_t t = tanh_acc(rm / h.mean_scale);
+    const acc_t sd = add_rn(softplus(add_rn(rs, h.std_offset)), h.min_std);
+    return {t, acc_t(0), add_rn(mul_rn(t, h.mean_scale), mul_rn(sd, eps))};
+  }
+  const acc_t t = tanh_acc(rm);
+  const acc_t sg = sigmoid_acc(add_rn(rs, acc_t(2)));
+  return {t, sg, add_rn(t, mul_rn(add_rn(mul_rn(sg, h.std_range), h.min_std), eps))};
+}
+
 // Element (r, j), r < R, j < A.
 template <bool TANH, typename Cvt, typename scalar_t, typename acc_t>
 DF_HOST_DEVICE void normal_action_forward_element(const scalar_t* DF_RESTRICT raw,
@@ -182,19 +203,11 @@ DF_HOST_DEVICE void normal_action_forward_element(const scalar_t* DF_RESTRICT ra
                                                   const NormalActionHead<acc_t>& h, int64_t A,
                                                   int64_t r, int64_t j) {
   const int64_t i = r * A + j, m_at = 2 * r * A + j;
-  const acc_t rm = Cvt::load(raw[m_at]), rs = Cvt::load(raw[m_at + A]);
-  const acc_t eps = Cvt::load(noise[i]);
-  if (TANH) {
-    const acc_t mean = mul_rn(tanh_acc(rm / h.mean_scale), h.mean_scale);
-    const acc_t sd = add_rn(softplus(add_rn(rs, h.std_offset)), h.min_std);
-    action[i] = Cvt::store(tanh_acc(add_rn(mean, mul_rn(sd, eps))));
-  } else {
-    const acc_t mean = tanh_acc(rm);
-    const acc_t sd = add_rn(mul_rn(sigmoid_acc(add_rn(rs, acc_t(2))), h.std_range), h.min_std);
-    const acc_t x = add_rn(mean, mul_rn(sd, eps));
-    // NaN passes through, as torch.clamp's
-    action[i] = Cvt::store(x < acc_t(-1) ? acc_t(-1) : (x > acc_t(1) ? acc_t(1) : x));
-  }
+  const acc_t x = normal_action_draw<TANH>(Cvt::load(raw[m_at]), Cvt::load(raw[m_at + A]),
+                                           Cvt::load(noise[i]), h).x;
+  // the clip lets NaN pass through, as torch.clamp does
+  action[i] = Cvt::store(TANH ? tanh_acc(x)
+                              : (x < acc_t(-1) ? acc_t(-1) : (x > acc_t(1) ? acc_t(1) : x)));
 }
 
 // Backward of element (r, j): writes g_raw at (r, j) and (r, A + j).
@@ -206,20 +219,17 @@ DF_HOST_DEVICE void normal_action_backward_element(const scalar_t* DF_RESTRICT r
                                                    const NormalActionHead<acc_t>& h, int64_t A,
                                                    int64_t r, int64_t j) {
   const int64_t i = r * A + j, m_at = 2 * r * A + j;
-  const acc_t rm = Cvt::load(raw[m_at]), rs = Cvt::load(raw[m_at + A]);
+  const acc_t rs = Cvt::load(raw[m_at + A]);
   const acc_t eps = Cvt::load(noise[i]), g = Cvt::load(g_action[i]);
+  const NormalDraw<acc_t> d = normal_action_draw<TANH>(Cvt::load(raw[m_at]), rs, eps, h);
   if (TANH) {
-    const acc_t t = tanh_acc(rm / h.mean_scale);
-    const acc_t sd = add_rn(softplus(add_rn(rs, h.std_offset)), h.min_std);
-    const acc_t a = tanh_acc(add_rn(mul_rn(t, h.mean_scale), mul_rn(sd, eps)));
+    const acc_t a = tanh_acc(d.x);
     const acc_t d_pre = g * (acc_t(1) - a * a);
-    g_raw[m_at] = Cvt::store(d_pre * (acc_t(1) - t * t));
+    g_raw[m_at] = Cvt::store(d_pre * (acc_t(1) - d.t * d.t));
     g_raw[m_at + A] = Cvt::store(d_pre * eps * softplus_grad(add_rn(rs, h.std_offset)));
   } else {
-    const acc_t mean = tanh_acc(rm);
-    const acc_t sg = sigmoid_acc(add_rn(rs, acc_t(2)));
-    g_raw[m_at] = Cvt::store(g * (acc_t(1) - mean * mean));
-    g_raw[m_at + A] = Cvt::store(g * eps * h.std_range * (sg * (acc_t(1) - sg)));
+    g_raw[m_at] = Cvt::store(g * (acc_t(1) - d.t * d.t));
+    g_raw[m_at + A] = Cvt::store(g * eps * h.std_range * (d.sg * (acc_t(1) - d.sg)));
   }
 }
 
