@@ -482,7 +482,9 @@ CellGrads cell_backward(at::TensorList P, const Spec& s, const Tensor* sv,
   }
   if (s.cell == kLnGru) {
     const Tensor &x = sv[0], &h = sv[1], &parts = sv[2], &stats = sv[3];
-    const int64_t B = h.size(0), H = h.size(1), I = x.size(1);
+    // I from the weight, not from x: x is an empty placeholder when the forward kept no
+    // inputs for world-model weight gradients (only Grads::mm reads it)
+    const int64_t B = h.size(0), H = h.size(1), I = P[c].size(1) - H;
     const auto acc = at::toOpMathType(h.scalar_type());
     Tensor dy_sum = at::empty({3 * H}, h.options().dtype(acc));
     Tensor dy_xhat_sum = at::empty({3 * H}, h.options().dtype(acc));
@@ -507,7 +509,9 @@ CellGrads cell_backward(at::TensorList P, const Spec& s, const Tensor* sv,
   const Tensor& xcat = sv[9];
   const Tensor& parts = sv[10 + 3 * L];
   const int64_t B = deter.size(0), D = deter.size(1), G = s.blocks, Dg = D / G;
-  const int64_t U3 = xcat.size(1), U = U3 / 3;
+  // widths from the weights: xcat and the hidden outputs are empty placeholders when
+  // the forward kept no inputs for weight gradients (only Grads reads them)
+  const int64_t U = P[c].size(0), U3 = 3 * U;
   Tensor dparts = at::empty_like(parts);
   Tensor d_deter = at::empty({B, D}, deter.options());
   DF_DEVICE_LAUNCH(rnn, block_gru_backward, deter, d_out, parts, deter, G, -1.0, dparts, d_deter);

@@ -339,6 +339,19 @@ constexpr const char* kImagine = "rssm_imagine";
 // buffers (imagine_hidden)
 constexpr int64_t kImagineGlobal = 7;
 
+// Replaces the cell's saved tensors that only its weight gradients read (the input x
+// of the GRU cells; the block GRU's concatenated input projections and hidden-layer
+// outputs) by empty placeholders: without world-model gradients they would only hold
+// memory until the backward. `cell` points at the cell's cell_saved_count entries.
+void drop_cell_weight_inputs(const Spec& s, Tensor* cell, const Tensor& like) {
+  if (s.cell != kBlockGru) {
+    cell[0] = empty0(like);
+    return;
+  }
+  cell[9] = empty0(like);  // xcat
+  for (int64_t l = 0; l < s.dynlayers; ++l) cell[10 + 3 * l] = empty0(like);
+}
+
 // Hidden layers of the actor (all but the last): their outputs are saved as [H, N, U]
 // sequence buffers.
 int64_t imagine_hidden(const ActorSpec* a) {
@@ -355,7 +368,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
     at::TensorList P, at::IntArrayRef spec, at::ArrayRef<double> fspec, at::TensorList AP,
     at::IntArrayRef actor_spec, at::ArrayRef<double> actor_fspec, const Tensor& deter0,
     const Tensor& stoch0, const std::optional<Tensor>& actions_opt, const Tensor& action_noise,
-    const Tensor& stoch_noise, int64_t horizon, bool save, bool feat_out) {
+    const Tensor& stoch_noise, int64_t horizon, bool save, bool feat_out,
+    bool save_wm_inputs) {
   const Spec s = parse_rssm(kImagine, P, spec, fspec);
   const Tensor actions = opt(actions_opt);
   const bool use_actor = !actions.defined();
@@ -448,11 +462,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
     if (save) {  // the cell's saved state inputs are deters[t] (and stochs[t])
       const int64_t n_views = s.cell == kBlockGru ? 2 : 1, first = s.cell == kBlockGru ? 0 : 1;
       for (int64_t i = first; i < first + n_views; ++i) steps[cell0 + i] = empty0(deter);
+      if (!save_wm_inputs) drop_cell_weight_inputs(s, steps.data() + cell0, deter);
     }
     const size_t prior0 = steps.size();
     Tensor h = deters[t + 1];
     for (const DenseRef& r : s.img_out) h = layer_forward(P, r, h, sv);
-    if (save) steps[prior0] = empty0(h);  // x of the first prior layer = deters[t + 1]
+    if (save) {
+      steps[prior0] = empty0(h);  // x of the first prior layer = deters[t + 1]
+      // the later prior layers' inputs serve their weight gradients only
+      for (size_t l = 1; !save_wm_inputs && l < s.img_out.size(); ++l)
+        steps[prior0 + 3 * l] = empty0(h);
+    }
     const HeadOut ho = latent_forward(s, h, snT[t]);
     stochs[t + 1].copy_(ho.sample);
     stats_all[t].copy_(h);
@@ -505,6 +525,15 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   TORCH_CHECK(static_cast<int64_t>(saved.size()) == n_global + H * per_step, kImagine,
               "_backward: `saved` has ", saved.size(), " tensors, expected ",
               n_global + H * per_step);
+  if (need_params) {  // the cell's first weight input of the last step: kept or dropped
+    const int64_t n_img_in = s.cell == kBlockGru ? 0 : 3;
+    const int64_t first = s.cell == kBlockGru ? 9 : 0;
+    const int64_t n_actor = use_actor ? 3 * static_cast<int64_t>(as.layers.size()) : 0;
+    const Tensor& x = saved[n_global + (H - 1) * per_step + n_actor + n_img_in + first];
+    TORCH_CHECK(x.numel() > 0, kImagine,
+                "_backward: world-model parameter gradients were asked for, but the forward "
+                "ran with save_wm_inputs=False and kept no inputs for them");
+  }
   const Tensor* hidden = saved.data() + kImagineGlobal;
   const c10::OptionalDeviceGuard guard(acts.device());
   gemm::PackedWeights packs(N);
@@ -640,7 +669,8 @@ TORCH_LIBRARY_FRAGMENT(dreamer_fast, m) {
   m.def(
       "rssm_imagine(Tensor[] params, int[] spec, float[] fspec, Tensor[] actor_params, "
       "int[] actor_spec, float[] actor_fspec, Tensor deter, Tensor stoch, Tensor? actions, "
-      "Tensor action_noise, Tensor stoch_noise, int horizon, bool save, bool feat_out) "
+      "Tensor action_noise, Tensor stoch_noise, int horizon, bool save, bool feat_out, "
+      "bool save_wm_inputs) "
       "-> (Tensor deter, Tensor stoch, Tensor a, Tensor b, Tensor action, Tensor feat, "
       "Tensor[] saved)");
   m.def(

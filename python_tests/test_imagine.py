@@ -199,3 +199,18 @@ def test_fused_rollout_falls_back_to_ref_backend():
     b = imagine_ref(rssm, actor, start, 2, noise=noise)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cfg", list(RSSMS))
+def test_dynamics_rollout_keeps_less_memory_than_eager(cfg):
+    """The memory a grad='dynamics' rollout keeps for its backward (benchmarked and quoted
+    in the README): the fused op's saved tensors are seen by the counter (at least the
+    per-step deter buffer) and add up to less than the eager graph's saved activations."""
+    from dreamer_fast.bench.imagine_cases import saved_for_backward_bytes
+
+    fr, fa, rr, ra = _fused_pair(cfg, "bounded_normal", "cpu", torch.float32)
+    n, horizon = 64, 5
+    fast = saved_for_backward_bytes((fr, fa), imagine, n, horizon)
+    eager = saved_for_backward_bytes((rr, ra), imagine_ref, n, horizon)
+    deters = (horizon + 1) * n * fr.deter * 4
+    assert deters <= fast < eager, (fast, eager)

@@ -64,7 +64,7 @@ def raw_imagine_args(m: RSSM, actor: Actor, N: int, H: int, feat_out: bool = Fal
     a_noise = torch.rand(N, H, actor.noise_size(), generator=g, dtype=F64)
     s_noise = torch.rand(N, H, m.stoch, generator=g, dtype=F64)
     return (list(params), ints, floats, list(a_params), a_ints, a_floats, deter, stoch, None,
-            a_noise, s_noise, H, True, feat_out)
+            a_noise, s_noise, H, True, feat_out, True)
 
 
 def tensors_of(x):
@@ -120,6 +120,27 @@ def test_fused_observe_leaves_the_callers_action_untouched(B, T):
     m.obs_step(m.initial(B), action[:, 0], embed[:, 0], is_first[:, 0],
                noise=(noise[0][:, 0], noise[1][:, 0]))
     torch.testing.assert_close(action, before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_imagine_without_world_model_inputs_keeps_less_and_says_so(cell):
+    """save_wm_inputs=False (world-model parameters detached) drops the inputs that only
+    the world-model weight gradients read: fewer saved bytes, the same outputs; a backward
+    that asks for those gradients anyway fails with a message naming the flag."""
+    m = make_rssm(cell, 4)
+    actor = Actor(m.feat_size, 3, head="bounded_normal", units=8, layers=2, dtype=F64,
+                  backend="fused")
+    args = list(raw_imagine_args(m, actor, 4, 3))
+    keep = torch.ops.dreamer_fast.rssm_imagine(*args)
+    args[-1] = False
+    drop = torch.ops.dreamer_fast.rssm_imagine(*args)
+    for a, b in zip(keep[:6], drop[:6]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert len(keep[6]) == len(drop[6])
+    assert sum(t.numel() for t in drop[6]) < sum(t.numel() for t in keep[6])
+    loss = drop[0].square().sum() + drop[4].sum()
+    with pytest.raises(RuntimeError, match="save_wm_inputs=False"):
+        loss.backward()
 
 
 OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor",

@@ -68,12 +68,14 @@ def _precision_list(text: str) -> list[str]:
 class _Section:
     """One suite's results: the title, the float32 matmul precisions its rows are timed
     at (``None``: left as it is, no precision in the rows), the table rows, the same
-    timings keyed ``impl@precision`` for the cross-precision table, and compile times."""
+    timings keyed ``impl@precision`` for the cross-precision table, compile times, and
+    other measured notes (printed as a list under the table)."""
     title: str
     precisions: list[str] | None = None
     rows: list[Row] = field(default_factory=list)
     by_precision: list[Row] = field(default_factory=list)
     compile_notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def text(self, dev_name: str, command: str) -> str:
         parts = [f"## {self.title}", provenance(dev_name, command)]
@@ -81,6 +83,8 @@ class _Section:
             parts[-1] += ("\n- float32 matmul precision (torch.set_float32_matmul_precision) "
                           "in each row's mode, the same for every candidate of the row")
         parts.append(markdown_table(self.rows))
+        if self.notes:
+            parts.append("\n".join(f"- {n}" for n in self.notes))
         cross = cross_precision_table(self.by_precision)
         if cross:
             parts.append("### Across precisions: fast at a lower float32 matmul precision vs "
@@ -243,6 +247,13 @@ def _run_imagine(args, device, dtype, repeats, sec: _Section) -> None:
                 cands["eager graph"] = imagine_cases.graph_case(models["eager"], 1024, 15)
             _measure(cands, device, repeats, f"imagine {size} ln_gru N=1024 H=15",
                      f"grad={grad}", sec)
+        saved = {n: imagine_cases.saved_for_backward_bytes(models[n], impls[n], 1024, 15)
+                 for n in ("fast", "eager")}
+        note = (f"imagine {size} N=1024 H=15, grad=dynamics: memory kept for the backward "
+                f"(saved activations, parameters excluded) fast {saved['fast'] / 2**20:.1f} "
+                f"MiB, eager {saved['eager'] / 2**20:.1f} MiB")
+        sec.notes.append(note)
+        print(f"  {note}", flush=True)
 
 
 def _run_learner(args, device, repeats, sec: _Section) -> None:

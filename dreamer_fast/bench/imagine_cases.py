@@ -91,6 +91,30 @@ def rollout_case(models: tuple[RSSM, Actor], fn, n: int, horizon: int, grad: str
 IMPLS = {"fast": imagine, "eager": imagine_ref}
 
 
+def saved_for_backward_bytes(models: tuple[RSSM, Actor], fn, n: int, horizon: int) -> int:
+    """Bytes that a ``grad='dynamics'`` rollout keeps alive for its backward: every tensor
+    autograd saves during ``fn(...)`` (an eager graph's saved activations, or the fused
+    op's ``save_for_backward``), seen through ``torch.autograd.graph.saved_tensors_hooks``,
+    counted by whole storage (a saved view keeps its storage alive) and once per storage;
+    the modules' parameters are left out."""
+    rssm, actor = models
+    start, noise = rollout_inputs(rssm, actor, n, horizon)
+    params = {p.untyped_storage().data_ptr()
+              for p in list(rssm.parameters()) + list(actor.parameters())}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in params and st.nbytes():
+            storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        traj = fn(rssm, actor, start, horizon, grad="dynamics", noise=noise)
+    del traj
+    return sum(storages.values())
+
+
 def graph_case(models: tuple[RSSM, Actor], n: int, horizon: int) -> Prepare:
     """CUDA only, ``grad='none'``: the rollout captured into a CUDA graph
     (:class:`~dreamer_fast.ops.ImagineGraph`, built on the first call at each float32

@@ -127,9 +127,12 @@ def rssm_imagine(rssm, actor, deter, stoch, actions, action_noise, stoch_noise, 
         a_params, a_ints, a_floats = [], [], []
         action_noise = deter.new_empty(0) if action_noise is None else action_noise
     save = _needs_graph(*params, *a_params, deter, stoch, actions)
+    # without world-model gradients (detached parameters) the op keeps no inputs that
+    # only those weight gradients would read
+    save_wm_inputs = save and any(p.requires_grad for p in params)
     out = torch.ops.dreamer_fast.rssm_imagine(params, ints, floats, a_params, a_ints, a_floats,
                                               deter, stoch, actions, action_noise, stoch_noise,
-                                              horizon, save, feat_out)
+                                              horizon, save, feat_out, save_wm_inputs)
     return out[:6]
 
 
@@ -209,7 +212,7 @@ def _register() -> None:
         return _structured(ctx, (
             d_params if ctx.need_params else None, None, None,
             d_actor if ctx.need_actor else None, None, None, d_deter, d_stoch,
-            None if ctx.use_actor else d_actions, None, None, None, None, None))
+            None if ctx.use_actor else d_actions, None, None, None, None, None, None))
 
     torch.library.register_autograd("dreamer_fast::rssm_imagine", imagine_backward,
                                     setup_context=imagine_setup)
