@@ -14,7 +14,9 @@
 // Noise is an input. Internally everything is time-major; inputs and outputs are
 // batch-major. Saved activations travel as a Tensor[] output (empty when `save` is
 // false, e.g. under no_grad); the Python side registers autograd
-// (dreamer_fast/ops/rssm_fused.py).
+// (dreamer_fast/ops/rssm_fused.py). rssm_imagine's `save_wm_inputs` = false (no
+// world-model parameter needs a gradient) keeps empty placeholders where tensors only
+// the world-model weight gradients read would be: same layout, less memory.
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>

@@ -116,7 +116,9 @@ def rssm_imagine(rssm, actor, deter, stoch, actions, action_noise, stoch_noise, 
     """Raw op call: returns ``(deter, stoch, a, b, action, feat)`` for steps ``1..H``,
     batch-major with flat latents. ``actions`` given -> ``actor`` unused. ``feat_out``:
     ``feat = cat([flat stoch, deter], -1)`` of steps ``0..H`` (start included),
-    ``[N, H + 1, F]``, and empty ``deter``/``stoch``; otherwise ``feat`` is empty."""
+    ``[N, H + 1, F]``, and empty ``deter``/``stoch``; otherwise ``feat`` is empty.
+    When recording for autograd with no world-model parameter requiring a gradient
+    (``wm_params`` detaching them), the op saves nothing that only their gradients read."""
     _extension.require_device_kernels("rssm_imagine", deter.device)
     params, ints, floats = rssm_spec(rssm)
     if wm_params is not None:
