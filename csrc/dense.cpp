@@ -167,6 +167,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> linear_norm_act_backward(
               ", ", N, "], got ", z.sizes());
   TORCH_CHECK(stats.dim() == 2 && stats.size(0) == B && stats.size(1) == 2,
               "linear_norm_act_backward: `stats` must be [", B, ", 2], got ", stats.sizes());
+  // the CUDA launchers read these through untyped pointers: a wrong dtype would be
+  // reinterpreted (and `stats` of a half layer read past its end), so check here
+  const auto acc = at::toOpMathType(input.scalar_type());
+  for (const auto& [name, t, dtype] : {std::make_tuple("grad_out", &grad_out, input.scalar_type()),
+                                       std::make_tuple("z", &z, input.scalar_type()),
+                                       std::make_tuple("stats", &stats, acc)})
+    TORCH_CHECK(t->scalar_type() == dtype && t->device() == input.device(),
+                "linear_norm_act_backward: `", name, "` must be ", dtype, " on ",
+                input.device(), ", got ", t->scalar_type(), " on ", t->device());
   const c10::OptionalDeviceGuard guard(input.device());
   Forward saved{Tensor(), z.contiguous(), stats.contiguous()};
   Grads g = backward(grad_out, input, saved, p);

@@ -128,3 +128,19 @@ def test_bad_input(fn, case):
     args, kw, exc, name = _bad_cases()[case]
     with pytest.raises(exc, match=f"`{name}`"):
         fn(*args, **kw)
+
+
+@pytest.mark.parametrize("bad", ["grad_out", "z", "stats"])
+def test_raw_backward_rejects_wrong_dtypes_by_name(bad):
+    """The raw backward op reads `grad_out`, `z` and `stats` through typed pointers (on
+    CUDA, untyped): a wrong dtype is an error naming the argument, never reinterpreted."""
+    gen = make_generator("dense-raw-backward")
+    x, W, b, g, beta = _tensors(4, 5, 6, "layer", gen)
+    codes = (1, 1)  # layer norm, silu
+    out, z, stats = torch.ops.dreamer_fast.linear_norm_act(x, W, b, g, beta, *codes, 1e-3)
+    given = {"grad_out": torch.randn_like(out), "z": z, "stats": stats}
+    # float64 layer: a float32 stand-in has the right shape and the wrong dtype
+    given[bad] = given[bad].float()
+    with pytest.raises(RuntimeError, match=f"`{bad}` must be"):
+        torch.ops.dreamer_fast.linear_norm_act_backward(
+            given["grad_out"], given["z"], given["stats"], x, W, b, g, beta, *codes)

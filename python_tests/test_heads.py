@@ -373,11 +373,13 @@ def test_index_is_the_shared_search_on_the_kernels_probs(device, dtype, K, gen):
     probs it returns (float32/float64: the returned probs are the accumulation-type
     values it searched), for uniforms on, just below and just above every
     boundary, at 0 and just below 1."""
-    base = randn((3, K), gen, scale=2.0).to(dtype)
-    probs_rows = categorical_sample(base[:, None, :], torch.zeros(3, 1, dtype=dtype))[1][:, 0]
+    base = randn((3, K), gen, scale=2.0).to(dtype=dtype, device=device)
+    # the probs of this device's kernel (exp and the warp's sum order differ by device)
+    probs_rows = categorical_sample(
+        base[:, None, :], torch.zeros(3, 1, dtype=dtype, device=device))[1][:, 0].cpu()
     for row in range(3):
         u = _boundary_uniforms(probs_rows[row], dtype)
-        logits = base[row].expand(u.numel(), K)[None].to(device)  # G = one group per u
+        logits = base[row].expand(u.numel(), K)[None]  # G = one group per u
         sample, probs = categorical_sample(logits, u[None].to(device))
         assert torch.equal(probs[0].cpu(), probs_rows[row].expand(u.numel(), K)), (
             "probs of identical rows differ")
