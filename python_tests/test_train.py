@@ -217,3 +217,32 @@ def test_eval_and_plot_cli(tmp_path, capsys):
     assert main(["plot", "--logdir", str(tmp_path)]) == 0
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["eval", "--logdir", str(tmp_path / "missing")]) == 2
+
+
+def test_return_scale_ema_reads_nothing_back_to_the_host(monkeypatch):
+    """V3 return normalisation: S = max(1, hi - lo) with lo/hi the EMA (decay d) of the
+    5th/95th return percentiles, the first update taking them as they are. Computed on
+    the device without reading a value back (`.item()` would stall a GPU mid-update)."""
+    from dreamer_fast.agents.behavior import ActorCritic
+
+    cfg = tiny_config("v3", "gym:Pendulum-v1")
+    ac = ActorCritic(cfg, feat_size=12, action_size=1, discrete=False, backend="ref")
+    b = cfg.behavior
+    gen = torch.Generator().manual_seed(3)
+    rets = [torch.randn(5, 16, generator=gen) * s for s in (3.0, 0.2, 10.0)]
+
+    def no_item(self):
+        raise AssertionError("_return_scale read a tensor back to the host")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_item)
+    lo = hi = None
+    for ret in rets:
+        q = torch.quantile(ret.flatten(), torch.tensor([b.return_norm_low, b.return_norm_high]))
+        d = b.return_norm_decay
+        lo = q[0] if lo is None else lo * d + (1 - d) * q[0]
+        hi = q[1] if hi is None else hi * d + (1 - d) * q[1]
+        scale = ac._return_scale(ret)
+        torch.testing.assert_close(ac.ret_lo, lo, rtol=0, atol=0)
+        torch.testing.assert_close(ac.ret_hi, hi, rtol=0, atol=0)
+        torch.testing.assert_close(scale, torch.clamp(hi - lo, min=1.0), rtol=0, atol=0)
+    assert "ret_q" not in ac.state_dict()  # checkpoints keep their keys

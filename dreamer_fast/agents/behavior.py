@@ -79,6 +79,10 @@ class ActorCritic(nn.Module):
         self.register_buffer("ret_hi", torch.zeros(()))
         self.register_buffer("ret_init", torch.zeros(()))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        # the two percentiles as a device tensor made once (not in checkpoints): building
+        # it from a list every update would be a blocking host-to-device copy
+        self.register_buffer("ret_q", torch.tensor([b.return_norm_low, b.return_norm_high]),
+                             persistent=False)
 
     # ---- values ------------------------------------------------------------------------
 
@@ -104,17 +108,16 @@ class ActorCritic(nn.Module):
         flat = ret.detach().flatten().float()
         if flat.numel() > 1 << 16:  # quantile of a subsample: the exact one sorts everything
             flat = flat[torch.randperm(flat.numel(), device=flat.device)[: 1 << 16]]
-        lo, hi = torch.quantile(flat, torch.tensor([b.return_norm_low, b.return_norm_high],
-                                                   device=flat.device))
+        lo, hi = torch.quantile(flat, self.ret_q)
         d = b.return_norm_decay
+        # EMA, the first update taking the percentiles as they are; chosen on the device
+        # (torch.where) rather than by reading `ret_init` back, which would stall the host
+        # until the GPU has finished the rollout (and forbid capturing the update)
         with torch.no_grad():
-            if self.ret_init.item() == 0:
-                self.ret_lo.copy_(lo)
-                self.ret_hi.copy_(hi)
-                self.ret_init.fill_(1)
-            else:
-                self.ret_lo.mul_(d).add_((1 - d) * lo)
-                self.ret_hi.mul_(d).add_((1 - d) * hi)
+            first = self.ret_init == 0
+            self.ret_lo.copy_(torch.where(first, lo, self.ret_lo * d + (1 - d) * lo))
+            self.ret_hi.copy_(torch.where(first, hi, self.ret_hi * d + (1 - d) * hi))
+            self.ret_init.fill_(1)
         return torch.clamp(self.ret_hi - self.ret_lo, min=1.0)
 
     def imagine(self, wm, start: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
