@@ -22,12 +22,14 @@ import numpy as np
 import pytest
 import torch
 
-from dreamer_fast.agents import checkpoint
-from dreamer_fast.agents.config import load_config
-from dreamer_fast.agents.logger import read_metrics
-from dreamer_fast.agents.trainer import CHECKPOINT, Trainer
-from dreamer_fast.bench.timing import matmul_precision
-from dreamer_fast.cli import main
+pytest.importorskip("gymnasium")  # see test_envs.py: skipped only where the GPU check runs
+
+from dreamer_fast.agents import checkpoint  # noqa: E402
+from dreamer_fast.agents.config import load_config  # noqa: E402
+from dreamer_fast.agents.logger import read_metrics  # noqa: E402
+from dreamer_fast.agents.trainer import CHECKPOINT, Trainer  # noqa: E402
+from dreamer_fast.bench.timing import matmul_precision  # noqa: E402
+from dreamer_fast.cli import main  # noqa: E402
 
 #: A shrunken debug model: the smoke runs check plumbing, not learning.
 TINY = {"model.deter": 32, "model.hidden": 32, "model.stoch": 4, "model.classes": 4,
