@@ -389,6 +389,13 @@ int64_t cell_saved_count(const Spec& s) {
   return 11 + 3 * s.dynlayers;
 }
 
+std::vector<int64_t> cell_weight_input_slots(const Spec& s) {
+  if (s.cell != kBlockGru) return {0};  // x (cell_forward: {x, deter, ws / parts, stats})
+  std::vector<int64_t> slots{9};  // xcat, then each hidden layer's output
+  for (int64_t l = 0; l < s.dynlayers; ++l) slots.push_back(10 + 3 * l);
+  return slots;
+}
+
 Tensor cell_forward(at::TensorList P, const Spec& s, const Tensor& x, const Tensor& deter,
                     const Tensor& stoch, const Tensor& action, std::vector<Tensor>* saved,
                     const Tensor& out) {

@@ -151,6 +151,10 @@ Tensor cell_forward(at::TensorList P, const Spec& s, const Tensor& x, const Tens
                     const Tensor& stoch, const Tensor& action, std::vector<Tensor>* saved,
                     const Tensor& out = Tensor());
 int64_t cell_saved_count(const Spec& s);
+// Indices, among a cell's cell_saved_count saved tensors, of those that only its weight
+// gradients read: the GRU cells' input x; the block GRU's concatenated input projections
+// and hidden-layer outputs. The first one is the cell's first weight input.
+std::vector<int64_t> cell_weight_input_slots(const Spec& s);
 struct CellGrads {
   Tensor x, deter, stoch, action;  // x for gru/ln_gru; stoch/action for block_gru
 };

@@ -341,19 +341,6 @@ constexpr const char* kImagine = "rssm_imagine";
 // buffers (imagine_hidden)
 constexpr int64_t kImagineGlobal = 7;
 
-// Replaces the cell's saved tensors that only its weight gradients read (the input x
-// of the GRU cells; the block GRU's concatenated input projections and hidden-layer
-// outputs) by empty placeholders: without world-model gradients they would only hold
-// memory until the backward. `cell` points at the cell's cell_saved_count entries.
-void drop_cell_weight_inputs(const Spec& s, Tensor* cell, const Tensor& like) {
-  if (s.cell != kBlockGru) {
-    cell[0] = empty0(like);
-    return;
-  }
-  cell[9] = empty0(like);  // xcat
-  for (int64_t l = 0; l < s.dynlayers; ++l) cell[10 + 3 * l] = empty0(like);
-}
-
 // Hidden layers of the actor (all but the last): their outputs are saved as [H, N, U]
 // sequence buffers.
 int64_t imagine_hidden(const ActorSpec* a) {
@@ -434,6 +421,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
     hidden.push_back(at::empty({H, N, AP[as.layers[l].w].size(0)}, deter0.options()));
   TensorVec steps;
   TensorVec* sv = save ? &steps : nullptr;
+  const std::vector<int64_t> wm_slots = cell_weight_input_slots(s);
   for (int64_t t = 0; t < H; ++t) {
     const Tensor deter = deters[t], stoch = stochs[t];
     if (use_actor) {
@@ -464,7 +452,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
     if (save) {  // the cell's saved state inputs are deters[t] (and stochs[t])
       const int64_t n_views = s.cell == kBlockGru ? 2 : 1, first = s.cell == kBlockGru ? 0 : 1;
       for (int64_t i = first; i < first + n_views; ++i) steps[cell0 + i] = empty0(deter);
-      if (!save_wm_inputs) drop_cell_weight_inputs(s, steps.data() + cell0, deter);
+      // without world-model gradients the tensors only those read would hold memory
+      // until the backward: empty placeholders instead
+      for (int64_t i = 0; !save_wm_inputs && i < static_cast<int64_t>(wm_slots.size()); ++i)
+        steps[cell0 + wm_slots[i]] = empty0(deter);
     }
     const size_t prior0 = steps.size();
     Tensor h = deters[t + 1];
@@ -527,15 +518,6 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   TORCH_CHECK(static_cast<int64_t>(saved.size()) == n_global + H * per_step, kImagine,
               "_backward: `saved` has ", saved.size(), " tensors, expected ",
               n_global + H * per_step);
-  if (need_params) {  // the cell's first weight input of the last step: kept or dropped
-    const int64_t n_img_in = s.cell == kBlockGru ? 0 : 3;
-    const int64_t first = s.cell == kBlockGru ? 9 : 0;
-    const int64_t n_actor = use_actor ? 3 * static_cast<int64_t>(as.layers.size()) : 0;
-    const Tensor& x = saved[n_global + (H - 1) * per_step + n_actor + n_img_in + first];
-    TORCH_CHECK(x.numel() > 0, kImagine,
-                "_backward: world-model parameter gradients were asked for, but the forward "
-                "ran with save_wm_inputs=False and kept no inputs for them");
-  }
   const Tensor* hidden = saved.data() + kImagineGlobal;
   const c10::OptionalDeviceGuard guard(acts.device());
   gemm::PackedWeights packs(N);
@@ -589,6 +571,13 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   const int64_t n_actor = use_actor ? 3 * static_cast<int64_t>(as.layers.size()) : 0;
   const int64_t n_img_in = s.cell == kBlockGru ? 0 : 3;
   const int64_t n_cell = cell_saved_count(s);
+  if (need_params) {  // the cell's first weight input (last step): kept, or dropped
+    const Tensor& x = saved[n_global + (H - 1) * per_step + n_actor + n_img_in +
+                            cell_weight_input_slots(s)[0]];
+    TORCH_CHECK(x.numel() > 0, kImagine,
+                "_backward: world-model parameter gradients were asked for, but the forward "
+                "ran with save_wm_inputs=False and kept no inputs for them");
+  }
   for (int64_t t = H - 1; t >= 0; --t) {
     const Tensor* sv = saved.data() + n_global + t * per_step;
     Tensor dh = latent_backward(s, stats_all[t], snT[t], plus(at_step(gsT, t), carry_stoch),
@@ -677,7 +666,8 @@ TORCH_LIBRARY_FRAGMENT(dreamer_fast, m) {
       "Tensor[] saved)");
   m.def(
       "rssm_imagine_backward(Tensor? g_deter, Tensor? g_stoch, Tensor? g_a, Tensor? g_b, "
-      "Tensor? g_action, Tensor? g_feat, Tensor[] saved, Tensor[] params, int[] spec, float[] fspec, "
+      "Tensor? g_action, Tensor? g_feat, Tensor[] saved, Tensor[] params, int[] spec, "
+      "float[] fspec, "
       "Tensor[] actor_params, int[] actor_spec, float[] actor_fspec, bool use_actor, "
       "bool need_params, bool need_actor_params) -> (Tensor[], Tensor[], Tensor, Tensor, "
       "Tensor)");

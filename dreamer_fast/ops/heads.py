@@ -48,9 +48,10 @@ generator (``torch.randn_like`` / ``torch.rand``) and both paths are determinist
     synchronises with a CUDA device (and is not CUDA-graph capturable); pass
     ``check_range=False`` in hot loops. The check is skipped automatically while
     ``torch.compile`` traces and while a CUDA graph is being captured. Without it,
-    values outside [0, 1) are not an error, the search just runs: ``uniform < 0`` gives class 0, NaN gives K - 1, and
-    ``uniform >= 1`` gives K - 1 (or an earlier class if rounding pushed a cumulative
-    sum above it). With ``unimix = 0`` a class of probability 0 is never drawn, except
+    values outside [0, 1) are not an error, the search just runs: ``uniform < 0`` gives
+    class 0, NaN gives K - 1, and ``uniform >= 1`` gives K - 1 (or an earlier class if
+    rounding pushed a cumulative sum above it). With ``unimix = 0`` a class of
+    probability 0 is never drawn, except
     the last one through that clamp when the rounded probs sum to less than
     ``uniform``.
 

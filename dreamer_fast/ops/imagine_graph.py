@@ -214,9 +214,10 @@ class ImagineGraph:
     for categorical latents, ``N·(D + 3·S)`` Gaussian, plus the noise ``N·H·(noise_size +
     S)``), the static outputs (``N·((H+1)·(F + D + 2·S·K or 3·S) + H·A)`` values; with
     fused modules ``deter`` and ``stoch`` are views of ``feat``, so
-    ``N·((H+1)·(F + S·K or 2·S) + H·A)``) and its private memory pool, which keeps the peak of the captured call's allocations (the
-    outputs plus the call's temporaries, about the peak of one eager call; nothing is
-    kept per step under ``grad='none'``) reserved and unavailable to other allocations.
+    ``N·((H+1)·(F + S·K or 2·S) + H·A)``) and its private memory pool, which keeps the
+    peak of the captured call's allocations (the outputs plus the call's temporaries,
+    about the peak of one eager call; nothing is kept per step under ``grad='none'``)
+    reserved and unavailable to other allocations.
 
     Parameters are read by address: in-place updates (``optimizer.step()``,
     ``p.copy_()``, ``load_state_dict``) are seen by the next replay; a replaced parameter
