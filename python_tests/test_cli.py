@@ -97,8 +97,8 @@ def test_bench_compiled_candidates_match_eager():
     points), traced with the aot_eager backend to stay fast."""
     from torch._dynamo.utils import counters
 
-    from dreamer_fast.bench import imagine_cases, rssm_cases
-    from dreamer_fast.ops import draw_imagine_noise
+    from dreamer_fast.bench import rollout_cases, rssm_cases
+    from dreamer_fast.nn import draw_imagine_noise
 
     def graphs():
         return counters["stats"]["unique_graphs"]
@@ -126,13 +126,13 @@ def test_bench_compiled_candidates_match_eager():
     assert all(g is not None for g in outs["eager"][1].values())
     torch.testing.assert_close(outs["compiled"][1], outs["eager"][1])
 
-    pairs = imagine_cases.make_models("debug", cpu, torch.float32, with_compile=True)
-    impls = imagine_cases.implementations(True, backend="aot_eager")
+    pairs = rollout_cases.make_models("debug", cpu, torch.float32, with_compile=True)
+    impls = rollout_cases.implementations(True, backend="aot_eager")
     assert set(impls) == {"fast", "eager", "compiled"}
     rssm, actor = pairs["eager"]
     start = {k: v.normal_(generator=g) for k, v in rssm.initial(4).items()}
     nz = draw_imagine_noise(rssm, actor, 4, 3, like=start["deter"])
-    for grad in imagine_cases.MODES:
+    for grad in rollout_cases.MODES:
         feats = {}
         for name in ("eager", "compiled"):
             rssm, actor = pairs[name]
@@ -152,9 +152,9 @@ def test_bench_compiled_candidates_match_eager():
 def test_bench_graph_case_needs_cuda():
     """The CUDA-graph candidates of the imagine suite are added on CUDA only; built on
     CPU modules their first prepare() raises ImagineGraph's device error."""
-    from dreamer_fast.bench import imagine_cases
+    from dreamer_fast.bench import rollout_cases
 
-    models = imagine_cases.make_models("debug", torch.device("cpu"), torch.float32)
-    prepare = imagine_cases.graph_case(models["fast"], 8, 2)
+    models = rollout_cases.make_models("debug", torch.device("cpu"), torch.float32)
+    prepare = rollout_cases.graph_case(models["fast"], 8, 2)
     with pytest.raises((ValueError, RuntimeError), match="CUDA"):
         prepare()

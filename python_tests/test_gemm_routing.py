@@ -17,7 +17,7 @@ import torch
 
 from dreamer_fast.bench.timing import matmul_precision
 from dreamer_fast.nn import RSSM, Actor
-from dreamer_fast.ops import draw_imagine_noise, imagine
+from dreamer_fast.nn import draw_imagine_noise, imagine
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
                                 reason="this torch build has no oneDNN")

@@ -18,8 +18,8 @@ import torch
 
 from dreamer_fast.bench.timing import matmul_precision
 from dreamer_fast.nn import RSSM, Actor
-from dreamer_fast.ops import draw_imagine_noise, imagine, imagine_ref
-from dreamer_fast.ops.rssm_fused import actor_spec, rssm_spec
+from dreamer_fast.nn import draw_imagine_noise, imagine, imagine_ref
+from dreamer_fast.ops.rssm import actor_spec, rssm_spec
 
 F64 = torch.float64
 CELLS = ("gru", "ln_gru", "block_gru")

@@ -1,6 +1,6 @@
 """Actor-critic learning in imagination (DreamerV1/V2/V3).
 
-From ``N = B·T`` detached posterior states, :func:`dreamer_fast.ops.imagine` rolls the
+From ``N = B·T`` detached posterior states, :func:`dreamer_fast.nn.imagine` rolls the
 actor and the RSSM forward ``H`` steps: ``feat [N, H+1, F]`` (index 0 = start),
 ``action [N, H, A]`` (``action[:, t]`` leads from step ``t`` to ``t+1``). Then::
 
@@ -40,15 +40,8 @@ from torch import nn
 from dreamer_fast import ops
 from dreamer_fast.agents.dists import TwoHot
 from dreamer_fast.agents.networks import head
-from dreamer_fast.nn import Actor
-from dreamer_fast.nn._backend import use_fused
-
-
-def imagine_fn(backend: str):
-    """The fused rollout when it exists and the backend wants it, else the reference
-    loop (whose RSSM/actor layers still use the backend's ops)."""
-    fused = getattr(ops, "imagine", None)  # until the fused op lands this is the submodule
-    return fused if (callable(fused) and backend != "ref") else ops.imagine_ref
+from dreamer_fast.nn import Actor, draw_imagine_noise, imagine
+from dreamer_fast.ops._dispatch import use_fused
 
 
 class ActorCritic(nn.Module):
@@ -124,8 +117,8 @@ class ActorCritic(nn.Module):
         grad = "dynamics" if self.actor_grad == "dynamics" else "none"
         n, horizon = start["deter"].shape[0], self.cfg.horizon
         # The noise is drawn here and kept: REINFORCE needs the unclipped sample (below).
-        noise = ops.draw_imagine_noise(wm.rssm, self.actor, n, horizon, like=start["deter"])
-        traj = imagine_fn(self.backend)(wm.rssm, self.actor, start, horizon, grad=grad,
+        noise = draw_imagine_noise(wm.rssm, self.actor, n, horizon, like=start["deter"])
+        traj = imagine(wm.rssm, self.actor, start, horizon, grad=grad,
                                         noise=noise)
         traj["action_noise"] = noise["action"]
         return traj

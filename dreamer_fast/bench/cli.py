@@ -232,22 +232,22 @@ def _run_rssm(args, device, dtype, repeats, sec: _Section) -> None:
 
 
 def _run_imagine(args, device, dtype, repeats, sec: _Section) -> None:
-    from dreamer_fast.bench import imagine_cases
+    from dreamer_fast.bench import rollout_cases
 
-    impls = imagine_cases.implementations(with_compile=not args.no_compile)
+    impls = rollout_cases.implementations(with_compile=not args.no_compile)
     sizes = ("debug",) if args.quick else ("debug", "S")
     for size in sizes:
-        models = imagine_cases.make_models(size, device, dtype,
+        models = rollout_cases.make_models(size, device, dtype,
                                            with_compile=not args.no_compile)
-        for grad in imagine_cases.MODES:
-            cands = {n: imagine_cases.rollout_case(models[n], fn, 1024, 15, grad)
+        for grad in rollout_cases.MODES:
+            cands = {n: rollout_cases.rollout_case(models[n], fn, 1024, 15, grad)
                      for n, fn in impls.items()}
             if device.type == "cuda" and grad == "none":  # capture and replay (ImagineGraph)
-                cands["fast graph"] = imagine_cases.graph_case(models["fast"], 1024, 15)
-                cands["eager graph"] = imagine_cases.graph_case(models["eager"], 1024, 15)
+                cands["fast graph"] = rollout_cases.graph_case(models["fast"], 1024, 15)
+                cands["eager graph"] = rollout_cases.graph_case(models["eager"], 1024, 15)
             _measure(cands, device, repeats, f"imagine {size} ln_gru N=1024 H=15",
                      f"grad={grad}", sec)
-        saved = {n: imagine_cases.saved_for_backward_bytes(models[n], impls[n], 1024, 15)
+        saved = {n: rollout_cases.saved_for_backward_bytes(models[n], impls[n], 1024, 15)
                  for n in ("fast", "eager")}
         note = (f"imagine {size} N=1024 H=15, grad=dynamics: memory kept for the backward "
                 f"(saved activations, parameters excluded) fast {saved['fast'] / 2**20:.1f} "

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamer_fast.nn._backend import check_backend, use_fused
+from dreamer_fast.ops._dispatch import check_backend, use_fused
 from dreamer_fast.nn.dense import MLP
 from dreamer_fast.ops import categorical_sample, categorical_sample_ref
 

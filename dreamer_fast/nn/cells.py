@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from dreamer_fast.nn._backend import check_backend, use_fused
+from dreamer_fast.ops._dispatch import check_backend, use_fused
 from dreamer_fast.ops.block_gru import block_gru_cell, block_gru_cell_ref
 from dreamer_fast.ops.cells import gru_cell, gru_cell_ref, ln_gru_cell, ln_gru_cell_ref
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from dreamer_fast.nn._backend import check_backend, use_fused
+from dreamer_fast.ops._dispatch import check_backend, use_fused
 from dreamer_fast.ops.dense import ACTS, NORMS, linear_norm_act, linear_norm_act_ref
 
 

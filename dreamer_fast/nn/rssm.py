@@ -35,12 +35,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dreamer_fast.nn._backend import check_backend, use_fused
+from dreamer_fast.ops._dispatch import check_backend, use_fused
 from dreamer_fast.nn.cells import BlockGRUCell, GRUCell, LNGRUCell
 from dreamer_fast.nn.dense import MLP, Dense
 from dreamer_fast.ops import (categorical_sample, categorical_sample_ref, gaussian_sample,
                               gaussian_sample_ref)
-from dreamer_fast.ops.rssm_fused import rssm_imagine, rssm_observe
+from dreamer_fast.ops.rssm import rssm_imagine, rssm_observe
 
 CELLS = ("gru", "ln_gru", "block_gru")
 State = dict[str, torch.Tensor]

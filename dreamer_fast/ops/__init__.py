@@ -10,7 +10,6 @@
 | ``linear_norm_act(input, weight, bias, norm_weight, norm_bias, norm, act, eps)`` | ``act(norm(x W^T + b))`` |
 | ``gaussian_sample(stats, noise, min_std)`` | ``mean + (softplus(raw) + min_std) * noise`` |
 | ``categorical_sample(logits, uniform, unimix)`` | straight-through one-hot of ``(1-unimix) softmax + unimix/K`` |
-| ``imagine(rssm, actor, start, horizon, grad, noise, wm_grad)`` | ``H`` steps of actor + ``RSSM.img_step`` |
 """
 
 from dreamer_fast.ops.block_gru import block_gru_cell, block_gru_cell_ref
@@ -18,8 +17,6 @@ from dreamer_fast.ops.cells import gru_cell, gru_cell_ref, ln_gru_cell, ln_gru_c
 from dreamer_fast.ops.dense import linear_norm_act, linear_norm_act_ref
 from dreamer_fast.ops.heads import (categorical_sample, categorical_sample_ref, gaussian_sample,
                                     gaussian_sample_ref)
-from dreamer_fast.ops.imagine import draw_imagine_noise, imagine, imagine_ref
-from dreamer_fast.ops.imagine_graph import ImagineGraph
 from dreamer_fast.ops.scan import lambda_return, lambda_return_ref, reverse_scan, reverse_scan_ref
 
 __all__ = [
@@ -27,5 +24,4 @@ __all__ = [
     "gru_cell", "gru_cell_ref", "ln_gru_cell", "ln_gru_cell_ref",
     "linear_norm_act", "linear_norm_act_ref", "block_gru_cell", "block_gru_cell_ref",
     "gaussian_sample", "gaussian_sample_ref", "categorical_sample", "categorical_sample_ref",
-    "imagine", "imagine_ref", "draw_imagine_noise", "ImagineGraph",
 ]

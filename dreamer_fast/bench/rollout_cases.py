@@ -27,7 +27,7 @@ import torch
 
 from dreamer_fast.bench.timing import Prepare
 from dreamer_fast.nn import RSSM, Actor
-from dreamer_fast.ops import draw_imagine_noise, imagine, imagine_ref
+from dreamer_fast.nn import draw_imagine_noise, imagine, imagine_ref
 
 SIZES = {
     "debug": dict(deter=128, hidden=128, stoch=8, classes=8, units=128),
@@ -122,7 +122,7 @@ def graph_case(models: tuple[RSSM, Actor], n: int, horizon: int) -> Prepare:
     row at another precision must not replay it) and replayed; each timed run copies the
     start states and noise into the graph's buffers and replays (no output clone).
     ``models`` with ``backend='ref'`` give the "eager + CUDA graph" baseline."""
-    from dreamer_fast.ops import ImagineGraph
+    from dreamer_fast.nn import ImagineGraph
 
     rssm, actor = models
     start, noise = rollout_inputs(rssm, actor, n, horizon)

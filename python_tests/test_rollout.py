@@ -10,7 +10,7 @@ from conftest import ACTOR_HEADS as HEADS
 from conftest import IMAGINE_RSSMS as RSSMS
 from conftest import imagine_models, imagine_start
 from dreamer_fast.nn import Actor
-from dreamer_fast.ops import draw_imagine_noise, imagine_ref
+from dreamer_fast.nn import draw_imagine_noise, imagine_ref
 
 
 def _models(cfg, head, backend="ref", dtype=torch.float64):
@@ -97,7 +97,7 @@ def test_actor_that_does_not_fit_the_rssm_is_rejected():
 
 # ---- the fused rollout against the reference --------------------------------------------
 
-from dreamer_fast.ops import imagine  # noqa: E402
+from dreamer_fast.nn import imagine  # noqa: E402
 from conftest import DEVICES  # noqa: E402
 
 
@@ -206,7 +206,7 @@ def test_dynamics_rollout_keeps_less_memory_than_eager(cfg):
     """The memory a grad='dynamics' rollout keeps for its backward (benchmarked and quoted
     in the README): the fused op's saved tensors are seen by the counter (at least the
     per-step deter buffer) and add up to less than the eager graph's saved activations."""
-    from dreamer_fast.bench.imagine_cases import saved_for_backward_bytes
+    from dreamer_fast.bench.rollout_cases import saved_for_backward_bytes
 
     fr, fa, rr, ra = _fused_pair(cfg, "bounded_normal", "cpu", torch.float32)
     n, horizon = 64, 5

@@ -1,7 +1,7 @@
 """The imagination rollout captured once into a CUDA graph and replayed.
 
 ``ImagineGraph(rssm, actor, n, horizon)`` captures ``imagine(rssm, actor, start, horizon,
-grad='none', noise=noise)`` (see :mod:`dreamer_fast.ops.imagine`) for one fixed
+grad='none', noise=noise)`` (see :mod:`dreamer_fast.nn.rollout`) for one fixed
 problem: the two modules, ``N = n`` start states, the horizon, and the modules' dtype and
 CUDA device. Each call copies the new start states (and noise) into the graph's static
 input buffers, replays the graph (one launch for the whole rollout, no Python or
@@ -33,7 +33,7 @@ Shapes (as for ``imagine``):
 
 Only ``grad='none'`` (DreamerV2/V3: a forward rollout, then log-probs recomputed from
 ``feat``) is offered: ``grad='dynamics'`` needs autograd through the rollout, which
-this capture does not record; call :func:`~dreamer_fast.ops.imagine` eagerly for it.
+this capture does not record; call :func:`~dreamer_fast.nn.imagine` eagerly for it.
 
 Fused (``backend='fused'``/``'auto'``) modules capture the native ``rssm_imagine`` call;
 ``backend='ref'`` modules capture the eager reference loop (``imagine_ref``), the
@@ -45,8 +45,8 @@ from __future__ import annotations
 
 import torch
 
-from dreamer_fast.nn._backend import use_fused
-from dreamer_fast.ops.imagine import _state_keys, check_imagine_args, imagine
+from dreamer_fast.ops._dispatch import use_fused
+from dreamer_fast.nn.rollout import _state_keys, check_imagine_args, imagine
 
 _OP = "ImagineGraph"
 

@@ -4,7 +4,7 @@
   ``RSSM.observe`` and, with ``T = 1``, ``RSSM.obs_step``).
 * ``rssm_imagine`` — ``H`` prior steps whose actions are given (``RSSM.img_step`` with
   ``H = 1``, ``RSSM.imagine_with_action``) or sampled from an :class:`~dreamer_fast.nn.Actor`
-  on each step's feature (``dreamer_fast.ops.imagine``).
+  on each step's feature (``dreamer_fast.nn.imagine``).
 
 The modules' parameters are passed as one flat list with an integer and a float spec
 (:func:`rssm_spec`, :func:`actor_spec`); the native side rebuilds the layer structure

@@ -45,8 +45,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from dreamer_fast.nn._backend import use_fused
-from dreamer_fast.ops.rssm_fused import rssm_imagine
+from dreamer_fast.ops._dispatch import use_fused
+from dreamer_fast.ops.rssm import rssm_imagine
 
 GRAD_MODES = ("none", "dynamics")
 _OP = "imagine"

@@ -16,8 +16,8 @@ from torch import nn
 from conftest import ACTOR_HEADS as HEADS
 from conftest import IMAGINE_RSSMS as RSSMS
 from conftest import imagine_models, imagine_start, requires_cuda
-from dreamer_fast.ops import ImagineGraph, draw_imagine_noise, imagine, imagine_ref
-from dreamer_fast.ops import imagine_graph as ig
+from dreamer_fast.nn import ImagineGraph, draw_imagine_noise, imagine, imagine_ref
+from dreamer_fast.nn import rollout_graph as ig
 
 
 def _models(cfg="v3-block-cat", head="categorical", backend="auto", dtype=torch.float64,
