@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compile checks of the CUDA code on a machine without a GPU or a CUDA build of torch:
-#  1. nvcc -c of every kernel file (csrc/*.cu) for sm_80 and sm_90;
+#  1. nvcc -c of every kernel file (csrc/<family>/*.cu) for sm_80 and sm_90;
 #  2. g++ -fsyntax-only of every C++ file with DREAMER_FAST_WITH_CUDA defined, against
 #     the installed torch's headers and the CUDA toolkit's. A CPU-only torch wheel lacks
 #     one generated header (c10/cuda/impl/cuda_cmake_macros.h); an empty stand-in is
@@ -16,7 +16,9 @@ fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-for cu in csrc/*.cu; do
+mapfile -t cu_files < <(find csrc -name '*.cu' | sort)
+mapfile -t cpp_files < <(find csrc -name '*.cpp' | sort)
+for cu in "${cu_files[@]}"; do
   for arch in 80 90; do
     echo "[cuda-check] nvcc -c ${cu} (sm_${arch})"
     nvcc -std=c++17 -O3 --expt-relaxed-constexpr -arch="sm_${arch}" -Icsrc -c "$cu" \
@@ -32,7 +34,7 @@ read -r -a python_includes <<< "$(python -m pybind11 --includes)"
 mkdir -p "${tmp}/stub/c10/cuda/impl"
 [[ -f "$(python -c 'import torch, os; print(os.path.dirname(torch.__file__))')/include/c10/cuda/impl/cuda_cmake_macros.h" ]] \
   || echo "#pragma once" > "${tmp}/stub/c10/cuda/impl/cuda_cmake_macros.h"
-for cpp in csrc/*.cpp; do
+for cpp in "${cpp_files[@]}"; do
   echo "[cuda-check] g++ -fsyntax-only -DDREAMER_FAST_WITH_CUDA ${cpp}"
   g++ -std=c++17 -fsyntax-only -DDREAMER_FAST_WITH_CUDA=1 -I"${tmp}/stub" "${torch_includes[@]}" \
     "${python_includes[@]}" -I"${cuda_include}" -Icsrc "$cpp"
