@@ -1,5 +1,8 @@
 """Shared helpers for the dreamer_fast op tests.
 
+* The op-contract harness (``OpContract``, ``contract_tests``, the ``check_*``
+  functions; body in ``op_contract.py``): every generic check of a fast op against
+  its reference, generated from one description of the op.
 * ``TOLERANCES``: per-dtype ``(rtol, atol)`` for comparing a fast result computed in
   that dtype against the reference computed in float64 on the *same* (upcast) input
   values. ``atol`` is relative to the magnitude of the reference (see
@@ -15,63 +18,44 @@ CPU extension, so if ``dreamer_fast._C`` is missing every fast-op test must fail
 
 from __future__ import annotations
 
-import zlib
-
 import pytest
 import torch
 
 import dreamer_fast
 
-# --------------------------------------------------------------------------------------
-# Tolerances
-# --------------------------------------------------------------------------------------
+# The op-contract harness and the comparison helpers it is built on live in
+# op_contract.py; they are re-exported here (``from conftest import ...``).
+pytest.register_assert_rewrite("op_contract")
 
-#: dtype -> (rtol, atol) for ``fast(dtype)`` vs ``ref(float64)`` on the same values.
-#: atol is scaled by max(1, max|ref|) in :func:`assert_close_to_ref`.
-TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
-    torch.float64: (1e-10, 1e-10),
-    torch.float32: (1e-5, 1e-5),
-    torch.bfloat16: (2e-2, 2e-2),  # 8-bit mantissa: one rounding of the output ~4e-3
-    torch.float16: (1e-2, 1e-2),  # 11-bit mantissa: one rounding of the output ~5e-4
-}
-
-
-def tolerance(dtype: torch.dtype) -> tuple[float, float]:
-    return TOLERANCES[dtype]
-
-
-def assert_close_to_ref(fast: torch.Tensor, ref64: torch.Tensor, dtype: torch.dtype,
-                        msg: str = "") -> None:
-    """``fast`` (computed in ``dtype``) matches ``ref64`` (computed in float64).
-
-    The absolute tolerance is ``atol * max(1, max|ref64|)`` over finite entries, so a
-    low-precision result is judged relative to the scale of the whole tensor (a
-    return of ~50 in bf16 cannot be better than ~0.2 absolute near zero crossings).
-    NaNs must be in the same places.
-    """
-    assert fast.dtype == dtype, f"{msg}: dtype {fast.dtype}, expected {dtype}"
-    assert fast.shape == ref64.shape, f"{msg}: shape {tuple(fast.shape)} != {tuple(ref64.shape)}"
-    assert ref64.dtype == torch.float64, "reference must be computed in float64"
-    rtol, atol = TOLERANCES[dtype]
-    ref64 = ref64.detach().cpu()
-    finite = ref64[torch.isfinite(ref64)]
-    scale = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
-    torch.testing.assert_close(
-        fast.detach().cpu().to(torch.float64), ref64, rtol=rtol, atol=atol * scale,
-        equal_nan=True, msg=lambda m: f"{msg} [{dtype}, scale {scale:.3g}]\n{m}",
-    )
-
-
-# --------------------------------------------------------------------------------------
-# Devices
-# --------------------------------------------------------------------------------------
-
-CUDA_SKIP_REASON = "no CUDA device / extension built without CUDA kernels"
-HAS_CUDA_KERNELS = dreamer_fast.has_cuda_kernels()
-requires_cuda = pytest.mark.skipif(not HAS_CUDA_KERNELS, reason=CUDA_SKIP_REASON)
-
-CUDA_PARAM = pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda], id="cuda")
-DEVICES = [pytest.param("cpu", id="cpu"), CUDA_PARAM]
+from op_contract import (  # noqa: E402,F401
+    ALL_DTYPES,
+    CUDA_PARAM,
+    CUDA_SKIP_REASON,
+    DEVICES,
+    HAS_CUDA_KERNELS,
+    TOLERANCES,
+    Bad,
+    DirectBad,
+    OpContract,
+    as_outputs,
+    assert_close_to_ref,
+    check_bad_input,
+    check_compile,
+    check_direct_bad,
+    check_empty,
+    check_gradcheck,
+    check_matches_ref,
+    check_noncontiguous,
+    check_opcheck,
+    contract_tests,
+    device_dtype_param,
+    dtype_id,
+    make_generator,
+    map_tensors,
+    noncontiguous_view,
+    requires_cuda,
+    tolerance,
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -86,13 +70,6 @@ def assert_both_raise(fast, ref, kwargs: dict, exc, match: str) -> None:
     with pytest.raises(exc, match=match) as ref_info:
         ref(**kwargs)
     assert type(fast_info.value) is type(ref_info.value)
-
-
-def make_generator(*key: object) -> torch.Generator:
-    """A CPU generator seeded from ``key`` (stable across runs and processes)."""
-    g = torch.Generator()
-    g.manual_seed(zlib.crc32(repr(key).encode()))
-    return g
 
 
 def randn(shape, gen: torch.Generator, scale: float = 1.0) -> torch.Tensor:

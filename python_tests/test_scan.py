@@ -1,10 +1,15 @@
 """Tests of the reverse-time scans: ``lambda_return`` and ``reverse_scan``.
 
-Fast ops (native kernels via ``torch.ops.dreamer_fast.*``) are compared against the
-pure-PyTorch ``*_ref`` loops run in float64 on the same input values, for values and
-every gradient, plus closed forms, gradcheck, opcheck, torch.compile, NaN
-propagation, argument errors, CUDA (skipped without a device) and the
-missing-extension path.
+The generic checks come from the op-contract harness (``op_contract.py``): each op's
+contract generates the fast-vs-reference grid (float64 reference on the same values,
+every gradient; float64/float32 on the CPU, bf16/fp16 and every CUDA dtype on a smaller
+grid, wide batches on every device), non-contiguous and empty inputs, gradcheck,
+opcheck of the native forward and backward ops, torch.compile and the argument errors.
+The op-specific behaviour stays as plain tests: closed forms and hand-computed values,
+Python-number ``pcont``/``decay`` and ``None`` bootstrap/init, NaN propagation, the
+native backward ops' checks, CUDA graphs and streams, the missing-extension path. The
+last section runs the harness on deliberately broken ops: each generated check must
+fail on them.
 
 None of these tests skip when the extension is missing: the fast ops then raise the
 rebuild hint and the tests fail, which is what a broken build should do.
@@ -12,6 +17,7 @@ rebuild hint and the tests fail, which is what a broken build should do.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import types
 
@@ -23,10 +29,22 @@ from dreamer_fast import _extension
 from dreamer_fast.ops import lambda_return, lambda_return_ref, reverse_scan, reverse_scan_ref
 
 from conftest import (
-    assert_both_raise,
     DEVICES,
-    HAS_CUDA_KERNELS,
+    Bad,
+    DirectBad,
+    OpContract,
+    assert_both_raise,
     assert_close_to_ref,
+    check_bad_input,
+    check_compile,
+    check_direct_bad,
+    check_empty,
+    check_gradcheck,
+    check_matches_ref,
+    check_noncontiguous,
+    check_opcheck,
+    contract_tests,
+    dtype_id,
     make_generator,
     rand_pcont,
     randn,
@@ -34,45 +52,9 @@ from conftest import (
     time_shape,
 )
 
-T_VALUES = [1, 2, 15, 16, 64, 65]
-BATCHES = [(1,), (37,), (3, 5)]
-AXES = [0, 1, -1]
-LAMBDAS = [0.0, 0.95, 1.0]
-
-# Smaller grid for the low-precision dtypes and for CUDA.
-T_SMALL = [1, 16, 65]
-BATCHES_SMALL = [(37,), (3, 5)]
-AXES_SMALL = [0, -1]
-
-
-def _dtype_id(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _batch_id(batch: tuple[int, ...]) -> str:
-    return "b" + "x".join(map(str, batch))
-
-
-def _device_dtype(device: str, dtype: torch.dtype):
-    marks = [requires_cuda, pytest.mark.cuda] if device == "cuda" else []
-    return pytest.param(device, dtype, marks=marks, id=f"{device}-{_dtype_id(dtype)}")
-
-
-#: CPU low precision (float32/float64 are in the full grid) and every dtype on CUDA.
-DEVICE_DTYPES_SMALL = [
-    _device_dtype("cpu", torch.bfloat16),
-    _device_dtype("cpu", torch.float16),
-    _device_dtype("cuda", torch.float32),
-    _device_dtype("cuda", torch.float64),
-    _device_dtype("cuda", torch.bfloat16),
-    _device_dtype("cuda", torch.float16),
-]
-
-FULL_DTYPES = [pytest.param(d, id=_dtype_id(d)) for d in (torch.float64, torch.float32)]
-
 
 # --------------------------------------------------------------------------------------
-# Input builders and the fast-vs-reference check
+# Input builders
 # --------------------------------------------------------------------------------------
 
 def lambda_return_inputs(T, batch, axis, gen, *, p_terminal=0.05):
@@ -94,32 +76,285 @@ def reverse_scan_inputs(T, batch, axis, gen, *, p_terminal=0.05):
     return inputs, decay, init
 
 
-def _run(fn, args64, dtype, device, gout64, **kwargs):
-    """Run ``fn`` on leaves holding ``args64`` cast to dtype/device, backprop gout."""
-    leaves = [a.to(device=device, dtype=dtype).requires_grad_() for a in args64]
-    out = fn(*leaves, **kwargs)
-    out.backward(gout64.to(device=device, dtype=dtype))
-    return out.detach(), [leaf.grad for leaf in leaves]
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A scan call: T steps, batch shape, time axis, λ (lambda_return only); ``number``:
+    pcont/decay as this Python number and bootstrap/init None."""
+    T: int
+    batch: tuple[int, ...]
+    axis: int = 0
+    lam: float = 0.95
+    number: float | None = None
 
 
-def check_fast_vs_ref(fast_fn, ref_fn, args64, names, dtype, device, gen, **kwargs):
-    """Fast op in ``dtype`` on ``device`` vs reference in float64 on CPU, on the same
-    input values (rounded to ``dtype`` first), values and every gradient."""
-    args_q = [a.to(dtype).to(torch.float64) for a in args64]
-    gout = randn(args64[0].shape, gen).to(dtype).to(torch.float64)
-    out, grads = _run(fast_fn, args_q, dtype, device, gout, **kwargs)
-    ref, ref_grads = _run(ref_fn, args_q, torch.float64, "cpu", gout, **kwargs)
-    assert out.device.type == device
-    assert torch.isfinite(ref).all()
-    assert_close_to_ref(out, ref, dtype, "output")
-    for name, g, rg in zip(names, grads, ref_grads):
-        assert g is not None, f"no gradient for {name}"
-        assert g.shape == rg.shape
-        assert_close_to_ref(g, rg, dtype, f"d/d {name}")
+def _to(ts, dtype, device):
+    return [t.to(device=device, dtype=dtype) for t in ts]
 
 
-LR_NAMES = ("reward", "value", "pcont", "bootstrap")
-RS_NAMES = ("inputs", "decay", "init")
+def build_lambda_return(case: Case, dtype, device, gen) -> dict:
+    r, v, p, b = _to(lambda_return_inputs(case.T, case.batch, case.axis, gen), dtype, device)
+    if case.number is not None:
+        p, b = case.number, None
+    return dict(reward=r, value=v, pcont=p, bootstrap=b, lambda_=case.lam, axis=case.axis)
+
+
+def build_reverse_scan(case: Case, dtype, device, gen) -> dict:
+    x, d, i = _to(reverse_scan_inputs(case.T, case.batch, case.axis, gen), dtype, device)
+    if case.number is not None:
+        d, i = case.number, None
+    return dict(inputs=x, decay=d, init=i, axis=case.axis)
+
+
+def _grad_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.randn(x.shape, generator=make_generator("g", x.shape)).to(x.dtype)
+
+
+def native_lambda_return(kw: dict) -> list:
+    """The native forward and backward calls (time-major inputs: axis 0)."""
+    assert kw["axis"] == 0
+    args = (kw["reward"], kw["value"], kw["pcont"], kw["bootstrap"], kw["lambda_"])
+    r, v, p, b, lam = (a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    out = torch.ops.dreamer_fast.lambda_return(r, v, p, b, lam)
+    return [(torch.ops.dreamer_fast.lambda_return.default, args),
+            (torch.ops.dreamer_fast.lambda_return_backward.default,
+             (_grad_like(r), v, p, b, out, lam))]
+
+
+def native_reverse_scan(kw: dict) -> list:
+    assert kw["axis"] == 0
+    args = (kw["inputs"], kw["decay"], kw["init"])
+    x, d, i = (a.detach() for a in args)
+    out = torch.ops.dreamer_fast.reverse_scan(x, d, i)
+    return [(torch.ops.dreamer_fast.reverse_scan.default, args),
+            (torch.ops.dreamer_fast.reverse_scan_backward.default, (_grad_like(x), d, i, out))]
+
+
+def _finite_ref(outs, refs, kwargs, dtype):
+    assert torch.isfinite(refs[0]).all(), "the reference is not finite on these inputs"
+
+
+# --------------------------------------------------------------------------------------
+# Argument errors (fast and ref raise the same type, naming the argument)
+# --------------------------------------------------------------------------------------
+
+def _zero_length(names, init_name):
+    def mutate(kw):
+        for n in names:
+            kw[n] = torch.zeros(0, 3)
+        kw[init_name] = torch.zeros(3)
+    return mutate
+
+
+def _zero_dim(names, init_name):
+    def mutate(kw):
+        for n in names:
+            kw[n] = torch.tensor(1.0)
+        kw[init_name] = None
+    return mutate
+
+
+def _set(**changes):
+    """Set arguments; a callable value is applied to the argument's valid value."""
+    def mutate(kw):
+        for k, v in changes.items():
+            kw[k] = v(kw[k]) if callable(v) else v
+    return mutate
+
+
+def _bad(table):
+    return tuple(Bad(id, mutate, exc, arg) for id, (mutate, exc, arg) in table.items())
+
+
+i64 = dict(dtype=torch.int64)
+LR_SEQ = ("reward", "value", "pcont")
+RS_SEQ = ("inputs", "decay")
+
+LR_BAD = _bad({
+    "value-shape": (_set(value=torch.zeros(5, 3)), ValueError, "value"),
+    "pcont-shape": (_set(pcont=torch.zeros(4, 2)), ValueError, "pcont"),
+    "bootstrap-shape": (_set(bootstrap=torch.zeros(4)), ValueError, "bootstrap"),
+    "bootstrap-with-time": (_set(bootstrap=torch.zeros(4, 3)), ValueError, "bootstrap"),
+    "axis-too-big": (_set(axis=2), ValueError, "axis"),
+    "axis-too-small": (_set(axis=-3), ValueError, "axis"),
+    "axis-float": (_set(axis=0.0), TypeError, "axis"),
+    "reward-int64": (_set(reward=torch.ones(4, 3, **i64)), TypeError, "reward"),
+    "value-int64": (_set(value=torch.ones(4, 3, **i64)), TypeError, "value"),
+    "pcont-bool-tensor": (_set(pcont=torch.ones(4, 3, dtype=torch.bool)), TypeError, "pcont"),
+    "pcont-python-bool": (_set(pcont=True), TypeError, "pcont"),
+    "bootstrap-int64": (_set(bootstrap=torch.ones(3, **i64)), TypeError, "bootstrap"),
+    "value-float64": (_set(value=torch.Tensor.double), TypeError, "value"),
+    "pcont-float64": (_set(pcont=torch.Tensor.double), TypeError, "pcont"),
+    "bootstrap-float64": (_set(bootstrap=torch.Tensor.double), TypeError, "bootstrap"),
+    "lambda-negative": (_set(lambda_=-0.1), ValueError, "lambda_"),
+    "lambda-above-one": (_set(lambda_=1.5), ValueError, "lambda_"),
+    "lambda-nan": (_set(lambda_=float("nan")), ValueError, "lambda_"),
+    "lambda-str": (_set(lambda_="0.9"), TypeError, "lambda_"),
+    "zero-length-time": (_zero_length(LR_SEQ, "bootstrap"), ValueError, "reward"),
+    "zero-length-time-axis1": (_set(reward=torch.zeros(3, 0), value=torch.zeros(3, 0),
+                                    pcont=torch.zeros(3, 0), axis=1), ValueError, "reward"),
+    "zero-dim": (_zero_dim(LR_SEQ, "bootstrap"), ValueError, "reward"),
+    "reward-list": (_set(reward=torch.Tensor.tolist), TypeError, "reward"),
+    "reward-none": (_set(reward=None), TypeError, "reward"),
+    "value-meta": (_set(value=lambda t: t.to("meta")), ValueError, "value"),
+    "reward-meta": (_set(reward=lambda t: t.to("meta")), ValueError, "value"),
+    "pcont-meta": (_set(pcont=lambda t: t.to("meta")), ValueError, "pcont"),
+    "bootstrap-meta": (_set(bootstrap=lambda t: t.to("meta")), ValueError, "bootstrap"),
+})
+
+RS_BAD = _bad({
+    "decay-shape": (_set(decay=torch.zeros(5, 3)), ValueError, "decay"),
+    "init-shape": (_set(init=torch.zeros(4)), ValueError, "init"),
+    "axis-too-big": (_set(axis=2), ValueError, "axis"),
+    "axis-too-small": (_set(axis=-3), ValueError, "axis"),
+    "inputs-int64": (_set(inputs=torch.ones(4, 3, **i64)), TypeError, "inputs"),
+    "decay-int64": (_set(decay=torch.ones(4, 3, **i64)), TypeError, "decay"),
+    "decay-float64": (_set(decay=torch.Tensor.double), TypeError, "decay"),
+    "init-float64": (_set(init=torch.Tensor.double), TypeError, "init"),
+    "zero-length-time": (_zero_length(RS_SEQ, "init"), ValueError, "inputs"),
+    "zero-dim": (_zero_dim(RS_SEQ, "init"), ValueError, "inputs"),
+    "inputs-list": (_set(inputs=torch.Tensor.tolist), TypeError, "inputs"),
+    "decay-meta": (_set(decay=lambda t: t.to("meta")), ValueError, "decay"),
+    "init-meta": (_set(init=lambda t: t.to("meta")), ValueError, "init"),
+})
+
+
+# Direct torch.ops calls skip the Python checks; the C++ TORCH_CHECKs name the argument.
+def _lr_good():
+    r, v, p, b = lambda_return_inputs(4, (3,), 0, make_generator("lr-good"))
+    r, v, p, b = (a.float() for a in (r, v, p, b))
+    return dict(reward=r, value=v, pcont=p, bootstrap=b, lambda_=0.95, axis=0)
+
+
+def _rs_good():
+    x, d, i = (a.float() for a in reverse_scan_inputs(4, (3,), 0, make_generator("rs-good")))
+    return dict(inputs=x, decay=d, init=i, axis=0)
+
+
+def _direct_lr(r=None, v=None, p=None, b=None, lam=0.9):
+    d = _lr_good()
+    return (d["reward"] if r is None else r, d["value"] if v is None else v,
+            d["pcont"] if p is None else p, d["bootstrap"] if b is None else b, lam)
+
+
+def _direct_rs(x=None, d=None, i=None):
+    g = _rs_good()
+    return (g["inputs"] if x is None else x, g["decay"] if d is None else d,
+            g["init"] if i is None else i)
+
+
+meta = dict(device="meta")
+LR_DIRECT_BAD = (
+    DirectBad("value-shape", "lambda_return", lambda: _direct_lr(v=torch.zeros(5, 3)), "value"),
+    DirectBad("pcont-shape", "lambda_return", lambda: _direct_lr(p=torch.zeros(4, 2)), "pcont"),
+    DirectBad("bootstrap-shape", "lambda_return", lambda: _direct_lr(b=torch.zeros(4)),
+              "bootstrap"),
+    DirectBad("value-dtype", "lambda_return", lambda: _direct_lr(v=torch.zeros(4, 3).double()),
+              "value"),
+    DirectBad("bootstrap-dtype", "lambda_return",
+              lambda: _direct_lr(b=torch.zeros(3).double()), "bootstrap"),
+    DirectBad("reward-int", "lambda_return",
+              lambda: _direct_lr(*(torch.zeros(4, 3, **i64),) * 3, b=torch.zeros(3, **i64)),
+              "reward"),
+    DirectBad("lambda", "lambda_return", lambda: _direct_lr(lam=1.5), "lambda_"),
+    DirectBad("lambda-nan", "lambda_return", lambda: _direct_lr(lam=float("nan")), "lambda_"),
+    DirectBad("zero-length", "lambda_return",
+              lambda: _direct_lr(*(torch.zeros(0, 3),) * 3, b=torch.zeros(3)), "reward"),
+    DirectBad("zero-dim", "lambda_return",
+              lambda: _direct_lr(*(torch.tensor(1.0),) * 3, b=torch.tensor(1.0)), "reward"),
+    # All-meta inputs run the fake kernel alone (as torch.compile tracing does): it must
+    # reject what the C++ kernel rejects.
+    DirectBad("all-meta-shape", "lambda_return",
+              lambda: (torch.zeros(4, 3, **meta), torch.zeros(5, 7, **meta),
+                       torch.zeros(4, 3, **meta), torch.zeros(3, **meta), 0.9), "value"),
+    DirectBad("all-meta-lambda", "lambda_return",
+              lambda: (*(torch.zeros(4, 3, **meta),) * 3, torch.zeros(3, **meta), 1.5),
+              "lambda_"),
+)
+RS_DIRECT_BAD = (
+    DirectBad("decay-shape", "reverse_scan", lambda: _direct_rs(d=torch.zeros(4, 2)), "decay"),
+    DirectBad("init-shape", "reverse_scan", lambda: _direct_rs(i=torch.zeros(4, 3)), "init"),
+    DirectBad("decay-dtype", "reverse_scan", lambda: _direct_rs(d=torch.zeros(4, 3).double()),
+              "decay"),
+    DirectBad("inputs-int", "reverse_scan",
+              lambda: _direct_rs(*(torch.zeros(4, 3, **i64),) * 2, i=torch.zeros(3, **i64)),
+              "inputs"),
+    DirectBad("decay-meta", "reverse_scan", lambda: _direct_rs(d=torch.zeros(4, 3, **meta)),
+              "decay"),
+    DirectBad("all-meta-init", "reverse_scan",
+              lambda: (*(torch.zeros(4, 3, **meta),) * 2, torch.zeros(2, **meta)), "init"),
+)
+
+
+# --------------------------------------------------------------------------------------
+# The contracts and their generated tests
+# --------------------------------------------------------------------------------------
+
+LAMBDA_RETURN = OpContract(
+    name="lambda_return", fast=lambda_return, ref=lambda_return_ref, build=build_lambda_return,
+    differentiable=("reward", "value", "pcont", "bootstrap"), outputs=("R",),
+    native=native_lambda_return, bad=LR_BAD, direct_bad=LR_DIRECT_BAD,
+    bad_case=Case(4, (3,)), extra=_finite_ref,
+)
+REVERSE_SCAN = OpContract(
+    name="reverse_scan", fast=reverse_scan, ref=reverse_scan_ref, build=build_reverse_scan,
+    differentiable=("inputs", "decay", "init"), outputs=("R",), native=native_reverse_scan,
+    bad=RS_BAD, direct_bad=RS_DIRECT_BAD, bad_case=Case(4, (3,)), extra=_finite_ref,
+)
+
+
+def _bid(batch):
+    return "b" + "x".join(map(str, batch))
+
+
+def _grid(Ts, batches, axes, lams):
+    return {f"T{T}-{_bid(b)}-ax{a}" + (f"-lam{lam}" if lam is not None else ""):
+            Case(T, b, a, 0.95 if lam is None else lam)
+            for T in Ts for b in batches for a in axes for lam in lams}
+
+
+T_VALUES, BATCHES, AXES, LAMBDAS = [1, 2, 15, 16, 64, 65], [(1,), (37,), (3, 5)], [0, 1, -1], \
+    [0.0, 0.95, 1.0]
+# Smaller grid for the low-precision dtypes and for CUDA.
+T_SMALL, BATCHES_SMALL, AXES_SMALL = [1, 16, 65], [(37,), (3, 5)], [0, -1]
+# Wide batches: several 64-column CPU tiles, a ragged last tile, and enough work for
+# at::parallel_for to split the tiles across threads.
+WIDE = {"T3-b130": Case(3, (130,)), "T65-b1300": Case(65, (1300,)),
+        "T16-b7x150": Case(16, (7, 150))}
+SCAN_GRADCHECK = [(1, (3,), 0), (5, (3,), 0), (4, (2, 3), 1), (6, (2,), -1)]
+
+globals().update(contract_tests(
+    LAMBDA_RETURN,
+    grid=_grid(T_VALUES, BATCHES, AXES, LAMBDAS),
+    small_grid=_grid(T_SMALL, BATCHES_SMALL, AXES_SMALL, LAMBDAS),
+    devices_grid=WIDE,
+    noncontig={f"ax{a}": Case(9, (4, 70), a, 0.9) for a in (0, 1)},
+    empty={"T4-b0": Case(4, (0,), lam=0.9), "T3-b2x0-ax1": Case(3, (2, 0), 1)},
+    gradcheck={**{f"T{T}-{_bid(b)}-ax{a}-lam{lam}": Case(T, b, a, lam)
+                  for T, b, a in SCAN_GRADCHECK for lam in (0.0, 0.6, 1.0)},
+               "number-pcont-none-bootstrap": Case(5, (3,), lam=0.7, number=0.9)},
+    opcheck={"f32-none": (Case(5, (3,)), torch.float32, "none"),
+             "f32-all": (Case(5, (3,)), torch.float32, "all"),
+             "f64-T1-even": (Case(1, (2, 3), lam=0.0), torch.float64, "even"),
+             "f64-lam1-odd": (Case(7, (4,), lam=1.0), torch.float64, "odd"),
+             "bf16-all": (Case(3, (2,), lam=0.5), torch.bfloat16, "all")},
+    compile={"ax-1": Case(10, (3, 5), -1, 0.9), "number-pcont-none-bootstrap":
+             Case(10, (3, 5), -1, 0.9, number=0.97)},
+))
+globals().update(contract_tests(
+    REVERSE_SCAN,
+    grid=_grid(T_VALUES, BATCHES, AXES, [None]),
+    small_grid=_grid(T_SMALL, BATCHES_SMALL, AXES_SMALL, [None]),
+    devices_grid={k: dataclasses.replace(v, axis=-1) for k, v in WIDE.items()},
+    noncontig={f"ax{a}": Case(9, (4, 70), a) for a in (0, 1)},
+    empty={"T4-b0": Case(4, (0,))},
+    gradcheck={**{f"T{T}-{_bid(b)}-ax{a}": Case(T, b, a) for T, b, a in SCAN_GRADCHECK},
+               "number-decay-none-init": Case(5, (3,), number=0.9)},
+    opcheck={"f32-none": (Case(5, (3,)), torch.float32, "none"),
+             "f32-all": (Case(5, (3,)), torch.float32, "all"),
+             "f64-T1-even": (Case(1, (2, 3)), torch.float64, "even"),
+             "f16-decay-init": (Case(6, (4,)), torch.float16, (False, True, True))},
+    compile={"number-decay-none-init": Case(10, (3, 5), -1, number=0.97)},
+))
 
 
 # --------------------------------------------------------------------------------------
@@ -140,136 +375,6 @@ def test_has_cuda_kernels_is_consistent():
     if dreamer_fast.has_cuda_kernels():
         assert torch.cuda.is_available()
         assert _extension._C.cuda_kernels_built
-
-
-# --------------------------------------------------------------------------------------
-# Fast vs reference: full grid (CPU, float64 and float32)
-# --------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("dtype", FULL_DTYPES)
-@pytest.mark.parametrize("lam", LAMBDAS, ids=lambda v: f"lam{v}")
-@pytest.mark.parametrize("axis", AXES, ids=lambda v: f"ax{v}")
-@pytest.mark.parametrize("batch", BATCHES, ids=_batch_id)
-@pytest.mark.parametrize("T", T_VALUES, ids=lambda v: f"T{v}")
-def test_lambda_return_matches_ref(T, batch, axis, lam, dtype, gen):
-    args = lambda_return_inputs(T, batch, axis, gen)
-    check_fast_vs_ref(lambda_return, lambda_return_ref, args, LR_NAMES, dtype, "cpu", gen,
-                      lambda_=lam, axis=axis)
-
-
-@pytest.mark.parametrize("dtype", FULL_DTYPES)
-@pytest.mark.parametrize("axis", AXES, ids=lambda v: f"ax{v}")
-@pytest.mark.parametrize("batch", BATCHES, ids=_batch_id)
-@pytest.mark.parametrize("T", T_VALUES, ids=lambda v: f"T{v}")
-def test_reverse_scan_matches_ref(T, batch, axis, dtype, gen):
-    args = reverse_scan_inputs(T, batch, axis, gen)
-    check_fast_vs_ref(reverse_scan, reverse_scan_ref, args, RS_NAMES, dtype, "cpu", gen,
-                      axis=axis)
-
-
-# --------------------------------------------------------------------------------------
-# Fast vs reference: low precision on CPU, every dtype on CUDA (smaller grid)
-# --------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("lam", [0.0, 0.95, 1.0], ids=lambda v: f"lam{v}")
-@pytest.mark.parametrize("axis", AXES_SMALL, ids=lambda v: f"ax{v}")
-@pytest.mark.parametrize("batch", BATCHES_SMALL, ids=_batch_id)
-@pytest.mark.parametrize("T", T_SMALL, ids=lambda v: f"T{v}")
-@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES_SMALL)
-def test_lambda_return_matches_ref_small_grid(device, dtype, T, batch, axis, lam, gen):
-    args = lambda_return_inputs(T, batch, axis, gen)
-    check_fast_vs_ref(lambda_return, lambda_return_ref, args, LR_NAMES, dtype, device, gen,
-                      lambda_=lam, axis=axis)
-
-
-@pytest.mark.parametrize("axis", AXES_SMALL, ids=lambda v: f"ax{v}")
-@pytest.mark.parametrize("batch", BATCHES_SMALL, ids=_batch_id)
-@pytest.mark.parametrize("T", T_SMALL, ids=lambda v: f"T{v}")
-@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES_SMALL)
-def test_reverse_scan_matches_ref_small_grid(device, dtype, T, batch, axis, gen):
-    args = reverse_scan_inputs(T, batch, axis, gen)
-    check_fast_vs_ref(reverse_scan, reverse_scan_ref, args, RS_NAMES, dtype, device, gen,
-                      axis=axis)
-
-
-# Wide batches: several 64-column CPU tiles, a ragged last tile, and enough work for
-# at::parallel_for to split the tiles across threads.
-@pytest.mark.parametrize("T,batch", [(3, (130,)), (65, (1300,)), (16, (7, 150))],
-                         ids=["T3-b130", "T65-b1300", "T16-b7x150"])
-@pytest.mark.parametrize("device", DEVICES)
-def test_wide_batch_matches_ref(device, T, batch, gen):
-    for dtype in (torch.float32, torch.float64):
-        args = lambda_return_inputs(T, batch, 0, gen)
-        check_fast_vs_ref(lambda_return, lambda_return_ref, args, LR_NAMES, dtype, device,
-                          gen, lambda_=0.95, axis=0)
-        args = reverse_scan_inputs(T, batch, -1, gen)
-        check_fast_vs_ref(reverse_scan, reverse_scan_ref, args, RS_NAMES, dtype, device, gen,
-                          axis=-1)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_empty_batch(device):
-    """T >= 1 but no batch elements: an empty result, like the reference."""
-    r = torch.zeros(4, 0, device=device)
-    b = torch.zeros(0, device=device)
-    out = lambda_return(r, r, r, b, 0.9)
-    assert out.shape == (4, 0) and out.device.type == device
-    assert lambda_return_ref(r, r, r, b, 0.9).shape == (4, 0)
-    out = reverse_scan(r, r, b)
-    assert out.shape == (4, 0) and out.device.type == device
-
-
-# --------------------------------------------------------------------------------------
-# Non-contiguous inputs
-# --------------------------------------------------------------------------------------
-
-def _noncontiguous(x: torch.Tensor, layout: str):
-    """(leaf, view_fn): ``view_fn(leaf)`` equals ``x`` but is a non-contiguous view
-    (``leaf`` requires grad; ``view_fn(leaf.grad)`` is the gradient of the view)."""
-    if layout == "transposed" and x.dim() >= 2:
-        base = x.movedim(0, -1).contiguous()
-        view_fn = lambda b: b.movedim(-1, 0)  # noqa: E731
-    else:  # every dim sliced with step 2
-        base = x.new_full(tuple(2 * s for s in x.shape), float("nan"))
-        sl = (slice(None, None, 2),) * x.dim()
-        base[sl] = x
-        view_fn = lambda b: b[sl]  # noqa: E731
-    base = base.detach().requires_grad_()
-    view = view_fn(base)
-    assert torch.equal(view, x)
-    assert not view.is_contiguous() or x.numel() <= 1
-    return base, view_fn
-
-
-def _check_noncontiguous(fn, args, layout, gout, **kwargs):
-    leaves_c = [a.clone().requires_grad_() for a in args]
-    out_c = fn(*leaves_c, **kwargs)
-    out_c.backward(gout)
-    pairs = [_noncontiguous(a, layout) for a in args]
-    out_n = fn(*[view_fn(base) for base, view_fn in pairs], **kwargs)
-    out_n.backward(gout)
-    # Same arithmetic per element after the kernel's .contiguous(): bitwise equal.
-    torch.testing.assert_close(out_n, out_c, rtol=0, atol=0)
-    for (base, view_fn), leaf in zip(pairs, leaves_c):
-        torch.testing.assert_close(view_fn(base.grad), leaf.grad, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("layout", ["transposed", "step2"])
-@pytest.mark.parametrize("axis", [0, 1], ids=lambda v: f"ax{v}")
-@pytest.mark.parametrize("device", DEVICES)
-def test_lambda_return_noncontiguous(device, axis, layout, gen):
-    args = [a.to(device) for a in lambda_return_inputs(9, (4, 70), axis, gen)]
-    gout = randn(args[0].shape, gen).to(device)
-    _check_noncontiguous(lambda_return, args, layout, gout, lambda_=0.9, axis=axis)
-
-
-@pytest.mark.parametrize("layout", ["transposed", "step2"])
-@pytest.mark.parametrize("axis", [0, 1], ids=lambda v: f"ax{v}")
-@pytest.mark.parametrize("device", DEVICES)
-def test_reverse_scan_noncontiguous(device, axis, layout, gen):
-    args = [a.to(device) for a in reverse_scan_inputs(9, (4, 70), axis, gen)]
-    gout = randn(args[0].shape, gen).to(device)
-    _check_noncontiguous(reverse_scan, args, layout, gout, axis=axis)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -385,7 +490,7 @@ def test_reverse_scan_closed_form(fn, gen):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
-                         ids=_dtype_id)
+                         ids=dtype_id)
 @pytest.mark.parametrize("fn", [lambda_return, lambda_return_ref], ids=["fast", "ref"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_lambda_return_hand_computed(device, fn, dtype):
@@ -439,92 +544,8 @@ def test_reverse_scan_hand_computed(device, fn):
 
 
 # --------------------------------------------------------------------------------------
-# gradcheck (float64)
+# Native ops, fake kernels
 # --------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("lam", [0.0, 0.6, 1.0], ids=lambda v: f"lam{v}")
-@pytest.mark.parametrize("T,batch,axis", [(1, (3,), 0), (5, (3,), 0), (4, (2, 3), 1),
-                                          (6, (2,), -1)])
-def test_lambda_return_gradcheck(T, batch, axis, lam, gen):
-    args = [a.requires_grad_() for a in lambda_return_inputs(T, batch, axis, gen)]
-    assert torch.autograd.gradcheck(
-        lambda r, v, p, b: lambda_return(r, v, p, b, lam, axis), args)
-
-
-@pytest.mark.parametrize("T,batch,axis", [(1, (3,), 0), (5, (3,), 0), (4, (2, 3), 1),
-                                          (6, (2,), -1)])
-def test_reverse_scan_gradcheck(T, batch, axis, gen):
-    args = [a.requires_grad_() for a in reverse_scan_inputs(T, batch, axis, gen)]
-    assert torch.autograd.gradcheck(lambda x, d, i: reverse_scan(x, d, i, axis), args)
-
-
-def test_gradcheck_number_pcont_none_bootstrap(gen):
-    r, v, _, _ = (a.requires_grad_() for a in lambda_return_inputs(5, (3,), 0, gen))
-    assert torch.autograd.gradcheck(lambda r, v: lambda_return(r, v, 0.9, None, 0.7), (r, v))
-    assert torch.autograd.gradcheck(lambda x: reverse_scan(x, 0.9, None), (r,))
-
-
-# --------------------------------------------------------------------------------------
-# torch.library.opcheck
-# --------------------------------------------------------------------------------------
-
-def _lr_samples():
-    g = make_generator("opcheck-lr")
-    samples = []
-    for T, batch, dtype, lam, grad_mask in [
-        (5, (3,), torch.float32, 0.95, (False,) * 4),
-        (5, (3,), torch.float32, 0.95, (True,) * 4),
-        (1, (2, 3), torch.float64, 0.0, (True, False, True, False)),
-        (7, (4,), torch.float64, 1.0, (False, True, False, True)),
-        (3, (2,), torch.bfloat16, 0.5, (True,) * 4),
-    ]:
-        r, v, p, b = lambda_return_inputs(T, batch, 0, g)
-        args = [a.to(dtype).requires_grad_(m) for a, m in zip((r, v, p, b), grad_mask)]
-        samples.append((*args, lam))
-    return samples
-
-
-def _rs_samples():
-    g = make_generator("opcheck-rs")
-    samples = []
-    for T, batch, dtype, grad_mask in [
-        (5, (3,), torch.float32, (False,) * 3),
-        (5, (3,), torch.float32, (True,) * 3),
-        (1, (2, 3), torch.float64, (True, False, True)),
-        (6, (4,), torch.float16, (False, True, True)),
-    ]:
-        args = reverse_scan_inputs(T, batch, 0, g)
-        samples.append(tuple(a.to(dtype).requires_grad_(m) for a, m in zip(args, grad_mask)))
-    return samples
-
-
-def test_opcheck_lambda_return():
-    for sample in _lr_samples():
-        torch.library.opcheck(torch.ops.dreamer_fast.lambda_return.default, sample)
-
-
-def test_opcheck_reverse_scan():
-    for sample in _rs_samples():
-        torch.library.opcheck(torch.ops.dreamer_fast.reverse_scan.default, sample)
-
-
-def test_opcheck_lambda_return_backward():
-    for r, v, p, b, lam in _lr_samples():
-        r, v, p, b = (a.detach() for a in (r, v, p, b))
-        out = torch.ops.dreamer_fast.lambda_return(r, v, p, b, lam)
-        grad = torch.randn(r.shape, generator=make_generator("g", r.shape)).to(r.dtype)
-        torch.library.opcheck(torch.ops.dreamer_fast.lambda_return_backward.default,
-                              (grad, v, p, b, out, lam))
-
-
-def test_opcheck_reverse_scan_backward():
-    for x, d, init in _rs_samples():
-        x, d, init = (a.detach() for a in (x, d, init))
-        out = torch.ops.dreamer_fast.reverse_scan(x, d, init)
-        grad = torch.randn(x.shape, generator=make_generator("g", x.shape)).to(x.dtype)
-        torch.library.opcheck(torch.ops.dreamer_fast.reverse_scan_backward.default,
-                              (grad, d, init, out))
-
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_direct_ops_match_public_ops(device, gen):
@@ -544,62 +565,18 @@ def test_meta_tensors_use_fake_kernels():
     assert out.device.type == "meta" and out.shape == (3, 6, 4)
 
 
-# --------------------------------------------------------------------------------------
-# torch.compile
-# --------------------------------------------------------------------------------------
-
-# Importing inductor/aot_autograd touches torch.jit.script_method (deprecated in torch 2.13).
-_IGNORE_JIT_DEPRECATION = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-
-
 @pytest.mark.compile
-@_IGNORE_JIT_DEPRECATION
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compile_lambda_return_inductor(gen):
     """fullgraph compile (inductor) of the public op plus surrounding ops, fwd + bwd."""
-    torch._dynamo.reset()
 
-    def f(reward, value, pcont, bootstrap):
-        ret = lambda_return(reward * 2.0, value, pcont, bootstrap, 0.95, axis=1)
-        return (ret - value).square().mean()
+    def wrap(fast):
+        def f(reward, value, pcont, bootstrap, lambda_, axis):
+            ret = fast(reward * 2.0, value, pcont, bootstrap, lambda_, axis=axis)
+            return (ret - value).square().mean()
+        return f
 
-    args = lambda_return_inputs(16, (8,), 1, gen)
-    args = [a.float() for a in args]
-    leaves_e = [a.clone().requires_grad_() for a in args]
-    leaves_c = [a.clone().requires_grad_() for a in args]
-    loss_e = f(*leaves_e)
-    loss_e.backward()
-    loss_c = torch.compile(f, fullgraph=True)(*leaves_c)
-    loss_c.backward()
-    torch.testing.assert_close(loss_c, loss_e)
-    for c, e in zip(leaves_c, leaves_e):
-        torch.testing.assert_close(c.grad, e.grad)
-
-
-@pytest.mark.compile
-@_IGNORE_JIT_DEPRECATION
-def test_compile_reverse_scan_aot_eager(gen):
-    """fullgraph compile (aot_eager) with a Python-number decay and init=None."""
-    torch._dynamo.reset()
-
-    def f(x, pcont, value):
-        ret = reverse_scan(x, 0.97, None, axis=-1)
-        ret2 = lambda_return(x, value, pcont, None, 0.9, axis=-1)
-        return ret, ret2
-
-    x, p, _ = reverse_scan_inputs(10, (3, 5), -1, gen)
-    v = randn(x.shape, gen)
-    leaves_e = [a.clone().requires_grad_() for a in (x, p, v)]
-    leaves_c = [a.clone().requires_grad_() for a in (x, p, v)]
-    gout = randn(x.shape, gen)
-    outs_e = f(*leaves_e)
-    torch.autograd.backward(outs_e, (gout, gout))
-    outs_c = torch.compile(f, fullgraph=True, backend="aot_eager")(*leaves_c)
-    torch.autograd.backward(outs_c, (gout, gout))
-    for c, e in zip(outs_c, outs_e):
-        torch.testing.assert_close(c, e)
-    for c, e in zip(leaves_c, leaves_e):
-        torch.testing.assert_close(c.grad, e.grad)
+    check_compile(LAMBDA_RETURN, Case(16, (8,), 1), gen, backend="inductor", wrap=wrap)
 
 
 # --------------------------------------------------------------------------------------
@@ -639,112 +616,8 @@ def test_reverse_scan_nan_propagates(device, fn, gen):
 
 
 # --------------------------------------------------------------------------------------
-# Argument errors (fast and ref raise the same type, naming the argument)
+# Argument errors beyond the contracts' lists
 # --------------------------------------------------------------------------------------
-
-def _lr_good():
-    r, v, p, b = lambda_return_inputs(4, (3,), 0, make_generator("lr-good"))
-    r, v, p, b = (a.float() for a in (r, v, p, b))
-    return dict(reward=r, value=v, pcont=p, bootstrap=b, lambda_=0.95, axis=0)
-
-
-def _rs_good():
-    x, d, i = (a.float() for a in reverse_scan_inputs(4, (3,), 0, make_generator("rs-good")))
-    return dict(inputs=x, decay=d, init=i, axis=0)
-
-
-def _zero_length(kw, names, init_name):
-    for n in names:
-        kw[n] = torch.zeros(0, 3)
-    kw[init_name] = torch.zeros(3)
-
-
-def _zero_dim(kw, names, init_name):
-    for n in names:
-        kw[n] = torch.tensor(1.0)
-    kw[init_name] = None
-
-
-LR_SEQ = ("reward", "value", "pcont")
-RS_SEQ = ("inputs", "decay")
-
-LR_BAD = {
-    "value-shape": (lambda kw: kw.update(value=torch.zeros(5, 3)), ValueError, "`value`"),
-    "pcont-shape": (lambda kw: kw.update(pcont=torch.zeros(4, 2)), ValueError, "`pcont`"),
-    "bootstrap-shape": (lambda kw: kw.update(bootstrap=torch.zeros(4)), ValueError,
-                        "`bootstrap`"),
-    "bootstrap-with-time": (lambda kw: kw.update(bootstrap=torch.zeros(4, 3)), ValueError,
-                            "`bootstrap`"),
-    "axis-too-big": (lambda kw: kw.update(axis=2), ValueError, "`axis`"),
-    "axis-too-small": (lambda kw: kw.update(axis=-3), ValueError, "`axis`"),
-    "axis-float": (lambda kw: kw.update(axis=0.0), TypeError, "`axis`"),
-    "reward-int64": (lambda kw: kw.update(reward=torch.ones(4, 3, dtype=torch.int64)),
-                     TypeError, "`reward`"),
-    "value-int64": (lambda kw: kw.update(value=torch.ones(4, 3, dtype=torch.int64)),
-                    TypeError, "`value`"),
-    "pcont-bool-tensor": (lambda kw: kw.update(pcont=torch.ones(4, 3, dtype=torch.bool)),
-                          TypeError, "`pcont`"),
-    "pcont-python-bool": (lambda kw: kw.update(pcont=True), TypeError, "`pcont`"),
-    "bootstrap-int64": (lambda kw: kw.update(bootstrap=torch.ones(3, dtype=torch.int64)),
-                        TypeError, "`bootstrap`"),
-    "value-float64": (lambda kw: kw.update(value=kw["value"].double()), TypeError, "`value`"),
-    "pcont-float64": (lambda kw: kw.update(pcont=kw["pcont"].double()), TypeError, "`pcont`"),
-    "bootstrap-float64": (lambda kw: kw.update(bootstrap=kw["bootstrap"].double()), TypeError,
-                          "`bootstrap`"),
-    "lambda-negative": (lambda kw: kw.update(lambda_=-0.1), ValueError, "`lambda_`"),
-    "lambda-above-one": (lambda kw: kw.update(lambda_=1.5), ValueError, "`lambda_`"),
-    "lambda-nan": (lambda kw: kw.update(lambda_=float("nan")), ValueError, "`lambda_`"),
-    "lambda-str": (lambda kw: kw.update(lambda_="0.9"), TypeError, "`lambda_`"),
-    "zero-length-time": (lambda kw: _zero_length(kw, LR_SEQ, "bootstrap"), ValueError,
-                         "`reward`"),
-    "zero-length-time-axis1": (lambda kw: kw.update(reward=torch.zeros(3, 0),
-                                                    value=torch.zeros(3, 0),
-                                                    pcont=torch.zeros(3, 0), axis=1),
-                               ValueError, "`reward`"),
-    "zero-dim": (lambda kw: _zero_dim(kw, LR_SEQ, "bootstrap"), ValueError, "`reward`"),
-    "reward-list": (lambda kw: kw.update(reward=kw["reward"].tolist()), TypeError, "`reward`"),
-    "reward-none": (lambda kw: kw.update(reward=None), TypeError, "`reward`"),
-    "value-meta": (lambda kw: kw.update(value=kw["value"].to("meta")), ValueError, "`value`"),
-    "pcont-meta": (lambda kw: kw.update(pcont=kw["pcont"].to("meta")), ValueError, "`pcont`"),
-    "bootstrap-meta": (lambda kw: kw.update(bootstrap=kw["bootstrap"].to("meta")), ValueError,
-                       "`bootstrap`"),
-}
-
-RS_BAD = {
-    "decay-shape": (lambda kw: kw.update(decay=torch.zeros(5, 3)), ValueError, "`decay`"),
-    "init-shape": (lambda kw: kw.update(init=torch.zeros(4)), ValueError, "`init`"),
-    "axis-too-big": (lambda kw: kw.update(axis=2), ValueError, "`axis`"),
-    "axis-too-small": (lambda kw: kw.update(axis=-3), ValueError, "`axis`"),
-    "inputs-int64": (lambda kw: kw.update(inputs=torch.ones(4, 3, dtype=torch.int64)),
-                     TypeError, "`inputs`"),
-    "decay-int64": (lambda kw: kw.update(decay=torch.ones(4, 3, dtype=torch.int64)),
-                    TypeError, "`decay`"),
-    "decay-float64": (lambda kw: kw.update(decay=kw["decay"].double()), TypeError, "`decay`"),
-    "init-float64": (lambda kw: kw.update(init=kw["init"].double()), TypeError, "`init`"),
-    "zero-length-time": (lambda kw: _zero_length(kw, RS_SEQ, "init"), ValueError, "`inputs`"),
-    "zero-dim": (lambda kw: _zero_dim(kw, RS_SEQ, "init"), ValueError, "`inputs`"),
-    "inputs-list": (lambda kw: kw.update(inputs=kw["inputs"].tolist()), TypeError,
-                    "`inputs`"),
-    "decay-meta": (lambda kw: kw.update(decay=kw["decay"].to("meta")), ValueError, "`decay`"),
-    "init-meta": (lambda kw: kw.update(init=kw["init"].to("meta")), ValueError, "`init`"),
-}
-
-
-@pytest.mark.parametrize("case", list(LR_BAD))
-def test_lambda_return_bad_inputs(case):
-    mutate, exc, match = LR_BAD[case]
-    kwargs = _lr_good()
-    mutate(kwargs)
-    assert_both_raise(lambda_return, lambda_return_ref, kwargs, exc, match)
-
-
-@pytest.mark.parametrize("case", list(RS_BAD))
-def test_reverse_scan_bad_inputs(case):
-    mutate, exc, match = RS_BAD[case]
-    kwargs = _rs_good()
-    mutate(kwargs)
-    assert_both_raise(reverse_scan, reverse_scan_ref, kwargs, exc, match)
-
 
 @pytest.mark.parametrize("other", ["meta", pytest.param("cuda", marks=requires_cuda)])
 def test_device_mismatch(other):
@@ -768,72 +641,6 @@ def test_valid_edge_arguments_accepted():
         torch.testing.assert_close(lambda_return(**kw), lambda_return_ref(**kw))
     kw["axis"] = -2
     torch.testing.assert_close(lambda_return(**kw), lambda_return_ref(**kw))
-
-
-# Direct torch.ops calls skip the Python checks; the C++ TORCH_CHECKs name the argument.
-def _direct_lr(r=None, v=None, p=None, b=None, lam=0.9):
-    d = _lr_good()
-    return (d["reward"] if r is None else r, d["value"] if v is None else v,
-            d["pcont"] if p is None else p, d["bootstrap"] if b is None else b, lam)
-
-
-def _direct_rs(x=None, d=None, i=None):
-    g = _rs_good()
-    return (g["inputs"] if x is None else x, g["decay"] if d is None else d,
-            g["init"] if i is None else i)
-
-
-DIRECT_BAD = {
-    "lr-value-shape": ("lambda_return", lambda: _direct_lr(v=torch.zeros(5, 3)), "`value`"),
-    "lr-pcont-shape": ("lambda_return", lambda: _direct_lr(p=torch.zeros(4, 2)), "`pcont`"),
-    "lr-bootstrap-shape": ("lambda_return", lambda: _direct_lr(b=torch.zeros(4)),
-                           "`bootstrap`"),
-    "lr-value-dtype": ("lambda_return", lambda: _direct_lr(v=torch.zeros(4, 3).double()),
-                       "`value`"),
-    "lr-bootstrap-dtype": ("lambda_return", lambda: _direct_lr(b=torch.zeros(3).double()),
-                           "`bootstrap`"),
-    "lr-reward-int": ("lambda_return",
-                      lambda: _direct_lr(*(torch.zeros(4, 3, dtype=torch.int64),) * 3,
-                                         b=torch.zeros(3, dtype=torch.int64)), "`reward`"),
-    "lr-lambda": ("lambda_return", lambda: _direct_lr(lam=1.5), "`lambda_`"),
-    "lr-lambda-nan": ("lambda_return", lambda: _direct_lr(lam=float("nan")), "`lambda_`"),
-    "lr-zero-length": ("lambda_return",
-                       lambda: _direct_lr(*(torch.zeros(0, 3),) * 3, b=torch.zeros(3)),
-                       "`reward`"),
-    "lr-zero-dim": ("lambda_return",
-                    lambda: _direct_lr(*(torch.tensor(1.0),) * 3, b=torch.tensor(1.0)),
-                    "`reward`"),
-    "rs-decay-shape": ("reverse_scan", lambda: _direct_rs(d=torch.zeros(4, 2)), "`decay`"),
-    "rs-init-shape": ("reverse_scan", lambda: _direct_rs(i=torch.zeros(4, 3)), "`init`"),
-    "rs-decay-dtype": ("reverse_scan", lambda: _direct_rs(d=torch.zeros(4, 3).double()),
-                       "`decay`"),
-    "rs-inputs-int": ("reverse_scan",
-                      lambda: _direct_rs(*(torch.zeros(4, 3, dtype=torch.int64),) * 2,
-                                         i=torch.zeros(3, dtype=torch.int64)), "`inputs`"),
-    "rs-decay-meta": ("reverse_scan", lambda: _direct_rs(d=torch.zeros(4, 3, device="meta")),
-                      "`decay`"),
-    # All-meta inputs run the fake kernel alone (as torch.compile tracing does): it must
-    # reject what the C++ kernel rejects.
-    "lr-all-meta-shape": ("lambda_return",
-                          lambda: (torch.zeros(4, 3, device="meta"),
-                                   torch.zeros(5, 7, device="meta"),
-                                   torch.zeros(4, 3, device="meta"),
-                                   torch.zeros(3, device="meta"), 0.9), "`value`"),
-    "lr-all-meta-lambda": ("lambda_return",
-                           lambda: (*(torch.zeros(4, 3, device="meta"),) * 3,
-                                    torch.zeros(3, device="meta"), 1.5), "`lambda_`"),
-    "rs-all-meta-init": ("reverse_scan",
-                         lambda: (*(torch.zeros(4, 3, device="meta"),) * 2,
-                                  torch.zeros(2, device="meta")), "`init`"),
-}
-
-
-@pytest.mark.parametrize("case", list(DIRECT_BAD))
-def test_direct_op_errors(case):
-    op_name, make_args, match = DIRECT_BAD[case]
-    op = getattr(torch.ops.dreamer_fast, op_name)
-    with pytest.raises(RuntimeError, match=match):
-        op(*make_args())
 
 
 def test_direct_backward_op_errors():
@@ -932,3 +739,141 @@ def test_extension_without_cuda_kernels_rejects_cuda(monkeypatch):
     _extension.require_device_kernels("lambda_return", torch.device("cpu"))
     with pytest.raises(RuntimeError, match="no fast kernel for device type 'mps'"):
         _extension.require_device_kernels("lambda_return", torch.device("mps"))
+
+
+# --------------------------------------------------------------------------------------
+# The harness catches broken ops: every generated check fails on a deliberately broken
+# fast op (each a small change of reverse_scan), so a passing contract test means
+# something.
+# --------------------------------------------------------------------------------------
+
+def _broken(fast, **changes) -> OpContract:
+    return dataclasses.replace(REVERSE_SCAN, fast=fast, **changes)
+
+
+class _WrongInitGrad(torch.autograd.Function):
+    """Identity forward; the backward scales the gradient by 1.01."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 1.01
+
+
+_CASE = Case(5, (3,))
+_GEN = make_generator("broken")
+
+
+def test_op_contract_catches_an_offset_value():
+    broken = _broken(lambda inputs, decay, init, axis: reverse_scan(inputs, decay, init, axis)
+                     + 1e-3)
+    check_matches_ref(REVERSE_SCAN, _CASE, torch.float64, "cpu", _GEN)  # the real op passes
+    for dtype in (torch.float64, torch.float32):
+        with pytest.raises(AssertionError, match="reverse_scan R"):
+            check_matches_ref(broken, _CASE, dtype, "cpu", _GEN)
+
+
+def test_op_contract_catches_a_dropped_gradient():
+    broken = _broken(lambda inputs, decay, init, axis:
+                     reverse_scan(inputs, decay.detach(), init, axis))
+    with pytest.raises(AssertionError, match="no gradient for decay"):
+        check_matches_ref(broken, _CASE, torch.float64, "cpu", _GEN)
+
+
+def test_op_contract_catches_a_wrong_gradient():
+    broken = _broken(lambda inputs, decay, init, axis:
+                     reverse_scan(inputs, decay, _WrongInitGrad.apply(init), axis))
+    with pytest.raises(AssertionError, match="d/d init"):
+        check_matches_ref(broken, _CASE, torch.float64, "cpu", _GEN)
+    with pytest.raises(AssertionError, match="gradcheck failed"):
+        check_gradcheck(broken, _CASE, _GEN)
+
+
+def test_op_contract_catches_ignored_strides():
+    """A fast op reading its inputs' storage as if they were contiguous."""
+    def fast(inputs, decay, init, axis):
+        raw = [x.as_strided(x.shape, torch.empty(x.shape).stride()) for x in (inputs, decay)]
+        return reverse_scan(*raw, init, axis)
+
+    check_noncontiguous(REVERSE_SCAN, Case(9, (4, 7), 1), "cpu", _GEN, "step2")
+    for layout in ("transposed", "step2"):
+        with pytest.raises(AssertionError, match="inputs"):
+            check_noncontiguous(_broken(fast), Case(9, (4, 7), 1), "cpu", _GEN, layout)
+
+
+def test_op_contract_catches_empty_input_failures():
+    def crashes(inputs, decay, init, axis):
+        assert inputs.numel(), "division by zero"
+        return reverse_scan(inputs, decay, init, axis)
+
+    def wrong_shape(inputs, decay, init, axis):
+        out = reverse_scan(inputs, decay, init, axis)
+        return out if out.numel() else out.reshape(-1)
+
+    for fast in (crashes, wrong_shape):
+        with pytest.raises(AssertionError):
+            check_empty(_broken(fast), Case(4, (0,)), "cpu", _GEN)
+
+
+# A native op whose fake kernel disagrees with its real kernel (the output shape).
+@torch.library.custom_op("dreamer_fast_test::scaled", mutates_args=())
+def _scaled(x: torch.Tensor) -> torch.Tensor:
+    return x * 2.0
+
+
+@_scaled.register_fake
+def _(x):
+    return x.new_empty(x.shape[0] + 1, *x.shape[1:])
+
+
+def test_op_contract_catches_a_wrong_fake_kernel():
+    broken = _broken(reverse_scan, native=lambda kw: [
+        (torch.ops.dreamer_fast_test.scaled.default, (kw["inputs"],))])
+    check_opcheck(REVERSE_SCAN, _CASE, torch.float32, "all", _GEN)
+    with pytest.raises(AssertionError, match="opcheck"):
+        check_opcheck(broken, _CASE, torch.float32, "none", _GEN)
+
+
+def test_op_contract_catches_compile_failures():
+    def graph_break(inputs, decay, init, axis):
+        torch._dynamo.graph_break()
+        return reverse_scan(inputs, decay, init, axis)
+
+    def differs_when_compiled(inputs, decay, init, axis):
+        out = reverse_scan(inputs, decay, init, axis)
+        return out + 1e-3 if torch.compiler.is_compiling() else out
+
+    for fast in (graph_break, differs_when_compiled):
+        with pytest.raises(AssertionError, match="compiled|torch.compile"):
+            check_compile(_broken(fast), _CASE, _GEN)
+
+
+def test_op_contract_catches_accepted_bad_input():
+    def no_shape_check(inputs, decay, init, axis):  # silently truncates a longer decay
+        return reverse_scan(inputs, decay[:inputs.shape[0]], init, axis)
+
+    def names_the_wrong_argument(inputs, decay, init, axis):
+        if decay.shape != inputs.shape:
+            raise ValueError("reverse_scan: `inputs` has the wrong shape")
+        return reverse_scan(inputs, decay, init, axis)
+
+    def wrong_exception_type(inputs, decay, init, axis):
+        if decay.shape != inputs.shape:
+            raise RuntimeError("reverse_scan: `decay` has the wrong shape")
+        return reverse_scan(inputs, decay, init, axis)
+
+    bad = next(b for b in RS_BAD if b.id == "decay-shape")
+    check_bad_input(REVERSE_SCAN, bad)
+    for fast, match in ((no_shape_check, "accepted"), (names_the_wrong_argument, "`decay`"),
+                        (wrong_exception_type, "RuntimeError")):
+        with pytest.raises(AssertionError, match=match):
+            check_bad_input(_broken(fast), bad)
+
+
+def test_op_contract_catches_an_accepted_direct_call():
+    accepted = DirectBad("valid", "reverse_scan", _direct_rs, "decay")
+    with pytest.raises(AssertionError, match="accepted"):
+        check_direct_bad(REVERSE_SCAN, accepted)
