@@ -1,146 +1,141 @@
-"""Tests of dreamer_fast.ops.linear_norm_act (dense layer with fused norm + activation)."""
+"""Tests of dreamer_fast.ops.linear_norm_act (dense layer with fused norm + activation).
+
+The op-contract harness (``op_contract.py``) generates the generic checks from the
+contract below: fast vs the float64 reference for every norm x activation (values and
+the gradient of every tensor argument; leading dims, no bias, a norm without affine
+parameters), low precision and CUDA, non-contiguous and empty inputs, gradcheck,
+opcheck of the native forward and backward ops, torch.compile and argument errors of
+the public op and of the raw ops.
+"""
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
+
 import torch
 
 from dreamer_fast.ops import linear_norm_act, linear_norm_act_ref
-from conftest import DEVICES, assert_close_to_ref, make_generator, requires_cuda
+from dreamer_fast.ops.dense import ACTS as ACT_CODES, NORMS as NORM_CODES
+from conftest import Bad, DirectBad, OpContract, contract_tests, make_generator
 
 NORMS = ["none", "layer", "rms"]
 ACTS = ["none", "silu", "elu", "tanh", "gelu", "sigmoid"]
 
 
-def _tensors(B, I, N, norm, gen, bias=True):
-    """float64 (input, weight, bias, norm_weight, norm_bias) for `norm`."""
-    r = lambda *s, scale=1.0: torch.randn(*s, generator=gen, dtype=torch.float64) * scale  # noqa: E731
-    return [r(B, I), r(N, I, scale=I ** -0.5), r(N, scale=0.3) if bias else None,
-            1 + r(N, scale=0.2) if norm != "none" else None,
-            r(N, scale=0.2) if norm == "layer" else None]
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """``input [B, I]`` (reshaped to ``lead + [I]`` when given), ``weight [N, I]``."""
+    B: int
+    I: int
+    N: int
+    norm: str = "layer"
+    act: str = "silu"
+    bias: bool = True
+    affine: bool = True  # norm_weight (and norm_bias for 'layer') given
+    lead: tuple[int, ...] | None = None
 
 
-def _compare(args64, norm, act, device, dtype, gen):
-    kw = dict(norm=norm, act=act, eps=1e-3)
-    leaves64 = [a.requires_grad_() if a is not None else None for a in args64]
-    ref = linear_norm_act_ref(*leaves64, **kw)
-    gout = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
-    present = [a for a in leaves64 if a is not None]
-    grads64 = torch.autograd.grad(ref, present, gout)
-    args = [a.detach().to(device=device, dtype=dtype).requires_grad_() if a is not None else None
-            for a in args64]
-    out = linear_norm_act(*args, **kw)
-    grads = torch.autograd.grad(out, [a for a in args if a is not None], gout.to(out))
-    assert_close_to_ref(out, ref, dtype, f"out {norm}/{act}")
-    for i, (g, g64) in enumerate(zip(grads, grads64)):
-        assert_close_to_ref(g, g64, dtype, f"grad {i} {norm}/{act}")
+def build(case: Case, dtype, device, gen) -> dict:
+    r = lambda *s, scale=1.0: (torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+                               * scale).to(device=device, dtype=dtype)
+    x = r(case.B, case.I)
+    affine = case.norm != "none" and case.affine
+    return dict(input=x if case.lead is None else x.reshape(*case.lead, case.I),
+                weight=r(case.N, case.I, scale=case.I ** -0.5),
+                bias=r(case.N, scale=0.3) if case.bias else None,
+                norm_weight=1 + r(case.N, scale=0.2) if affine else None,
+                norm_bias=r(case.N, scale=0.2) if affine and case.norm == "layer" else None,
+                norm=case.norm, act=case.act, eps=1e-3)
 
 
-@pytest.mark.parametrize("act", ACTS)
-@pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("B,I,N", [(1, 7, 5), (37, 45, 200), (256, 30, 96)])
-def test_matches_ref_cpu(B, I, N, dtype, norm, act):
-    gen = make_generator("dense", B, I, N, norm, act)
-    _compare(_tensors(B, I, N, norm, gen), norm, act, "cpu", dtype, gen)
+def native(kw: dict) -> list:
+    """The native forward on the flattened input and the backward of its outputs."""
+    x = kw["input"].reshape(-1, kw["input"].shape[-1])
+    params = (kw["weight"], kw["bias"], kw["norm_weight"], kw["norm_bias"])
+    codes = (NORM_CODES[kw["norm"]], ACT_CODES[kw["act"]])
+    out, z, stats = torch.ops.dreamer_fast.linear_norm_act(
+        x.detach(), *(p.detach() if p is not None else None for p in params), *codes, kw["eps"])
+    grad = torch.randn(out.shape, generator=make_generator("g", out.shape)).to(out.dtype)
+    detached = [t.detach() if t is not None else None for t in (x, *params)]
+    return [(torch.ops.dreamer_fast.linear_norm_act.default, (x, *params, *codes, kw["eps"])),
+            (torch.ops.dreamer_fast.linear_norm_act_backward.default,
+             (grad, z, stats, *detached, *codes))]
 
 
-@requires_cuda
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
-                         ids=["f32", "bf16", "f16"])
-@pytest.mark.parametrize("norm,act", [("none", "none"), ("layer", "silu"), ("rms", "silu"),
-                                      ("layer", "elu"), ("rms", "gelu")])
-def test_matches_ref_cuda(norm, act, dtype):
-    gen = make_generator("dense-cuda", norm, act)
-    _compare(_tensors(64, 45, 1024, norm, gen), norm, act, "cuda", dtype, gen)
+def _set(**changes):
+    def mutate(kw):
+        for k, v in changes.items():
+            kw[k] = v(kw[k]) if callable(v) else v
+    return mutate
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_without_bias_leading_dims_and_noncontiguous(device):
-    gen = make_generator("dense-misc")
-    x, W, _, nw, nb = [t.to(device) if t is not None else None
-                       for t in _tensors(6, 9, 12, "layer", gen)]
-    x3 = x.reshape(2, 3, 9)
-    torch.testing.assert_close(linear_norm_act(x3, W, None, nw, nb, norm="layer", act="silu"),
-                               linear_norm_act_ref(x3, W, None, nw, nb, norm="layer", act="silu"))
-    xt = x.T.contiguous().T
-    Wt = W.T.contiguous().T
-    torch.testing.assert_close(linear_norm_act(xt, Wt, None, nw, None, norm="rms", act="tanh"),
-                               linear_norm_act_ref(x, W, None, nw, None, norm="rms", act="tanh"))
-    # a norm without affine parameters
-    torch.testing.assert_close(linear_norm_act(x, W, norm="layer", act="elu"),
-                               linear_norm_act_ref(x, W, norm="layer", act="elu"))
+BAD = tuple(Bad(id, mutate, exc, arg) for id, mutate, exc, arg in [
+    ("weight-cols", _set(weight=torch.randn(6, 4)), ValueError, "weight"),
+    ("bias-shape", _set(bias=torch.randn(5)), ValueError, "bias"),
+    ("norm-weight-shape", _set(norm_weight=torch.ones(5), norm="layer"), ValueError,
+     "norm_weight"),
+    ("rms-with-bias", _set(norm_weight=torch.ones(6), norm_bias=torch.zeros(6), norm="rms"),
+     ValueError, "norm_bias"),
+    ("none-with-weight", _set(norm_weight=torch.ones(6)), ValueError, "norm_weight"),
+    ("unknown-norm", _set(norm="batch"), ValueError, "norm"),
+    ("unknown-act", _set(act="relu6"), ValueError, "act"),
+    ("int-input", _set(input=torch.Tensor.long), TypeError, "input"),
+    ("dtype-mix", _set(weight=torch.Tensor.double), TypeError, "weight"),
+    ("device-mix", _set(bias=lambda t: t.to("meta")), ValueError, "bias"),
+    ("eps", _set(norm="layer", eps=0.0), ValueError, "eps"),
+])
 
 
-def test_gradcheck_and_opcheck():
-    gen = make_generator("dense-check")
-    for norm in NORMS:
-        args = [a.requires_grad_() if a is not None else None
-                for a in _tensors(3, 4, 5, norm, gen)]
-        assert torch.autograd.gradcheck(
-            lambda *a: linear_norm_act(*a, norm=norm, act="silu"), tuple(args))
-        codes = (dict(none=0, layer=1, rms=2)[norm], 1, 1e-3)
-        torch.library.opcheck(torch.ops.dreamer_fast.linear_norm_act.default, (*args, *codes))
-        out, z, stats = torch.ops.dreamer_fast.linear_norm_act(*args, *codes)
-        torch.library.opcheck(torch.ops.dreamer_fast.linear_norm_act_backward.default,
-                              (torch.randn_like(out), z, stats, *[
-                                  a.detach() if a is not None else None for a in args],
-                               *codes[:2]))
+def _raw_backward(bad: str):
+    """The raw backward reads `grad_out`, `z` and `stats` through typed pointers (on
+    CUDA, untyped): a float32 stand-in for one of them in a float64 layer (right shape,
+    wrong dtype) is an error naming it, never reinterpreted."""
+    def make_args():
+        kw = build(Case(4, 5, 6), torch.float64, "cpu", make_generator("dense-raw-backward"))
+        params = (kw["input"], kw["weight"], kw["bias"], kw["norm_weight"], kw["norm_bias"])
+        out, z, stats = torch.ops.dreamer_fast.linear_norm_act(*params, 1, 1, 1e-3)
+        given = {"grad_out": torch.randn_like(out), "z": z, "stats": stats}
+        given[bad] = given[bad].float()
+        return (given["grad_out"], given["z"], given["stats"], *params, 1, 1)
+    return DirectBad(f"backward-{bad}-dtype", "linear_norm_act_backward", make_args, bad)
 
 
-@pytest.mark.compile
-def test_torch_compile_fullgraph():
-    gen = make_generator("dense-compile")
-    args = [a.float().requires_grad_() for a in _tensors(8, 5, 6, "layer", gen)]
+_x, _w, _m = torch.randn(4, 5), torch.randn(6, 5), dict(device="meta")
+DIRECT_BAD = (
+    DirectBad("weight-cols", "linear_norm_act",
+              lambda: (_x, torch.randn(6, 4), None, None, None, 0, 0, 1e-3), "weight"),
+    DirectBad("all-meta-bias", "linear_norm_act",
+              lambda: (_x.to("meta"), _w.to("meta"), torch.zeros(5, **_m), None, None, 0, 0,
+                       1e-3), "bias"),
+    *(_raw_backward(bad) for bad in ("grad_out", "z", "stats")),
+)
 
-    def f(*a):
-        return linear_norm_act(*a, norm="layer", act="silu").square().sum()
+LINEAR_NORM_ACT = OpContract(
+    name="linear_norm_act", fast=linear_norm_act, ref=linear_norm_act_ref, build=build,
+    differentiable=("input", "weight", "bias", "norm_weight", "norm_bias"), native=native,
+    bad=BAD, direct_bad=DIRECT_BAD, bad_case=Case(4, 5, 6, "none", "none"),
+    noncontig_exact=False,  # a transposed weight is another GEMM layout: last-bit changes
+)
 
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    loss, ref = compiled(*args), f(*args)
-    torch.testing.assert_close(loss, ref)
-    for g, e in zip(torch.autograd.grad(loss, args), torch.autograd.grad(ref, args)):
-        torch.testing.assert_close(g, e)
+_SIZES = [(1, 7, 5), (37, 45, 200), (256, 30, 96)]
+_MISC = {"lead-2x3-no-bias": Case(6, 9, 12, "layer", "silu", bias=False, lead=(2, 3)),
+         "rms-tanh-no-bias": Case(6, 9, 12, "rms", "tanh", bias=False),
+         "layer-no-affine": Case(6, 9, 12, "layer", "elu", affine=False),
+         "rms-no-affine": Case(6, 9, 12, "rms", "gelu", bias=False, affine=False)}
 
-
-def _bad_cases():
-    x, W, b, g = torch.randn(4, 5), torch.randn(6, 5), torch.randn(6), torch.ones(6)
-    return {
-        "weight-cols": ((x, torch.randn(6, 4)), {}, ValueError, "weight"),
-        "bias-shape": ((x, W, torch.randn(5)), {}, ValueError, "bias"),
-        "norm-weight-shape": ((x, W, b, torch.ones(5)), {"norm": "layer"}, ValueError,
-                              "norm_weight"),
-        "rms-with-bias": ((x, W, b, g, torch.zeros(6)), {"norm": "rms"}, ValueError, "norm_bias"),
-        "none-with-weight": ((x, W, b, g), {}, ValueError, "norm_weight"),
-        "unknown-norm": ((x, W), {"norm": "batch"}, ValueError, "norm"),
-        "unknown-act": ((x, W), {"act": "relu6"}, ValueError, "act"),
-        "int-input": ((x.long(), W), {}, TypeError, "input"),
-        "dtype-mix": ((x, W.double()), {}, TypeError, "weight"),
-        "device-mix": ((x, W, b.to("meta")), {}, ValueError, "bias"),
-        "eps": ((x, W), {"norm": "layer", "eps": 0.0}, ValueError, "eps"),
-    }
-
-
-@pytest.mark.parametrize("case", list(_bad_cases()))
-@pytest.mark.parametrize("fn", [linear_norm_act, linear_norm_act_ref], ids=["fast", "ref"])
-def test_bad_input(fn, case):
-    args, kw, exc, name = _bad_cases()[case]
-    with pytest.raises(exc, match=f"`{name}`"):
-        fn(*args, **kw)
-
-
-@pytest.mark.parametrize("bad", ["grad_out", "z", "stats"])
-def test_raw_backward_rejects_wrong_dtypes_by_name(bad):
-    """The raw backward op reads `grad_out`, `z` and `stats` through typed pointers (on
-    CUDA, untyped): a wrong dtype is an error naming the argument, never reinterpreted."""
-    gen = make_generator("dense-raw-backward")
-    x, W, b, g, beta = _tensors(4, 5, 6, "layer", gen)
-    codes = (1, 1)  # layer norm, silu
-    out, z, stats = torch.ops.dreamer_fast.linear_norm_act(x, W, b, g, beta, *codes, 1e-3)
-    given = {"grad_out": torch.randn_like(out), "z": z, "stats": stats}
-    # float64 layer: a float32 stand-in has the right shape and the wrong dtype
-    given[bad] = given[bad].float()
-    with pytest.raises(RuntimeError, match=f"`{bad}` must be"):
-        torch.ops.dreamer_fast.linear_norm_act_backward(
-            given["grad_out"], given["z"], given["stats"], x, W, b, g, beta, *codes)
+globals().update(contract_tests(
+    LINEAR_NORM_ACT,
+    grid={**{f"{B}x{I}x{N}-{norm}-{act}": Case(B, I, N, norm, act) for B, I, N in _SIZES
+             for norm in NORMS for act in ACTS}, **_MISC},
+    small_grid={f"{norm}-{act}": Case(64, 45, 1024, norm, act)
+                for norm, act in [("none", "none"), ("layer", "silu"), ("rms", "silu"),
+                                  ("layer", "elu"), ("rms", "gelu")]},
+    noncontig={"layer-silu": Case(6, 9, 12), "rms-tanh-lead": Case(6, 9, 12, "rms", "tanh",
+                                                                  lead=(2, 3))},
+    empty={"B0": Case(0, 5, 6), "lead-0x3": Case(0, 5, 6, "rms", "gelu", lead=(0, 3))},
+    gradcheck={norm: Case(3, 4, 5, norm, "silu") for norm in NORMS},
+    opcheck={f"{norm}-{mask}": (Case(3, 4, 5, norm, "silu"), torch.float64, mask)
+             for norm in NORMS for mask in ("all", "none")}
+    | {"bf16-layer-no-bias": (Case(3, 4, 5, bias=False), torch.bfloat16, "all")},
+    compile={"layer-silu": Case(8, 5, 6), "rms-lead": Case(6, 5, 4, "rms", "gelu", lead=(2, 3))},
+))
