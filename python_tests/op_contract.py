@@ -491,19 +491,28 @@ _IGNORE_JIT_DEPRECATION = pytest.mark.filterwarnings(
 
 
 def _ids(cases: dict) -> list:
-    return [pytest.param(v, id=k) for k, v in cases.items()]
+    """``pytest.param``s of ``{id: case}``; a case may be a ``pytest.param(case,
+    marks=...)`` to carry marks (e.g. an xfail naming a known bug)."""
+    out = []
+    for k, v in cases.items():
+        if isinstance(v, type(pytest.param(None))):
+            out.append(pytest.param(*v.values, marks=v.marks, id=k))
+        else:
+            out.append(pytest.param(v, id=k))
+    return out
 
 
 def contract_tests(c: OpContract, *, grid: dict, small_grid: dict | None = None,
                    noncontig: dict | None = None, empty: dict | None = None,
                    gradcheck: dict | None = None, opcheck: dict | None = None,
                    compile: dict | None = None, devices_grid: dict | None = None,
+                   small_grid_cpu: dict | None = None,
                    grid_dtypes=(torch.float64, torch.float32),
                    ref: Callable | None = None) -> dict[str, Callable]:
     """The generated tests of ``c`` (see the module docstring), as ``{name: function}``.
 
     ``grid`` (CPU, ``grid_dtypes``), ``small_grid`` (the other dtypes on the CPU, every
-    dtype on CUDA), ``devices_grid`` (``grid_dtypes`` on every device), ``noncontig``,
+    dtype on CUDA; ``small_grid_cpu``, if given, replaces it on the CPU), ``devices_grid`` (``grid_dtypes`` on every device), ``noncontig``,
     ``empty``, ``gradcheck``, ``compile``: ``{case id: case}``; ``opcheck``: ``{id: (case, dtype, mask)}`` with mask one of
     :data:`MASKS`. ``ref`` replaces ``c.ref`` in the value grids (an independent
     implementation of the same signature). Omitted (None) checks are not generated.
@@ -528,16 +537,18 @@ def contract_tests(c: OpContract, *, grid: dict, small_grid: dict | None = None,
         pytest.mark.parametrize("dtype", [pytest.param(d, id=dtype_id(d)) for d in grid_dtypes]))
 
     if small_grid:
-        params = [device_dtype_param("cpu", d) for d in c.dtypes if d not in grid_dtypes]
-        params += [device_dtype_param("cuda", d) for d in c.dtypes]
+        cpu_cases = small_grid if small_grid_cpu is None else small_grid_cpu
+        params = [device_dtype_param("cpu", d, case, id_rest=k) for d in c.dtypes
+                  if d not in grid_dtypes for k, case in cpu_cases.items()]
+        params += [device_dtype_param("cuda", d, case, id_rest=k) for d in c.dtypes
+                   for k, case in small_grid.items()]
 
         def matches_ref_small(device, dtype, case):
             check_matches_ref(c, case, dtype, device, gen_of("small", repr(case), dtype),
                               ref=ref)
 
         add(f"test_{n}_matches_ref_small", matches_ref_small,
-            pytest.mark.parametrize("device,dtype", params),
-            pytest.mark.parametrize("case", _ids(small_grid)))
+            pytest.mark.parametrize("device,dtype,case", params))
 
     if devices_grid:
         def matches_ref_devices(device, dtype, case):

@@ -1,142 +1,179 @@
-"""Tests of the recurrent cells: dreamer_fast.ops.gru_cell / ln_gru_cell.
+"""Tests of the recurrent cells: dreamer_fast.ops.gru_cell / ln_gru_cell / block_gru_cell.
 
-* gru_cell is compared with torch.nn.GRUCell itself (float64) and with gru_cell_ref.
-* ln_gru_cell is compared with an independent implementation of the equations written
-  in this file (``_ln_gru_equations``), and with ln_gru_cell_ref.
-Values and gradients of every input and weight, for float32/float64 on CPU (plus
-bf16/fp16 on CUDA when present).
+The op-contract harness (``op_contract.py``) generates the generic checks from each
+cell's contract: values and the gradient of every input and weight against a float64
+reference (float32/float64 on the CPU, bf16/fp16 on the CPU and every dtype on CUDA),
+non-contiguous and empty inputs, gradcheck, opcheck of the native ops, torch.compile
+and argument errors of the public and raw ops. The value grids use independent
+references: gru_cell is compared with torch.nn.GRUCell itself and ln_gru_cell with the
+equations written out in this file (``_ln_gru_equations``); the paired ``*_ref`` ops
+are checked against the same references, and block_gru_cell against
+block_gru_cell_ref. The modules (drop-in GRUCell, LNGRUCell, BlockGRUCell backends) and
+the LayerNorm's numerical stability are plain tests.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 import dreamer_fast
-from dreamer_fast.ops import gru_cell, gru_cell_ref, ln_gru_cell, ln_gru_cell_ref
-from conftest import CUDA_PARAM, DEVICES, assert_close_to_ref, make_generator, requires_cuda
+from dreamer_fast.ops import (block_gru_cell, block_gru_cell_ref, gru_cell, gru_cell_ref,
+                              ln_gru_cell, ln_gru_cell_ref)
+from dreamer_fast.ops.dense import ACTS
+from conftest import (DEVICES, Bad, DirectBad, OpContract, check_matches_ref, contract_tests,
+                      make_generator)
+
+
+def _set(**changes):
+    """Set arguments; a callable value is applied to the argument's valid value."""
+    def mutate(kw):
+        for k, v in changes.items():
+            kw[k] = v(kw[k]) if callable(v) else v
+    return mutate
+
+
+def _grad_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.randn(x.shape, generator=make_generator("g", x.shape)).to(x.dtype)
+
+
+def _detach(ts):
+    return [t.detach() if isinstance(t, torch.Tensor) else t for t in ts]
+
+
+def _r(gen, dtype, device):
+    def r(*shape, scale=1.0, uniform=False):
+        x = (torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1 if uniform
+             else torch.randn(*shape, generator=gen, dtype=torch.float64))
+        return (x * scale).to(device=device, dtype=dtype)
+    return r
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """``input [B, I]``, ``hx [B, H]`` (None: zeros), reshaped to ``lead`` + [.] when
+    given (``lead=()``: unbatched); ``bias``: gru_cell's biases; ln_gru_cell's options."""
+    B: int
+    I: int
+    H: int
+    bias: bool = True
+    state: bool = True
+    lead: tuple[int, ...] | None = None
+    update_bias: float = -1.0
+    eps: float = 1e-3
+
+
+def _state(case: Case, r):
+    x, h = r(case.B, case.I), r(case.B, case.H, scale=0.5)
+    if case.lead is not None:
+        x, h = x.reshape(*case.lead, case.I), h.reshape(*case.lead, case.H)
+    return x, (h if case.state else None)
+
+
+# --------------------------------------------------------------------------------------
+# gru_cell
+# --------------------------------------------------------------------------------------
+
+def build_gru(case: Case, dtype, device, gen) -> dict:
+    r = _r(gen, dtype, device)
+    x, h = _state(case, r)
+    H, k = case.H, 1 / math.sqrt(case.H)
+    return dict(input=x, hx=h, weight_ih=r(3 * H, case.I, scale=k, uniform=True),
+                weight_hh=r(3 * H, H, scale=k, uniform=True),
+                bias_ih=r(3 * H, scale=k, uniform=True) if case.bias else None,
+                bias_hh=r(3 * H, scale=k, uniform=True) if case.bias else None)
+
+
+def torch_gru(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    """torch.nn.GRUCell itself, with the given tensors bound as its parameters."""
+    bias = bias_ih is not None
+    cell = torch.nn.GRUCell(input.shape[-1], weight_hh.shape[1], bias=bias, dtype=input.dtype,
+                            device=input.device)
+    params = {"weight_ih": weight_ih, "weight_hh": weight_hh}
+    if bias:
+        params |= {"bias_ih": bias_ih, "bias_hh": bias_hh}
+    if input.dim() <= 2:
+        return torch.func.functional_call(cell, params, (input, hx))
+    # nn.GRUCell takes [B, .] or [.]: flatten leading dims
+    flat = (input.reshape(-1, input.shape[-1]),
+            None if hx is None else hx.reshape(-1, hx.shape[-1]))
+    return torch.func.functional_call(cell, params, flat).reshape(*input.shape[:-1], -1)
+
+
+def native_gru(kw: dict) -> list:
+    args = (kw["input"], kw["hx"], kw["weight_ih"], kw["weight_hh"], kw["bias_ih"], kw["bias_hh"])
+    x, h, w_ih, w_hh, b_ih, b_hh = _detach(args)
+    hy, ws = torch.ops.dreamer_fast.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
+    return [(torch.ops.dreamer_fast.gru_cell.default, args),
+            (torch.ops.dreamer_fast.gru_cell_backward.default,
+             (_grad_like(hy), ws, x, h, w_ih, w_hh))]
+
+
+GRU_BAD = tuple(Bad(*b) for b in [
+    ("input-size", _set(input=torch.randn(4, 7)), ValueError, "weight_ih"),
+    ("hidden-size", _set(hx=torch.randn(4, 5)), ValueError, "hx"),
+    ("batch", _set(hx=torch.randn(3, 6)), ValueError, "hx"),
+    ("w_hh-shape", _set(weight_hh=torch.randn(18, 5)), ValueError, "weight_hh"),
+    ("bias-shape", _set(bias_ih=torch.randn(17)), ValueError, "bias_ih"),
+    ("int-input", _set(input=torch.Tensor.long), TypeError, "input"),
+    ("dtype-mix", _set(hx=torch.Tensor.double), TypeError, "hx"),
+    ("weight-dtype", _set(weight_ih=torch.Tensor.double), TypeError, "weight_ih"),
+    ("device-mix", _set(weight_hh=lambda t: t.to("meta")), ValueError, "weight_hh"),
+    ("0-dim", _set(input=torch.tensor(1.0), hx=None), ValueError, "input"),
+])
+_x, _h = torch.randn(4, 5), torch.randn(4, 6)
+GRU_DIRECT_BAD = (
+    DirectBad("input-size", "gru_cell",
+              lambda: (_x, _h, torch.randn(18, 4), torch.randn(18, 6), None, None), "weight_ih"),
+    DirectBad("all-meta-hx", "gru_cell",  # the fake kernel's check
+              lambda: (_x.to("meta"), torch.randn(3, 6, device="meta"),
+                       torch.randn(18, 5, device="meta"), torch.randn(18, 6, device="meta"),
+                       None, None), "hx"),
+)
+
+GRU = OpContract(
+    name="gru_cell", fast=gru_cell, ref=gru_cell_ref, build=build_gru,
+    differentiable=("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh"),
+    outputs=("hy",), native=native_gru, bad=GRU_BAD, direct_bad=GRU_DIRECT_BAD,
+    bad_case=Case(4, 5, 6, bias=False), noncontig_exact=False,
+)
 
 BATCHES = [1, 37, 256]
 DETERS = [96, 200, 512]
 INPUT_SIZE = 45  # not a multiple of 8 on purpose
+SIZES = {f"B{B}-H{H}": Case(B, INPUT_SIZE, H) for B in BATCHES for H in DETERS}
+SIZES_CPU_LOW = {k: SIZES[k] for k in ("B37-H96",)}
+CELL_MISC = {"no-bias-no-state": Case(5, 7, 16, bias=False, state=False),
+             "lead-2x3": Case(6, 9, 12, lead=(2, 3)), "unbatched": Case(1, 9, 12, lead=())}
+
+globals().update(contract_tests(
+    GRU, ref=torch_gru, grid=SIZES | CELL_MISC, small_grid=SIZES, small_grid_cpu=SIZES_CPU_LOW,
+    noncontig={"B6-H12": Case(6, 9, 12)}, empty={"B0": Case(0, 5, 6)},
+    gradcheck={"B3-H4": Case(3, 5, 4), "no-bias": Case(3, 5, 4, bias=False)},
+    opcheck={"all": (Case(4, 5, 6), torch.float64, "all"),
+             "f32-no-bias-none": (Case(4, 5, 6, bias=False), torch.float32, "none")},
+    compile={"B8-H6": Case(8, 5, 6)},
+))
 
 
-def _device_dtypes():
-    out = [pytest.param("cpu", torch.float32, id="cpu-f32"),
-           pytest.param("cpu", torch.float64, id="cpu-f64")]
-    for dt, name in [(torch.float32, "f32"), (torch.bfloat16, "bf16"), (torch.float16, "f16")]:
-        out.append(pytest.param("cuda", dt, id=f"cuda-{name}",
-                                marks=[requires_cuda, pytest.mark.cuda]))
-    return out
-
-
-# ---- tensors ---------------------------------------------------------------------------
-
-def _gru_tensors(B, I, H, gen):
-    """float64 inputs: input, hx, weight_ih, weight_hh, bias_ih, bias_hh."""
-    k = 1 / math.sqrt(H)
-    u = lambda *s: (torch.rand(*s, generator=gen, dtype=torch.float64) * 2 - 1) * k
-    return [torch.randn(B, I, generator=gen, dtype=torch.float64),
-            torch.randn(B, H, generator=gen, dtype=torch.float64) * 0.5,
-            u(3 * H, I), u(3 * H, H), u(3 * H), u(3 * H)]
-
-
-def _ln_gru_tensors(B, I, H, gen):
-    """float64 inputs: input, hx, weight, norm_weight, norm_bias."""
-    k = 1 / math.sqrt(I + H)
-    return [torch.randn(B, I, generator=gen, dtype=torch.float64),
-            torch.randn(B, H, generator=gen, dtype=torch.float64) * 0.5,
-            (torch.rand(3 * H, I + H, generator=gen, dtype=torch.float64) * 2 - 1) * k,
-            1 + 0.2 * torch.randn(3 * H, generator=gen, dtype=torch.float64),
-            0.2 * torch.randn(3 * H, generator=gen, dtype=torch.float64)]
-
-
-def _ln_gru_equations(x, h, W, gamma, beta, update_bias=-1.0, eps=1e-3):
-    """The LN-GRU equations of the issue, written out independently of the package."""
-    parts = torch.cat([x, h], -1) @ W.T
-    mean = parts.mean(-1, keepdim=True)
-    var = ((parts - mean) ** 2).mean(-1, keepdim=True)
-    y = (parts - mean) / torch.sqrt(var + eps) * gamma + beta
-    H = h.shape[-1]
-    reset, cand, update = y[..., :H], y[..., H:2 * H], y[..., 2 * H:]
-    reset = 1 / (1 + torch.exp(-reset))
-    cand = torch.tanh(reset * cand)
-    update = 1 / (1 + torch.exp(-(update + update_bias)))
-    return update * cand + (1 - update) * h
-
-
-def _grads(fn, args, gout):
-    leaves = [a.detach().requires_grad_(True) for a in args]
-    out = fn(*leaves)
-    grads = torch.autograd.grad(out, leaves, gout.to(out.dtype))
-    return out, grads
-
-
-def _compare(fast_fn, ref_fn, args64, dtype, device, gen, names):
-    """fast(args in dtype on device) vs ref_fn(args64): values and every gradient."""
-    gout64 = torch.randn(args64[1].shape, generator=gen, dtype=torch.float64)
-    out64, grads64 = _grads(ref_fn, args64, gout64)
-    args = [a.to(device=device, dtype=dtype) for a in args64]
-    out, grads = _grads(fast_fn, args, gout64.to(device))
-    assert_close_to_ref(out, out64, dtype, "output")
-    for name, g, g64 in zip(names, grads, grads64):
-        assert_close_to_ref(g, g64, dtype, f"d {name}")
-
-
-# ---- gru_cell --------------------------------------------------------------------------
-
-GRU_NAMES = ["input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh"]
-LN_NAMES = ["input", "hx", "weight", "norm_weight", "norm_bias"]
-
-
-def _torch_gru(x, h, w_ih, w_hh, b_ih, b_hh):
-    cell = torch.nn.GRUCell(x.shape[-1], h.shape[-1], dtype=x.dtype, device=x.device)
-    # Bind the given tensors as the cell's parameters (keeps them differentiable).
-    return torch.func.functional_call(
-        cell, {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih, "bias_hh": b_hh}, (x, h))
-
-
-@pytest.mark.parametrize("H", DETERS)
-@pytest.mark.parametrize("B", BATCHES)
-@pytest.mark.parametrize("device,dtype", _device_dtypes())
-def test_gru_cell_matches_torch_grucell(device, dtype, B, H):
-    gen = make_generator("gru", B, H)
-    args = _gru_tensors(B, INPUT_SIZE, H, gen)
-    _compare(gru_cell, _torch_gru, args, dtype, device, gen, GRU_NAMES)
-
-
-@pytest.mark.parametrize("B", [1, 37])
+@pytest.mark.parametrize("case", [Case(37, 13, 24), Case(6, 9, 12, lead=(2, 3)),
+                                  Case(5, 7, 16, bias=False, state=False)],
+                         ids=["B37", "lead", "no-bias-no-state"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_gru_cell_ref_matches_torch_grucell(device, B):
-    gen = make_generator("gru-ref", B)
-    args = _gru_tensors(B, 13, 24, gen)
-    _compare(gru_cell_ref, _torch_gru, args, torch.float64, device, gen, GRU_NAMES)
+def test_gru_cell_ref_matches_torch_grucell(device, case):
+    check_matches_ref(dataclasses.replace(GRU, fast=gru_cell_ref), case, torch.float64, device,
+                      make_generator("gru-ref", case), ref=torch_gru)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_gru_cell_without_bias_and_without_state(device):
-    gen = make_generator("gru-nobias")
-    x, h, w_ih, w_hh, _, _ = _gru_tensors(5, 7, 16, gen)
-    x, w_ih, w_hh = (t.to(device) for t in (x, w_ih, w_hh))
-    out = gru_cell(x, None, w_ih, w_hh)
-    ref = gru_cell_ref(x, torch.zeros(5, 16, dtype=x.dtype, device=device), w_ih, w_hh)
-    torch.testing.assert_close(out, ref)
-    # bias-free gradients come back as None for the missing biases through the module
+def test_gru_cell_module_without_bias(device):
+    """Bias-free: the module has no biases and its weights get gradients."""
     cell = dreamer_fast.nn.GRUCell(7, 16, bias=False, dtype=torch.float64, device=device)
-    cell(x).sum().backward()
+    cell(torch.randn(5, 7, dtype=torch.float64, device=device)).sum().backward()
     assert cell.weight_ih.grad is not None and cell.bias_ih is None
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_gru_cell_leading_dims_and_unbatched(device):
-    gen = make_generator("gru-dims")
-    x, h, *w = _gru_tensors(6, 9, 12, gen)
-    x, h, w = x.to(device), h.to(device), [t.to(device) for t in w]
-    out = gru_cell(x.reshape(2, 3, 9), h.reshape(2, 3, 12), *w)
-    torch.testing.assert_close(out.reshape(6, 12), gru_cell_ref(x, h, *w))
-    torch.testing.assert_close(gru_cell(x[0], h[0], *w), gru_cell_ref(x[:1], h[:1], *w)[0])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -151,45 +188,112 @@ def test_grucell_module_is_drop_in(device):
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6)
 
 
-# ---- ln_gru_cell -----------------------------------------------------------------------
-
-@pytest.mark.parametrize("H", DETERS)
-@pytest.mark.parametrize("B", BATCHES)
-@pytest.mark.parametrize("device,dtype", _device_dtypes())
-def test_ln_gru_cell_matches_equations(device, dtype, B, H):
-    gen = make_generator("lngru", B, H)
-    args = _ln_gru_tensors(B, INPUT_SIZE, H, gen)
-    _compare(ln_gru_cell, _ln_gru_equations, args, dtype, device, gen, LN_NAMES)
+def test_module_backend_argument():
+    with pytest.raises(ValueError, match="`backend`"):
+        dreamer_fast.nn.GRUCell(3, 4, backend="cuda")
 
 
-@pytest.mark.parametrize("update_bias,eps", [(0.0, 1e-5), (-2.5, 0.1)])
+# --------------------------------------------------------------------------------------
+# ln_gru_cell
+# --------------------------------------------------------------------------------------
+
+def build_ln_gru(case: Case, dtype, device, gen) -> dict:
+    r = _r(gen, dtype, device)
+    x, h = _state(case, r)
+    H = case.H
+    return dict(input=x, hx=h,
+                weight=r(3 * H, case.I + H, scale=1 / math.sqrt(case.I + H), uniform=True),
+                norm_weight=1 + r(3 * H, scale=0.2), norm_bias=r(3 * H, scale=0.2),
+                update_bias=case.update_bias, eps=case.eps)
+
+
+def ln_gru_equations(input, hx, weight, norm_weight, norm_bias, update_bias=-1.0, eps=1e-3):
+    """The LN-GRU equations of the issue, written out independently of the package."""
+    if hx is None:
+        hx = input.new_zeros(*input.shape[:-1], weight.shape[0] // 3)
+    parts = torch.cat([input, hx], -1) @ weight.T
+    mean = parts.mean(-1, keepdim=True)
+    var = ((parts - mean) ** 2).mean(-1, keepdim=True)
+    y = (parts - mean) / torch.sqrt(var + eps) * norm_weight + norm_bias
+    H = hx.shape[-1]
+    reset, cand, update = y[..., :H], y[..., H:2 * H], y[..., 2 * H:]
+    reset = 1 / (1 + torch.exp(-reset))
+    cand = torch.tanh(reset * cand)
+    update = 1 / (1 + torch.exp(-(update + update_bias)))
+    return update * cand + (1 - update) * hx
+
+
+def native_ln_gru(kw: dict) -> list:
+    args = (kw["input"], kw["hx"], kw["weight"], kw["norm_weight"], kw["norm_bias"],
+            kw["update_bias"], kw["eps"])
+    x, h, W, g, b, ub, eps = _detach(args)
+    hy, parts, stats = torch.ops.dreamer_fast.ln_gru_cell(x, h, W, g, b, ub, eps)
+    return [(torch.ops.dreamer_fast.ln_gru_cell.default, args),
+            (torch.ops.dreamer_fast.ln_gru_cell_backward.default,
+             (_grad_like(hy), parts, stats, x, h, W, g, b, ub))]
+
+
+LN_BAD = tuple(Bad(*b) for b in [
+    ("input-size", _set(input=torch.randn(4, 7)), ValueError, "weight"),
+    ("weight-rows", _set(weight=torch.randn(17, 11)), ValueError, "weight"),
+    ("hidden-size", _set(hx=torch.randn(4, 7)), ValueError, "weight"),
+    ("norm-shape", _set(norm_weight=torch.ones(6)), ValueError, "norm_weight"),
+    ("bias-shape", _set(norm_bias=torch.zeros(19)), ValueError, "norm_bias"),
+    ("batch", _set(hx=torch.randn(2, 6)), ValueError, "hx"),
+    ("int-weight", _set(weight=torch.Tensor.long), TypeError, "weight"),
+    ("dtype-mix", _set(norm_weight=torch.Tensor.double), TypeError, "norm_weight"),
+    ("eps", _set(eps=0.0), ValueError, "eps"),
+    ("update-bias-str", _set(update_bias="-1"), TypeError, "update_bias"),
+])
+LN_DIRECT_BAD = (
+    DirectBad("norm-bias-shape", "ln_gru_cell",
+              lambda: (_x, _h, torch.randn(18, 11), torch.ones(18), torch.zeros(3), -1.0, 1e-3),
+              "norm_bias"),
+    DirectBad("all-meta-eps", "ln_gru_cell",
+              lambda: (_x.to("meta"), _h.to("meta"), torch.randn(18, 11, device="meta"),
+                       torch.ones(18, device="meta"), torch.zeros(18, device="meta"), -1.0, 0.0),
+              "eps"),
+)
+
+LN_GRU = OpContract(
+    name="ln_gru_cell", fast=ln_gru_cell, ref=ln_gru_cell_ref, build=build_ln_gru,
+    differentiable=("input", "hx", "weight", "norm_weight", "norm_bias"), outputs=("hy",),
+    native=native_ln_gru, bad=LN_BAD, direct_bad=LN_DIRECT_BAD, bad_case=Case(4, 5, 6),
+    noncontig_exact=False,
+)
+
+LN_OPTIONS = {"ub0-eps1e-5": Case(9, 10, 32, update_bias=0.0, eps=1e-5),
+              "ub-2.5-eps0.1": Case(9, 10, 32, update_bias=-2.5, eps=0.1)}
+LN_OPTIONS_SMALL = {k: dataclasses.replace(v, B=3, I=5, H=4) for k, v in LN_OPTIONS.items()}
+
+globals().update(contract_tests(
+    LN_GRU, ref=ln_gru_equations, grid=SIZES | CELL_MISC | LN_OPTIONS, small_grid=SIZES,
+    small_grid_cpu=SIZES_CPU_LOW, noncontig={"B6-H12": Case(6, 9, 12)},
+    empty={"B0": Case(0, 5, 6)}, gradcheck={"B3-H4": Case(3, 5, 4), **LN_OPTIONS_SMALL},
+    opcheck={"all": (Case(4, 5, 6), torch.float64, "all"),
+             "f32-options-none": (LN_OPTIONS_SMALL["ub-2.5-eps0.1"], torch.float32, "none")},
+    compile={"B8-H6": Case(8, 5, 6)},
+))
+
+
+@pytest.mark.parametrize("case", [Case(7, 10, 32), Case(5, 7, 16, state=False),
+                                  LN_OPTIONS["ub-2.5-eps0.1"]], ids=["B7", "no-state", "options"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_ln_gru_cell_options(device, update_bias, eps):
-    gen = make_generator("lngru-opts", update_bias)
-    args = _ln_gru_tensors(9, 10, 32, gen)
-    _compare(lambda *a: ln_gru_cell(*a, update_bias=update_bias, eps=eps),
-             lambda *a: _ln_gru_equations(*a, update_bias=update_bias, eps=eps),
-             args, torch.float64, device, gen, LN_NAMES)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_ln_gru_cell_ref_matches_equations(device):
-    gen = make_generator("lngru-ref")
-    args = _ln_gru_tensors(7, 10, 32, gen)
-    _compare(ln_gru_cell_ref, _ln_gru_equations, args, torch.float64, device, gen, LN_NAMES)
+def test_ln_gru_cell_ref_matches_equations(device, case):
+    check_matches_ref(dataclasses.replace(LN_GRU, fast=ln_gru_cell_ref), case, torch.float64,
+                      device, make_generator("lngru-ref", case), ref=ln_gru_equations)
 
 
 def test_ln_gru_large_row_mean_is_stable():
     """Rows with a large common offset: the two-pass variance keeps float32 accurate."""
-    gen = make_generator("lngru-offset")
-    x, h, W, g, b = _ln_gru_tensors(8, 16, 32, gen)
-    W[:, 0] = 50.0  # every part gets +50 * x[:, 0]
-    x[:, 0] = 20.0
-    out = ln_gru_cell(*(t.float() for t in (x, h, W, g, b)))
+    kw = build_ln_gru(Case(8, 16, 32), torch.float64, "cpu", make_generator("lngru-offset"))
+    kw["weight"][:, 0] = 50.0  # every part gets +50 * x[:, 0]
+    kw["input"][:, 0] = 20.0
+    out = ln_gru_cell(**{k: v.float() if isinstance(v, torch.Tensor) else v
+                         for k, v in kw.items()})
     # The parts are ~1000 with a spread of ~1: float32 GEMM rounding alone costs ~1e-4
     # after normalisation, while a one-pass E[x²] − E[x]² variance would be off by ~5%.
-    torch.testing.assert_close(out.double(), _ln_gru_equations(x, h, W, g, b),
-                               rtol=0, atol=2e-3)
+    torch.testing.assert_close(out.double(), ln_gru_equations(**kw), rtol=0, atol=2e-3)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -203,133 +307,124 @@ def test_lngrucell_module(device):
     assert set(cell.state_dict()) == {"weight", "norm_weight", "norm_bias"}
 
 
-# ---- layouts, gradcheck, opcheck, compile ------------------------------------------------
+# --------------------------------------------------------------------------------------
+# block_gru_cell (the DreamerV3 block GRU core)
+# --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class BlockCase:
+    """B batch, D deter, G blocks, U hidden, S stoch, A actions, L hidden layers;
+    ``action``: 'random' (scale 2: |action| > 1 happens), 'fixed' ([3, -0.5, 1.5] per
+    row: the normalisation's stop-gradient) or 'small' (|action| < 0.9)."""
+    B: int
+    D: int
+    G: int
+    U: int
+    S: int = 45
+    A: int = 6
+    L: int = 1
+    act: str = "silu"
+    action: str = "random"
+
+
+def build_block_gru(case: BlockCase, dtype, device, gen) -> dict:
+    r = _r(gen, torch.float64, "cpu")
+    B, D, G, U, S, A = case.B, case.D, case.G, case.U, case.S, case.A
+    Dg = D // G
+    in_params = []
+    for fan_in in (D, S, A):
+        in_params += [r(U, fan_in, scale=0.3 * fan_in ** -0.5), r(U, scale=0.03),
+                      1 + r(U, scale=0.03)]
+    hidden = []
+    for layer in range(case.L):
+        in_g = Dg + 3 * U if layer == 0 else Dg
+        hidden += [r(G, in_g, Dg, scale=0.3 * in_g ** -0.5), r(D, scale=0.03),
+                   1 + r(D, scale=0.03)]
+    deter, stoch, action = r(B, D), r(B, S), r(B, A, scale=2.0)
+    if case.action == "fixed":
+        action = torch.tensor([[3.0, -0.5, 1.5]], dtype=torch.float64).expand(B, 3).clone()
+    elif case.action == "small":
+        action = action.clamp(-0.9, 0.9)
+    to = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+    return dict(deter=to(deter), stoch=to(stoch), action=to(action),
+                in_params=[to(t) for t in in_params], hidden_params=[to(t) for t in hidden],
+                gru_weight=to(r(G, Dg, 3 * Dg, scale=0.3 * Dg ** -0.5)),
+                gru_bias=to(r(3 * D, scale=0.03)), blocks=G, act=case.act, eps=1e-4)
+
+
+def native_block_gru(kw: dict) -> list:
+    tensors = (kw["deter"], kw["stoch"], kw["action"], kw["in_params"], kw["hidden_params"],
+               kw["gru_weight"], kw["gru_bias"])
+    rest = (kw["blocks"], ACTS[kw["act"]], kw["eps"])
+    d, s, a, inp, hid, gw, gb = (_detach(t) if isinstance(t, list) else t.detach()
+                                 for t in tensors)
+    out, saved = torch.ops.dreamer_fast.block_gru_cell(d, s, a, inp, hid, gw, gb, *rest)
+    return [(torch.ops.dreamer_fast.block_gru_cell.default, (*tensors, *rest)),
+            (torch.ops.dreamer_fast.block_gru_cell_backward.default,
+             (_grad_like(out), saved, d, s, a, inp, hid, gw, gb, *rest))]
+
+
+def _replace_item(key, i, fn):
+    def mutate(kw):
+        kw[key] = list(kw[key])
+        kw[key][i] = fn(kw[key][i])
+    return mutate
+
+
+BLOCK_BAD = tuple(Bad(*b) for b in [
+    ("blocks-divide", _set(blocks=3), ValueError, "blocks"),
+    ("stoch-batch", _set(stoch=lambda t: t[:2]), ValueError, "stoch"),
+    ("in-params-count", _set(in_params=lambda p: p[:8]), ValueError, "in_params"),
+    ("stoch-weight", _replace_item("in_params", 3, lambda t: t[:, :5]), ValueError,
+     "in_params[3]"),
+    ("hidden-count", _set(hidden_params=lambda p: p[:2]), ValueError, "hidden_params"),
+    ("gru-weight", _set(gru_weight=lambda t: t[:, :, :-1]), ValueError, "gru_weight"),
+    ("dtype-mix", _set(stoch=torch.Tensor.double), TypeError, "stoch"),
+    ("int-action", _set(action=torch.Tensor.long), TypeError, "action"),
+    ("unknown-act", _set(act="relu6"), ValueError, "act"),
+    ("eps", _set(eps=0.0), ValueError, "eps"),
+])
+
+BLOCK_GRU = OpContract(
+    name="block_gru_cell", fast=block_gru_cell, ref=block_gru_cell_ref, build=build_block_gru,
+    differentiable=("deter", "stoch", "action", "in_params", "hidden_params", "gru_weight",
+                    "gru_bias"), outputs=("deter'",), native=native_block_gru, bad=BLOCK_BAD,
+    bad_case=BlockCase(3, 16, 4, 8, 6, 2), noncontig_exact=False,
+)
+
+globals().update(contract_tests(
+    BLOCK_GRU,
+    grid={**{f"B{B}-D{D}-G{G}-U{U}-L{L}": BlockCase(B, D, G, U, L=L)
+             for B, D, G, U in [(1, 96, 8, 32), (37, 200, 4, 40), (256, 96, 1, 16)]
+             for L in (1, 2)},
+          **{act: BlockCase(5, 24, 4, 10, 12, 3, act=act) for act in ("gelu", "elu")},
+          "action-normalisation": BlockCase(4, 16, 2, 8, 6, 3, action="fixed")},
+    small_grid={"B64-D512-G8": BlockCase(64, 512, 8, 128, 1024, 6)},
+    small_grid_cpu={"B16-D64-G4": BlockCase(16, 64, 4, 16, 32, 6, L=2)},
+    noncontig={"B5-D16-L2": BlockCase(5, 16, 2, 8, 6, 3, L=2)},
+    empty={"B0": pytest.param(BlockCase(0, 16, 4, 8, 6, 2), marks=pytest.mark.xfail(
+        strict=True, raises=RuntimeError, reason="block_gru_cell_ref fails on an empty batch "
+        "(reshape(B, -1) with B = 0); the fast op returns [0, D]"))},
+    # |action| < 1: the stop-gradient on max(1, |action|) is then invisible to the
+    # finite differences gradcheck compares against.
+    gradcheck={"B2-D8-G2-L2": BlockCase(2, 8, 2, 4, 5, 2, L=2, action="small")},
+    opcheck={"all": (BlockCase(2, 8, 2, 4, 5, 2, L=2), torch.float64, "all")},
+    compile={"B4-D16-G2": BlockCase(4, 16, 2, 8, 6, 3)},
+))
+
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_noncontiguous_inputs(device):
-    gen = make_generator("noncontig")
-    x, h, *w = [t.to(device) for t in _gru_tensors(6, 9, 12, gen)]
-    xt = torch.randn(9, 6, dtype=torch.float64, device=device).T  # transposed view
-    ht = h.T.contiguous().T
-    w_ih_nc = torch.cat([w[0], w[0]], 1)[:, ::2]  # strided columns
-    torch.testing.assert_close(gru_cell(xt, ht, w_ih_nc, *w[1:]),
-                               gru_cell_ref(xt.contiguous(), h, w_ih_nc.contiguous(), *w[1:]))
-    xl, hl, W, g, b = [t.to(device) for t in _ln_gru_tensors(6, 9, 12, gen)]
-    Wt = W.T.contiguous().T
-    torch.testing.assert_close(ln_gru_cell(xl[::1].T.contiguous().T, hl, Wt, g, b),
-                               ln_gru_cell_ref(xl, hl, W, g, b))
-
-
-def test_gradcheck():
-    gen = make_generator("gradcheck")
-    args = [a.requires_grad_() for a in _gru_tensors(3, 5, 4, gen)]
-    assert torch.autograd.gradcheck(gru_cell, tuple(args))
-    args = [a.requires_grad_() for a in _ln_gru_tensors(3, 5, 4, gen)]
-    assert torch.autograd.gradcheck(ln_gru_cell, tuple(args))
-
-
-def test_opcheck():
-    gen = make_generator("opcheck")
-    x, h, w_ih, w_hh, b_ih, b_hh = _gru_tensors(4, 5, 6, gen)
-    for rg in (False, True):
-        args = [t.clone().requires_grad_(rg) for t in (x, h, w_ih, w_hh, b_ih, b_hh)]
-        torch.library.opcheck(torch.ops.dreamer_fast.gru_cell.default, tuple(args))
-        torch.library.opcheck(torch.ops.dreamer_fast.gru_cell.default, (*args[:4], None, None))
-    hy, ws = torch.ops.dreamer_fast.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
-    torch.library.opcheck(torch.ops.dreamer_fast.gru_cell_backward.default,
-                          (torch.randn_like(hy), ws, x, h, w_ih, w_hh))
-    x, h, W, g, b = _ln_gru_tensors(4, 5, 6, gen)
-    for rg in (False, True):
-        args = [t.clone().requires_grad_(rg) for t in (x, h, W, g, b)]
-        torch.library.opcheck(torch.ops.dreamer_fast.ln_gru_cell.default, (*args, -1.0, 1e-3))
-    hy, parts, stats = torch.ops.dreamer_fast.ln_gru_cell(x, h, W, g, b, -1.0, 1e-3)
-    torch.library.opcheck(torch.ops.dreamer_fast.ln_gru_cell_backward.default,
-                          (torch.randn_like(hy), parts, stats, x, h, W, g, b, -1.0))
-
-
-@pytest.mark.compile
-def test_torch_compile_fullgraph():
-    gen = make_generator("compile")
-    gru_args = [a.float().requires_grad_() for a in _gru_tensors(8, 5, 6, gen)]
-    ln_args = [a.float().requires_grad_() for a in _ln_gru_tensors(8, 5, 6, gen)]
-
-    def step(ga, la):
-        return gru_cell(*ga).sum() + ln_gru_cell(*la).square().sum()
-
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    eager_loss = step(gru_args, ln_args)
-    eager_grads = torch.autograd.grad(eager_loss, gru_args + ln_args)
-    loss = compiled(gru_args, ln_args)
-    grads = torch.autograd.grad(loss, gru_args + ln_args)
-    torch.testing.assert_close(loss, eager_loss)
-    for g, e in zip(grads, eager_grads):
-        torch.testing.assert_close(g, e)
-
-
-# ---- bad input ---------------------------------------------------------------------------
-
-def _gru_bad_cases():
-    x, h = torch.randn(4, 5), torch.randn(4, 6)
-    w_ih, w_hh, b = torch.randn(18, 5), torch.randn(18, 6), torch.randn(18)
-    return {
-        "input-size": ((torch.randn(4, 7), h, w_ih, w_hh), ValueError, "weight_ih"),
-        "hidden-size": ((x, torch.randn(4, 5), w_ih, w_hh), ValueError, "hx"),
-        "batch": ((x, torch.randn(3, 6), w_ih, w_hh), ValueError, "hx"),
-        "w_hh-shape": ((x, h, w_ih, torch.randn(18, 5)), ValueError, "weight_hh"),
-        "bias-shape": ((x, h, w_ih, w_hh, torch.randn(17)), ValueError, "bias_ih"),
-        "int-input": ((x.long(), h, w_ih, w_hh), TypeError, "input"),
-        "dtype-mix": ((x, h.double(), w_ih, w_hh), TypeError, "hx"),
-        "weight-dtype": ((x, h, w_ih.double(), w_hh), TypeError, "weight_ih"),
-        "device-mix": ((x, h, w_ih, w_hh.to("meta")), ValueError, "weight_hh"),
-        "0-dim": ((torch.tensor(1.0), None, w_ih, w_hh), ValueError, "input"),
-    }
-
-
-@pytest.mark.parametrize("case", list(_gru_bad_cases()))
-@pytest.mark.parametrize("fn", [gru_cell, gru_cell_ref], ids=["fast", "ref"])
-def test_gru_cell_bad_input(fn, case):
-    args, exc, name = _gru_bad_cases()[case]
-    with pytest.raises(exc, match=f"`{name}`"):
-        fn(*args)
-
-
-def _ln_bad_cases():
-    x, h = torch.randn(4, 5), torch.randn(4, 6)
-    W, g, b = torch.randn(18, 11), torch.ones(18), torch.zeros(18)
-    return {
-        "input-size": ((torch.randn(4, 7), h, W, g, b), ValueError, "weight"),
-        "weight-rows": ((x, h, torch.randn(17, 11), g, b), ValueError, "weight"),
-        "hidden-size": ((x, torch.randn(4, 7), W, g, b), ValueError, "weight"),
-        "norm-shape": ((x, h, W, torch.ones(6), b), ValueError, "norm_weight"),
-        "bias-shape": ((x, h, W, g, torch.zeros(19)), ValueError, "norm_bias"),
-        "batch": ((x, torch.randn(2, 6), W, g, b), ValueError, "hx"),
-        "int-weight": ((x, h, W.long(), g, b), TypeError, "weight"),
-        "dtype-mix": ((x, h, W, g.double(), b), TypeError, "norm_weight"),
-        "eps": ((x, h, W, g, b, -1.0, 0.0), ValueError, "eps"),
-    }
-
-
-@pytest.mark.parametrize("case", list(_ln_bad_cases()))
-@pytest.mark.parametrize("fn", [ln_gru_cell, ln_gru_cell_ref], ids=["fast", "ref"])
-def test_ln_gru_cell_bad_input(fn, case):
-    args, exc, name = _ln_bad_cases()[case]
-    with pytest.raises(exc, match=f"`{name}`"):
-        fn(*args)
-
-
-def test_direct_op_errors():
-    x, h = torch.randn(4, 5), torch.randn(4, 6)
-    with pytest.raises(RuntimeError, match="`weight_ih`"):
-        torch.ops.dreamer_fast.gru_cell(x, h, torch.randn(18, 4), torch.randn(18, 6), None, None)
-    with pytest.raises(RuntimeError, match="`norm_bias`"):
-        torch.ops.dreamer_fast.ln_gru_cell(x, h, torch.randn(18, 11), torch.ones(18),
-                                           torch.zeros(3), -1.0, 1e-3)
-    with pytest.raises(RuntimeError, match="`hx`"):  # fake kernel path (meta input)
-        torch.ops.dreamer_fast.gru_cell(x.to("meta"), torch.randn(3, 6, device="meta"),
-                                        torch.randn(18, 5, device="meta"),
-                                        torch.randn(18, 6, device="meta"), None, None)
-
-
-def test_module_backend_argument():
-    with pytest.raises(ValueError, match="`backend`"):
-        dreamer_fast.nn.GRUCell(3, 4, backend="cuda")
+def test_block_gru_module_backends_agree(device):
+    torch.manual_seed(0)
+    fused = dreamer_fast.nn.BlockGRUCell(64, 40, 5, 24, blocks=4, dynlayers=2, device=device,
+                                         dtype=torch.float64)
+    ref = dreamer_fast.nn.BlockGRUCell(64, 40, 5, 24, blocks=4, dynlayers=2, device=device,
+                                       dtype=torch.float64, backend="ref")
+    ref.load_state_dict(fused.state_dict())
+    x = [torch.randn(3, n, device=device, dtype=torch.float64) for n in (64, 40, 5)]
+    out_f, out_r = fused(*x), ref(*x)
+    torch.testing.assert_close(out_f, out_r)
+    out_f.sum().backward()
+    out_r.sum().backward()
+    for (name, p), q in zip(fused.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
