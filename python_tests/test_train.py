@@ -234,7 +234,7 @@ def test_return_scale_ema_reads_nothing_back_to_the_host(monkeypatch):
     rets = [torch.randn(5, 16, generator=gen) * s for s in (3.0, 0.2, 10.0)]
 
     def no_item(self):
-        raise AssertionError("_return_scale read a tensor back to the host")
+        raise AssertionError("return_scale read a tensor back to the host")
 
     monkeypatch.setattr(torch.Tensor, "item", no_item)
     lo = hi = None
@@ -243,7 +243,7 @@ def test_return_scale_ema_reads_nothing_back_to_the_host(monkeypatch):
         d = b.return_norm_decay
         lo = q[0] if lo is None else lo * d + (1 - d) * q[0]
         hi = q[1] if hi is None else hi * d + (1 - d) * q[1]
-        scale = ac._return_scale(ret)
+        scale = ac.return_scale(ret)
         torch.testing.assert_close(ac.ret_lo, lo, rtol=0, atol=0)
         torch.testing.assert_close(ac.ret_hi, hi, rtol=0, atol=0)
         torch.testing.assert_close(scale, torch.clamp(hi - lo, min=1.0), rtol=0, atol=0)

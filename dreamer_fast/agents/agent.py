@@ -3,9 +3,11 @@ learner update.
 
 :meth:`Agent.update` on a replayed batch ``[B, T, ...]``:
 
-1. world-model loss (:mod:`.world_model`), one Adam step (gradient norm clipped);
-2. the posteriors, detached and flattened to ``N = B·T`` start states, seed an
-   ``H``-step imagination; actor and critic losses (:mod:`.behavior`), one Adam step
+1. world model: predictions (:meth:`.world_model.WorldModel.forward`), loss
+   (:func:`.losses.world_model_loss`), one Adam step (gradient norm clipped);
+2. behaviour: the posteriors, detached and flattened to ``N = B·T`` start states, seed an
+   ``H``-step imagination; predictions (:meth:`.behavior.ActorCritic.predict`), actor and
+   critic losses (:func:`.losses.actor_loss`, :func:`.losses.critic_loss`), one Adam step
    each (the actor's gradients are taken w.r.t. the actor's parameters only, so a
    dynamics-gradient actor loss never moves the world model or the critic);
 3. the slow critic follows the critic.
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dreamer_fast.agents import losses
 from dreamer_fast.agents.behavior import ActorCritic
 from dreamer_fast.agents.world_model import WorldModel
 
@@ -86,21 +89,46 @@ class Agent(nn.Module):
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         """One learner update (see the module docstring); returns scalar metrics."""
         t0 = time.perf_counter()
-        m, b = self.cfg.model, self.cfg.behavior
         data = self.to_torch(batch)
-
-        self.wm_opt.zero_grad(set_to_none=True)
-        wm_loss, metrics, post = self.wm.loss(data)
-        wm_loss.backward()
-        metrics["wm/grad_norm"] = nn.utils.clip_grad_norm_(self.wm.parameters(), m.grad_clip)
-        self.wm_opt.step()
-
+        metrics, post = self.train_world_model(data)
         start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in post.items()}
-        traj = self.ac.imagine(self.wm, start)
-        actor_loss, critic_loss, ac_metrics = self.ac.losses(self.wm, traj)
-        metrics.update(ac_metrics)
-        actor_params = list(self.ac.actor.parameters())
-        critic_params = list(self.ac.critic.parameters())
+        metrics.update(self.train_behavior(start))
+        out = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in metrics.items()}
+        out["train/update_s"] = time.perf_counter() - t0
+        return out
+
+    def train_world_model(self, data: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+        """One world-model step on ``data [B, T, ...]``: ``(metrics, posterior states)``."""
+        self.wm_opt.zero_grad(set_to_none=True)
+        preds = self.wm(data)
+        loss, metrics = losses.world_model_loss(preds, data, self.cfg, self.obs_key)
+        loss.backward()
+        metrics["wm/grad_norm"] = nn.utils.clip_grad_norm_(self.wm.parameters(),
+                                                            self.cfg.model.grad_clip)
+        self.wm_opt.step()
+        return metrics, preds["post"]
+
+    def train_behavior(self, start: dict[str, torch.Tensor]) -> dict:
+        """One actor step and one critic step on an imagination from ``start`` (``[N, ...]``
+        detached states); the slow critic follows. Returns the metrics."""
+        b, ac = self.cfg.behavior, self.ac
+        traj = ac.imagine(self.wm, start)
+        p = ac.predict(self.wm, traj)
+        ret, value = p["return"], p["value"]
+        weight = losses.trajectory_weight(p["cont"])
+        scale = ac.return_scale(ret)
+        actor_loss, metrics = losses.actor_loss(p["policy"], p["taken"], ret, value[:, :-1],
+                                                weight, scale, grad=ac.actor_grad,
+                                                entropy=b.entropy)
+        critic_loss, critic_metrics = losses.critic_loss(
+            p["critic"][:, :-1], ret, weight, twohot=ac.twohot, slow=p["slow"],
+            slow_reg=b.slow_reg)
+        metrics.update(critic_metrics)
+        metrics.update({k: v.detach() for k, v in {
+            "imag/return": ret.mean(), "imag/reward": p["reward"].mean(),
+            "imag/return_scale": scale, "imag/value": value.mean()}.items()})
+        actor_params = list(ac.actor.parameters())
+        critic_params = list(ac.critic.parameters())
         self.actor_opt.zero_grad(set_to_none=True)
         self.critic_opt.zero_grad(set_to_none=True)
         # `inputs=`: accumulate only into the actor's parameters (a dynamics-gradient
@@ -111,11 +139,8 @@ class Agent(nn.Module):
         metrics["critic/grad_norm"] = nn.utils.clip_grad_norm_(critic_params, b.grad_clip)
         self.actor_opt.step()
         self.critic_opt.step()
-        self.ac.update_slow_critic()
-
-        out = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in metrics.items()}
-        out["train/update_s"] = time.perf_counter() - t0
-        return out
+        ac.update_slow_critic()
+        return metrics
 
     # ---- state -------------------------------------------------------------------------
 

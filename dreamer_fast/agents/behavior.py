@@ -1,4 +1,5 @@
-"""Actor-critic learning in imagination (DreamerV1/V2/V3).
+"""Actor-critic in imagination (DreamerV1/V2/V3): the actor, the critic, the slow critic
+and the return normaliser, and the predictions their losses (:mod:`.losses`) score.
 
 From ``N = B·T`` detached posterior states, :func:`dreamer_fast.nn.imagine` rolls the
 actor and the RSSM forward ``H`` steps: ``feat [N, H+1, F]`` (index 0 = start),
@@ -8,26 +9,15 @@ actor and the RSSM forward ``H`` steps: ``feat [N, H+1, F]`` (index 0 = start),
     v_t  = value(feat[:, t])                                                 t = 0..H
     R    = lambda_return(r[1:], v[:-1], γ·c[1:], bootstrap=v[H], λ)          [N, H]
          i.e. R_t = r_{t+1} + γ c_{t+1} ((1 − λ) v_{t+1} + λ R_{t+1}),  R_H = v_H
-    w_t  = Π_{k=1..t} c_k    (w_0 = 1; no credit after a predicted episode end)
 
-``value`` is the critic (V1, V3) or the slow target critic (V2).
+``value`` is the critic (V1, V3) or the slow target critic (V2). With ``dynamics``
+actor gradients (V1; V2 continuous) ``r``, ``c``, ``v`` and ``R`` stay differentiable
+through the imagined dynamics; with ``reinforce`` (V2 discrete, V3) they are constants.
 
-Actor loss ``mean_{n,t} w_t · (−objective_t − η·H[π(·|feat_t)])`` with
-
-* ``dynamics`` gradients (V1; V2 continuous): ``objective_t = R_t / S``, differentiated
-  through the imagined dynamics (``imagine(grad='dynamics')``);
-* ``reinforce`` (V2 discrete, V3): ``objective_t = log π(a_t|feat_t) · sg((R_t − v_t) /
-  S)``; for the bounded-normal head ``a_t`` is the unclipped Gaussian sample
-  ``mean_t + std_t·ε_t`` (the dynamics saw its clip to [−1, 1]).
-
-``S = max(1, P95 − P5)`` with EMA (decay 0.99) percentiles of ``R`` when
-``return_norm`` (V3), else 1.
-
-Critic loss on ``sg(feat[:, :H])`` against ``sg(R)``: ``(v − R)²/2`` (V1/V2) or the
-two-hot symlog cross-entropy plus ``slow_reg ×`` the cross-entropy towards the slow
-critic's prediction (V3), weighted by ``w``. The slow critic follows the critic by an
-EMA with fraction ``slow_fraction`` per update (V3) or a hard copy every
-``1/slow_fraction`` updates (V2 target network).
+Return scale ``S = max(1, P95 − P5)`` with EMA (decay 0.99) percentiles of ``R`` when
+``return_norm`` (V3), else 1. The slow critic follows the critic by an EMA with
+fraction ``slow_fraction`` per update (V3) or a hard copy every ``1/slow_fraction``
+updates (V2 target network).
 """
 
 from __future__ import annotations
@@ -41,7 +31,7 @@ from dreamer_fast import ops
 from dreamer_fast.agents.dists import TwoHot
 from dreamer_fast.agents.networks import head
 from dreamer_fast.nn import Actor, draw_imagine_noise, imagine
-from dreamer_fast.ops._dispatch import use_fused
+from dreamer_fast.ops._dispatch import choose
 
 
 class ActorCritic(nn.Module):
@@ -92,9 +82,10 @@ class ActorCritic(nn.Module):
         net = self.slow_critic if self.cfg.slow_critic == "target" else self.critic
         return self._value(net, feat)
 
-    # ---- losses ------------------------------------------------------------------------
+    # ---- predictions -------------------------------------------------------------------
 
-    def _return_scale(self, ret: torch.Tensor) -> torch.Tensor:
+    def return_scale(self, ret: torch.Tensor) -> torch.Tensor:
+        """``S`` of the module docstring for the returns ``ret``, updating the EMA."""
         b = self.cfg
         if not b.return_norm:
             return torch.ones((), device=ret.device)
@@ -114,76 +105,67 @@ class ActorCritic(nn.Module):
         return torch.clamp(self.ret_hi - self.ret_lo, min=1.0)
 
     def imagine(self, wm, start: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The ``H``-step rollout from ``start`` (``[N, ...]`` states): ``feat [N, H+1, F]``,
+        ``action [N, H, A]``, ``action_noise`` (the policy's standard-normal draws)."""
         grad = "dynamics" if self.actor_grad == "dynamics" else "none"
         n, horizon = start["deter"].shape[0], self.cfg.horizon
-        # The noise is drawn here and kept: REINFORCE needs the unclipped sample (below).
+        # The noise is drawn here and kept: REINFORCE needs the unclipped sample.
         noise = draw_imagine_noise(wm.rssm, self.actor, n, horizon, like=start["deter"])
-        traj = imagine(wm.rssm, self.actor, start, horizon, grad=grad,
-                                        noise=noise)
+        traj = imagine(wm.rssm, self.actor, start, horizon, grad=grad, noise=noise)
         traj["action_noise"] = noise["action"]
         return traj
 
-    def losses(self, wm, traj: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
-                                                                   dict]:
-        """``(actor_loss, critic_loss, metrics)`` for a rollout from :meth:`imagine`."""
+    def lambda_return(self, reward: torch.Tensor, cont: torch.Tensor,
+                      value: torch.Tensor) -> torch.Tensor:
+        """``R [N, H]`` from ``reward`` = ``r_1..r_H``, ``cont`` = ``c_1..c_H`` ``[N, H]`` and
+        ``value`` = ``v_0..v_H`` ``[N, H+1]`` (module docstring)."""
         b = self.cfg
-        feat, action = traj["feat"], traj["action"]
+        fn = choose(self.backend, value, ops.lambda_return, ops.lambda_return_ref)
+        return fn(reward, value[:, :-1], b.discount * cont, value[:, -1], b.lambda_, axis=1)
+
+    def predict(self, wm, traj: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """For a rollout from :meth:`imagine`: ``reward``, ``cont`` ``[N, H]`` (steps
+        1..H), ``value [N, H+1]``, ``return [N, H]``, ``critic`` (the critic's outputs at
+        ``sg(feat)``, ``[N, H+1, bins|1]``), ``policy`` (the action distribution at
+        ``feat[:, :H]``), ``taken`` (REINFORCE: the actions the policy drew) and ``slow``
+        (the slow critic's values at ``sg(feat[:, :H])`` when the critic loss is
+        regularised towards them, else None)."""
+        b = self.cfg
+        feat = traj["feat"]
         dynamics = self.actor_grad == "dynamics"
         # REINFORCE needs no gradient through rewards, continues or values: compute them
         # without a graph. One critic pass over all H+1 steps serves both the values and
         # (for the first H steps) the critic loss.
         feat_sg = feat.detach()
         with torch.set_grad_enabled(dynamics):
-            reward = wm.reward_mean(feat[:, 1:])                     # [N, H]
-            cont = wm.cont_prob(feat[:, 1:])                         # [N, H]
-        critic_out = self.critic(feat_sg)                            # [N, H+1, bins|1]
+            reward = wm.reward_mean(feat[:, 1:])
+            cont = wm.cont_prob(feat[:, 1:])
+        critic_out = self.critic(feat_sg)
         if dynamics:
-            value = self.target_value(feat)                          # [N, H+1]
+            value = self.target_value(feat)
         elif b.slow_critic == "target":
             with torch.no_grad():
                 value = self.target_value(feat_sg)
         else:
             value = self._mean(critic_out).detach()
-        pcont = b.discount * cont
-        lam_fn = ops.lambda_return if use_fused(self.backend, feat) else ops.lambda_return_ref
-        ret = lam_fn(reward, value[:, :-1], pcont, value[:, -1], b.lambda_, axis=1)
-        with torch.no_grad():
-            weight = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1),
-                                   1).detach()
-        scale = self._return_scale(ret)
-        dist = self.actor(feat[:, :-1] if dynamics else feat_sg[:, :-1])
-        if dynamics:
-            objective = ret / scale
-        else:
-            adv = ((ret - value[:, :-1]) / scale).detach()
+        ret = self.lambda_return(reward, cont, value)
+        policy = self.actor(feat[:, :-1] if dynamics else feat_sg[:, :-1])
+        taken = None
+        if not dynamics:
             if self.actor.head == "bounded_normal":
                 # The rollout fed the dynamics clip(mean + std·ε, −1, 1); the score function
                 # must be that of the unclipped sample mean + std·ε, which the Gaussian
                 # really drew (the log-density of the clipped value is biased: with a
                 # lagging critic it inflates the policy's std).
-                taken = (dist.mean + dist.std * traj["action_noise"]).detach()
+                taken = (policy.mean + policy.std * traj["action_noise"]).detach()
             else:
-                taken = action.detach()
-            objective = dist.log_prob(taken) * adv
-        entropy = dist.entropy()
-        actor_loss = (weight * (-objective - b.entropy * entropy)).mean()
-
-        out, target = critic_out[:, :-1], ret.detach()
-        if self.twohot:
-            critic_loss = self.twohot.loss(out, target)
-            if b.slow_critic == "ema" and b.slow_reg:
-                with torch.no_grad():
-                    slow = self._value(self.slow_critic, feat_sg[:, :-1])
-                critic_loss = critic_loss + b.slow_reg * self.twohot.loss(out, slow)
-        else:
-            critic_loss = 0.5 * (out.squeeze(-1) - target) ** 2
-        critic_loss = (weight * critic_loss).mean()
-        metrics = {k: v.detach() for k, v in {
-            "actor/loss": actor_loss, "actor/entropy": entropy.mean(),
-            "critic/loss": critic_loss, "imag/return": ret.mean(),
-            "imag/reward": reward.mean(), "imag/return_scale": scale,
-            "imag/value": value.mean()}.items()}
-        return actor_loss, critic_loss, metrics
+                taken = traj["action"].detach()
+        slow = None
+        if self.twohot and b.slow_critic == "ema" and b.slow_reg:
+            with torch.no_grad():
+                slow = self._value(self.slow_critic, feat_sg[:, :-1])
+        return {"reward": reward, "cont": cont, "value": value, "return": ret,
+                "critic": critic_out, "policy": policy, "taken": taken, "slow": slow}
 
     @torch.no_grad()
     def update_slow_critic(self) -> None:

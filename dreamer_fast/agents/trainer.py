@@ -22,6 +22,7 @@ new episodes, everything else continues.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import signal
@@ -159,102 +160,159 @@ class Trainer:
     def run(self) -> int:
         """Train until ``cfg.steps`` env steps; returns 0, or 128 + signal number when
         stopped by SIGINT/SIGTERM (after saving a checkpoint)."""
-        cfg, c = self.cfg, self.counters
-        repeat = cfg.env_opts.action_repeat
-        per_update = cfg.run.batch_size * cfg.run.batch_length
-        n, A = self.n, self.agent.action_size
-        obs, _ = self.envs.reset(seed=cfg.seed + 1000 * c["episodes"])
-        is_first = np.ones(n, bool)
-        is_last = np.zeros(n, bool)
-        is_term = np.zeros(n, bool)
-        reward = np.zeros(n, np.float32)
-        prev_action = np.zeros((n, A), np.float32)
-        policy_state = self.agent.initial_state(n)
-        ep_return, ep_length = np.zeros(n), np.zeros(n, int)
-        recent = collections.deque(maxlen=10)
-        pending: dict[str, list[float]] = collections.defaultdict(list)
-        last_log = c["step"]
-        t_log, steps_log, updates_log = time.perf_counter(), c["step"], c["updates"]
-        bar = _progress(cfg, c["step"])
+        c = self.counters
+        env = self._reset_envs()
+        log = _LogWindow(c["step"], c["updates"], _progress(self.cfg, c["step"]))
         code = 0
         with _Stop() as stop:
-            while c["step"] < cfg.steps:
-                for i in range(n):
-                    self.replay.add(_step_record(self.agent.obs_key, obs, i, prev_action,
-                                                 reward, is_first, is_last, is_term), i)
-                    if not is_first[i]:
-                        ep_return[i] += reward[i]
-                        ep_length[i] += 1
-                    if is_last[i]:
-                        c["episodes"] += 1
-                        recent.append(float(ep_return[i]))
-                        self.logger.write(c["step"], {"episode/return": ep_return[i],
-                                                      "episode/length": ep_length[i]})
-                        ep_return[i], ep_length[i] = 0.0, 0
-                if c["step"] < cfg.run.prefill:
-                    action = self.agent.random_action(n, self.rng)
-                else:
-                    action, policy_state = self.agent.act(obs, is_first, policy_state)
-                resets = int(is_last.sum())
-                obs, reward, term, trunc, _ = self.envs.step(action)
-                reward = np.asarray(reward, np.float32)
-                is_first = is_last.copy()  # NEXT_STEP autoreset: this step was a reset
-                reward[is_first] = 0.0
-                is_term, is_last = np.asarray(term, bool), np.asarray(term, bool) | trunc
-                prev_action = np.where(is_first[:, None], 0.0, action).astype(np.float32)
-                c["step"] += repeat * (n - resets)
-
-                if c["step"] >= cfg.run.prefill and len(self.replay) >= cfg.run.batch_length:
-                    todo = 0
-                    if not c["pretrained"]:
-                        c["pretrained"] = True
-                        todo += cfg.run.pretrain
-                    c["owed"] += (n - resets) * cfg.run.train_ratio / per_update
-                    todo += int(c["owed"])
-                    c["owed"] -= int(c["owed"])
-                    for _ in range(todo):
-                        batch = self.replay.sample(cfg.run.batch_size, cfg.run.batch_length)
-                        for k, v in self.agent.update(batch).items():
-                            pending[k].append(v)
-                        c["updates"] += 1
-                        if stop.signal is not None:
-                            break
-
-                if c["step"] - last_log >= cfg.run.log_every or c["step"] >= cfg.steps:
-                    now = time.perf_counter()
-                    dt = max(now - t_log, 1e-9)
-                    values = {k: float(np.mean(v)) for k, v in pending.items()}
-                    values.update({"train/fps": (c["step"] - steps_log) / dt,
-                                   "train/updates_per_s": (c["updates"] - updates_log) / dt,
-                                   "train/updates": c["updates"],
-                                   "train/episodes": c["episodes"]})
-                    if recent:
-                        values["episode/return_last10"] = float(np.mean(recent))
-                    self.logger.write(c["step"], values)
-                    self.logger.flush()
-                    pending.clear()
-                    last_log, t_log = c["step"], now
-                    steps_log, updates_log = c["step"], c["updates"]
-                    if bar is not None:
-                        bar.set_postfix(fps=f"{values['train/fps']:.0f}",
-                                        ups=f"{values['train/updates_per_s']:.1f}",
-                                        ret=f"{recent[-1]:.1f}" if recent else "-")
-                if bar is not None:
-                    bar.update(c["step"] - bar.n)
-                if (c["step"] // cfg.run.checkpoint_every
-                        != (c["step"] - repeat * n) // cfg.run.checkpoint_every):
-                    self.save()
+            while c["step"] < self.cfg.steps:
+                self._record(env)
+                action = self._act(env)
+                resets = self._step_envs(env, action)
+                self._train(resets, log, stop)
+                self._log(env, log)
+                self._checkpoint_if_due()
                 if stop.signal is not None:
                     code = 128 + int(stop.signal)
                     print(f"\n[train] stopped by signal {stop.signal} at env step {c['step']}; "
                           f"checkpoint saved, run the same command to resume", flush=True)
                     break
             self.save()
-        if bar is not None:
-            bar.close()
+        if log.bar is not None:
+            log.bar.close()
         self.logger.close()
         self.envs.close()
         return code
+
+    def _reset_envs(self) -> _EnvSteps:
+        """New episodes in every environment (also on resume)."""
+        n, A = self.n, self.agent.action_size
+        obs, _ = self.envs.reset(seed=self.cfg.seed + 1000 * self.counters["episodes"])
+        return _EnvSteps(obs=obs, reward=np.zeros(n, np.float32), is_first=np.ones(n, bool),
+                         is_last=np.zeros(n, bool), is_term=np.zeros(n, bool),
+                         prev_action=np.zeros((n, A), np.float32),
+                         policy_state=self.agent.initial_state(n), ep_return=np.zeros(n),
+                         ep_length=np.zeros(n, int), recent=collections.deque(maxlen=10))
+
+    def _record(self, env: _EnvSteps) -> None:
+        """The newest step of every environment into the replay; finished episodes into
+        the log."""
+        c = self.counters
+        for i in range(self.n):
+            self.replay.add(_step_record(self.agent.obs_key, env.obs, i, env.prev_action,
+                                         env.reward, env.is_first, env.is_last, env.is_term), i)
+            if not env.is_first[i]:
+                env.ep_return[i] += env.reward[i]
+                env.ep_length[i] += 1
+            if env.is_last[i]:
+                c["episodes"] += 1
+                env.recent.append(float(env.ep_return[i]))
+                self.logger.write(c["step"], {"episode/return": env.ep_return[i],
+                                              "episode/length": env.ep_length[i]})
+                env.ep_return[i], env.ep_length[i] = 0.0, 0
+
+    def _act(self, env: _EnvSteps) -> np.ndarray:
+        """Uniform random actions until ``run.prefill`` env steps, then the policy's."""
+        if self.counters["step"] < self.cfg.run.prefill:
+            return self.agent.random_action(self.n, self.rng)
+        action, env.policy_state = self.agent.act(env.obs, env.is_first, env.policy_state)
+        return action
+
+    def _step_envs(self, env: _EnvSteps, action: np.ndarray) -> int:
+        """One vector step; returns how many environments spent it on a reset."""
+        resets = int(env.is_last.sum())
+        obs, reward, term, trunc, _ = self.envs.step(action)
+        env.obs = obs
+        env.reward = np.asarray(reward, np.float32)
+        env.is_first = env.is_last.copy()  # NEXT_STEP autoreset: this step was a reset
+        env.reward[env.is_first] = 0.0
+        env.is_term, env.is_last = np.asarray(term, bool), np.asarray(term, bool) | trunc
+        env.prev_action = np.where(env.is_first[:, None], 0.0, action).astype(np.float32)
+        self.counters["step"] += self.cfg.env_opts.action_repeat * (self.n - resets)
+        return resets
+
+    def _train(self, resets: int, log: _LogWindow, stop: _Stop) -> None:
+        """The updates owed for the agent steps just taken (plus ``run.pretrain`` once),
+        once the prefill is done; their metrics go to ``log``."""
+        cfg, c = self.cfg, self.counters
+        if c["step"] < cfg.run.prefill or len(self.replay) < cfg.run.batch_length:
+            return
+        todo = 0
+        if not c["pretrained"]:
+            c["pretrained"] = True
+            todo += cfg.run.pretrain
+        c["owed"] += ((self.n - resets) * cfg.run.train_ratio
+                      / (cfg.run.batch_size * cfg.run.batch_length))
+        todo += int(c["owed"])
+        c["owed"] -= int(c["owed"])
+        for _ in range(todo):
+            batch = self.replay.sample(cfg.run.batch_size, cfg.run.batch_length)
+            for k, v in self.agent.update(batch).items():
+                log.pending[k].append(v)
+            c["updates"] += 1
+            if stop.signal is not None:
+                break
+
+    def _log(self, env: _EnvSteps, log: _LogWindow) -> None:
+        """Every ``run.log_every`` env steps and at the end: the window's mean metrics,
+        rates and counters; the progress bar."""
+        cfg, c = self.cfg, self.counters
+        if c["step"] - log.step >= cfg.run.log_every or c["step"] >= cfg.steps:
+            now = time.perf_counter()
+            dt = max(now - log.time, 1e-9)
+            values = {k: float(np.mean(v)) for k, v in log.pending.items()}
+            values.update({"train/fps": (c["step"] - log.step) / dt,
+                           "train/updates_per_s": (c["updates"] - log.updates) / dt,
+                           "train/updates": c["updates"],
+                           "train/episodes": c["episodes"]})
+            if env.recent:
+                values["episode/return_last10"] = float(np.mean(env.recent))
+            self.logger.write(c["step"], values)
+            self.logger.flush()
+            log.restart(c["step"], c["updates"], now)
+            if log.bar is not None:
+                log.bar.set_postfix(fps=f"{values['train/fps']:.0f}",
+                                    ups=f"{values['train/updates_per_s']:.1f}",
+                                    ret=f"{env.recent[-1]:.1f}" if env.recent else "-")
+        if log.bar is not None:
+            log.bar.update(c["step"] - log.bar.n)
+
+    def _checkpoint_if_due(self) -> None:
+        """A checkpoint whenever the last vector step crossed a multiple of
+        ``run.checkpoint_every`` env steps."""
+        step, every = self.counters["step"], self.cfg.run.checkpoint_every
+        if step // every != (step - self.cfg.env_opts.action_repeat * self.n) // every:
+            self.save()
+
+
+@dataclasses.dataclass
+class _EnvSteps:
+    """The newest step of each of the ``N`` environments, the policy's state, the running
+    episodes' return and length, and the returns of the last finished ones."""
+
+    obs: dict
+    reward: np.ndarray
+    is_first: np.ndarray
+    is_last: np.ndarray
+    is_term: np.ndarray
+    prev_action: np.ndarray
+    policy_state: tuple
+    ep_return: np.ndarray
+    ep_length: np.ndarray
+    recent: collections.deque  # the returns of the last 10 episodes
+
+
+class _LogWindow:
+    """The update metrics, env steps and updates since the last log record."""
+
+    def __init__(self, step: int, updates: int, bar) -> None:
+        self.pending: dict[str, list[float]] = collections.defaultdict(list)
+        self.bar = bar
+        self.restart(step, updates, time.perf_counter())
+
+    def restart(self, step: int, updates: int, now: float) -> None:
+        self.pending.clear()
+        self.step, self.updates, self.time = step, updates, now
 
 
 def _step_record(key, obs, i, prev_action, reward, is_first, is_last, is_term) -> dict:
