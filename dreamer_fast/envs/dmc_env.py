@@ -2,9 +2,9 @@
 ``dmc:walker-walk``, ``dmc:ball_in_cup-catch``) behind the interface of :mod:`.base`.
 
 Pixels are rendered headless with MuJoCo's EGL backend (falling back to OSMesa when no
-EGL library is found). A default dm_control frame costs ~10 ms in software GL, mostly a
+EGL library is found). Most of a default dm_control frame's cost in software GL is its
 4096x4096 shadow map: shadows are switched off and the offscreen buffer is shrunk to the
-image size before the first render (~2.5 ms per 64x64 frame).
+image size before the first render.
 """
 
 from __future__ import annotations
