@@ -15,68 +15,31 @@
 //   gates per block: (reset, cand, update) = parts_g split in three (cells_math.h)
 //   deter' = σ(update − 1) ⊙ tanh(σ(reset) ⊙ cand) + (1 − σ(update − 1)) ⊙ deter
 //
-// The broadcast of x to every block is never materialised: the x rows of Wh1 are one
-// [3U, D] GEMM. Saved for backward (the `saved` list): a, x, the (z, stats) of the
-// three input layers, (out, z, stats) of every hidden layer, and parts.
+// The forward and backward are the cells' (cells.cpp), shared with the sequence ops. The
+// broadcast of x to every block is never materialised: the x rows of Wh1 are one
+// [3U, D] GEMM. Saved for backward (the `saved` list): a, the (z, stats) of the three
+// input layers, x, (out, z, stats) of every hidden layer, and parts.
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
-#include "cells/cells_launch.h"
-#include "common/device_launch.h"
-#include "common/gemm.h"
-#include "dense/dense.h"
-#include "dense/dense_math.h"
+#include "cells/cells.h"
+#include "common/checks.h"
+#include "common/grads.h"
 
 namespace dreamer_fast {
 namespace {
 
 using at::Tensor;
 constexpr const char* kOp = "block_gru_cell";
-constexpr double kUpdateBias = -1.0;
-
-// y [B, G * out_g] = block-diagonal x [B, G * in_g] times W [G, in_g, out_g]
-Tensor block_linear(const Tensor& x, const Tensor& W) {
-  const int64_t B = x.size(0), G = W.size(0), in_g = W.size(1), out_g = W.size(2);
-  return at::bmm(x.reshape({B, G, in_g}).transpose(0, 1), W).transpose(0, 1).reshape(
-      {B, G * out_g});
-}
-
-// Gradients of block_linear: (dx [B, G in_g], dW [G, in_g, out_g]).
-std::pair<Tensor, Tensor> block_linear_backward(const Tensor& dy, const Tensor& x,
-                                                const Tensor& W, bool need_dx) {
-  const int64_t B = x.size(0), G = W.size(0), in_g = W.size(1), out_g = W.size(2);
-  const Tensor dyb = dy.reshape({B, G, out_g}).transpose(0, 1);  // [G, B, out_g]
-  const Tensor xb = x.reshape({B, G, in_g}).transpose(0, 1);     // [G, B, in_g]
-  Tensor dW = at::bmm(xb.transpose(1, 2), dyb);
-  Tensor dx;
-  if (need_dx) dx = at::bmm(dyb, W.transpose(1, 2)).transpose(0, 1).reshape({B, G * in_g});
-  return {dx, dW};
-}
 
 struct Shapes {
   int64_t B, D, G, Dg, U, S, A, L;
 };
 
-dense::Params rms_params(const Tensor& W, const Tensor& b, const Tensor& s, int act, double eps) {
-  dense::Params p;
-  p.weight = W;
-  p.bias = b;
-  p.norm_weight = s;
-  p.norm = layer::kRms;
-  p.act = act;
-  p.eps = eps;
-  return p;
-}
-
 void check_tensor(const char* name, const Tensor& t, const Tensor& like,
                   at::IntArrayRef shape) {
-  TORCH_CHECK(t.sizes() == shape, kOp, ": `", name, "` must have shape ", shape, ", got ",
-              t.sizes());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), kOp, ": `", name, "` has dtype ",
-              t.scalar_type(), ", expected ", like.scalar_type());
-  TORCH_CHECK(t.device() == like.device(), kOp, ": `", name, "` is on ", t.device(),
-              ", expected ", like.device());
+  dreamer_fast::check_tensor(kOp, name, t, like, shape);
 }
 
 Shapes check_args(const Tensor& deter, const Tensor& stoch, const Tensor& action,
@@ -129,16 +92,29 @@ Shapes check_args(const Tensor& deter, const Tensor& stoch, const Tensor& action
   return s;
 }
 
-// The x rows of the first hidden layer's block weight as one [3U, D] matrix.
-Tensor first_layer_x_weight(const Tensor& W1, const Shapes& s) {
-  return W1.narrow(1, s.Dg, 3 * s.U).permute({1, 0, 2}).reshape({3 * s.U, s.D});
+// The op's tensors as one parameter list in the cells' order (cells.h).
+std::vector<Tensor> cell_params(at::TensorList in_params, at::TensorList hidden_params,
+                                const Tensor& gru_weight, const Tensor& gru_bias) {
+  std::vector<Tensor> P(in_params.begin(), in_params.end());
+  P.insert(P.end(), hidden_params.begin(), hidden_params.end());
+  P.push_back(gru_weight);
+  P.push_back(gru_bias);
+  return P;
 }
 
-Tensor launch_gates(const Tensor& parts, const Tensor& deter, int64_t blocks) {
-  Tensor hy = at::empty_like(deter, at::MemoryFormat::Contiguous);
-  DF_DEVICE_LAUNCH(cells, block_gru_forward, deter, parts, deter, blocks, kUpdateBias, hy);
-  return hy;
+cells::Cell block_gru(const Shapes& s, int64_t act, double eps) {
+  cells::Cell c;
+  c.kind = cells::kBlockGru;
+  c.blocks = s.G;
+  c.layers = s.L;
+  c.act = static_cast<int>(act);
+  c.eps = eps;
+  return c;
 }
+
+// The op's saved list is the cell's without its state inputs (deter and stoch, which
+// the backward gets as arguments).
+constexpr int64_t kStateSlots = 2;
 
 std::tuple<Tensor, std::vector<Tensor>> block_gru_cell(
     const Tensor& deter_in, const Tensor& stoch, const Tensor& action, at::TensorList in_params,
@@ -148,44 +124,12 @@ std::tuple<Tensor, std::vector<Tensor>> block_gru_cell(
                               gru_bias, blocks);
   TORCH_CHECK(eps > 0, kOp, ": `eps` must be > 0, got ", eps);
   const c10::OptionalDeviceGuard guard(deter_in.device());
-  const Tensor deter = deter_in.contiguous();
-  const int a = static_cast<int>(act);
-  const Tensor an = action / action.abs().clamp_min(1.0);
-  const Tensor inputs[3] = {deter, stoch, an};
-  std::vector<Tensor> saved = {an};
-  std::vector<Tensor> xs;
-  for (int i = 0; i < 3; ++i) {
-    dense::Forward f = dense::forward(
-        inputs[i], rms_params(in_params[3 * i], in_params[3 * i + 1], in_params[3 * i + 2], a,
-                              eps));
-    xs.push_back(f.out);
-    saved.push_back(f.z);
-    saved.push_back(f.stats);
-  }
-  const Tensor x = at::cat(xs, 1);
-  saved.push_back(x);
-  Tensor h;
-  for (int64_t l = 0; l < s.L; ++l) {
-    const Tensor& W = hidden_params[3 * l];
-    Tensor z;
-    if (l == 0) {
-      z = block_linear(deter, W.narrow(1, 0, s.Dg).contiguous());
-      gemm::addmm_(z, x, first_layer_x_weight(W, s));
-    } else {
-      z = block_linear(h, W);
-    }
-    z.add_(hidden_params[3 * l + 1]);
-    dense::Params p = rms_params(W, hidden_params[3 * l + 1], hidden_params[3 * l + 2], a, eps);
-    dense::Forward f = dense::apply_epilogue(z, p);
-    h = f.out;
-    saved.push_back(f.out);
-    saved.push_back(f.z);
-    saved.push_back(f.stats);
-  }
-  Tensor parts = block_linear(h, gru_weight);
-  parts.add_(gru_bias);
-  saved.push_back(parts);
-  return {launch_gates(parts, deter, blocks), saved};
+  const std::vector<Tensor> P = cell_params(in_params, hidden_params, gru_weight, gru_bias);
+  std::vector<Tensor> saved;
+  Tensor hy = cells::forward(P, block_gru(s, act, eps), Tensor(), deter_in.contiguous(), stoch,
+                             action, &saved);
+  saved.erase(saved.begin(), saved.begin() + kStateSlots);
+  return {hy, saved};
 }
 
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, Tensor, Tensor>
@@ -195,71 +139,22 @@ block_gru_cell_backward(const Tensor& grad_deter, at::TensorList saved, const Te
                         const Tensor& gru_bias, int64_t blocks, int64_t act, double eps) {
   const Shapes s = check_args(deter_in, stoch, action, in_params, hidden_params, gru_weight,
                               gru_bias, blocks);
-  TORCH_CHECK(static_cast<int64_t>(saved.size()) == 9 + 3 * s.L, kOp,
-              "_backward: `saved` must hold ", 9 + 3 * s.L, " tensors, got ", saved.size());
+  const cells::Cell c = block_gru(s, act, eps);
+  const int64_t n_saved = cells::saved_count(c) - kStateSlots;
+  TORCH_CHECK(static_cast<int64_t>(saved.size()) == n_saved, kOp, "_backward: `saved` must hold ",
+              n_saved, " tensors, got ", saved.size());
   const c10::OptionalDeviceGuard guard(deter_in.device());
-  const Tensor deter = deter_in.contiguous();
-  const int a = static_cast<int>(act);
-  const Tensor& an = saved[0];
-  const Tensor& x = saved[7];
-  const Tensor& parts = saved[8 + 3 * s.L];
-
-  // Gates.
-  Tensor dparts = at::empty_like(parts);
-  Tensor d_deter = at::empty_like(deter);
-  const Tensor g = grad_deter.contiguous();
-  DF_DEVICE_LAUNCH(cells, block_gru_backward, deter, g, parts, deter, blocks, kUpdateBias, dparts,
-                   d_deter);
-  // GRU block linear.
-  const Tensor h_last = saved[8 + 3 * (s.L - 1)];
-  Tensor d_gru_bias = dparts.sum(0);
-  auto [dh, d_gru_weight] = block_linear_backward(dparts, h_last, gru_weight, true);
-
-  // Hidden layers, last to first.
-  std::vector<Tensor> d_hidden(3 * s.L);
-  Tensor dx;
-  for (int64_t l = s.L - 1; l >= 0; --l) {
-    const Tensor& W = hidden_params[3 * l];
-    dense::Params p = rms_params(W, hidden_params[3 * l + 1], hidden_params[3 * l + 2], a, eps);
-    dense::Forward f{saved[8 + 3 * l], saved[8 + 3 * l + 1], saved[8 + 3 * l + 2]};
-    Tensor d_scale;
-    Tensor dz = dense::backward_epilogue(dh, f, p, &d_scale, nullptr);
-    d_hidden[3 * l + 1] = dz.sum(0);
-    d_hidden[3 * l + 2] = d_scale;
-    if (l == 0) {
-      // z = block_linear(deter, W[:, :Dg]) + x Wx + b
-      auto [d_deter_blk, dW_deter] =
-          block_linear_backward(dz, deter, W.narrow(1, 0, s.Dg).contiguous(), true);
-      d_deter.add_(d_deter_blk);
-      dx = gemm::mm(dz, first_layer_x_weight(W, s).t());                  // [B, 3U]
-      Tensor dWx = gemm::mm(x.t(), dz).reshape({3 * s.U, s.G, s.Dg}).permute({1, 0, 2});
-      d_hidden[3 * l] = at::cat({dW_deter, dWx}, 1);
-    } else {
-      const Tensor h_prev = saved[8 + 3 * (l - 1)];
-      auto [dh_prev, dW] = block_linear_backward(dz, h_prev, W, true);
-      d_hidden[3 * l] = dW;
-      dh = dh_prev;
-    }
-  }
-
-  // Input layers.
-  const Tensor inputs[3] = {deter, stoch, an};
-  std::vector<Tensor> d_in(9);
-  Tensor d_inputs[3];
-  for (int i = 0; i < 3; ++i) {
-    dense::Params p = rms_params(in_params[3 * i], in_params[3 * i + 1], in_params[3 * i + 2], a,
-                                 eps);
-    dense::Forward f{Tensor(), saved[1 + 2 * i], saved[2 + 2 * i]};
-    dense::Grads gr = dense::backward(dx.narrow(1, i * s.U, s.U), inputs[i], f, p, true);
-    d_in[3 * i] = gr.weight;
-    d_in[3 * i + 1] = gr.bias;
-    d_in[3 * i + 2] = gr.norm_weight;
-    d_inputs[i] = gr.input;
-  }
-  d_deter.add_(d_inputs[0]);
-  // a = action / max(1, |action|) with the divisor held constant.
-  Tensor d_action = d_inputs[2] / action.abs().clamp_min(1.0);
-  return {d_deter, d_inputs[1], d_action, d_in, d_hidden, d_gru_weight, d_gru_bias};
+  const std::vector<Tensor> P = cell_params(in_params, hidden_params, gru_weight, gru_bias);
+  std::vector<Tensor> sv{deter_in.contiguous(), stoch};
+  sv.insert(sv.end(), saved.begin(), saved.end());
+  ImmediateGrads g(P.size());
+  const cells::InputGrads d = cells::backward(P, c, sv.data(), grad_deter, g);
+  std::vector<Tensor> d_in, d_hidden;
+  for (int64_t i = 0; i < 9; ++i) d_in.push_back(g.take(i));
+  for (int64_t i = 0; i < 3 * s.L; ++i) d_hidden.push_back(g.take(9 + i));
+  const int64_t wg = 9 + 3 * s.L;
+  return {d.h, d.stoch, cells::action_grad(d.a, action), d_in, d_hidden, g.take(wg),
+          g.take(wg + 1)};
 }
 
 }  // namespace

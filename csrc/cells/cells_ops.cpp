@@ -1,6 +1,6 @@
-// The recurrent-cell ops: GEMMs through gemm.h (cuBLAS / oneDNN / BLAS), everything pointwise
-// or row-wise in one fused launch per direction (cells_launch.h, math in cells_math.h).
-// The same functions serve CPU and CUDA tensors; only the launch differs.
+// The single-step GRU ops gru_cell and ln_gru_cell: argument checks around the cells'
+// one implementation (cells.h), which the sequence ops share. The same functions serve
+// CPU and CUDA tensors; only the launch differs.
 //
 // Autograd and fake kernels are registered from Python (dreamer_fast/ops/cells.py).
 // The forward ops also return what their backward needs ("workspace"), which the
@@ -10,9 +10,9 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
-#include "cells/cells_launch.h"
-#include "common/device_launch.h"
-#include "common/gemm.h"
+#include "cells/cells.h"
+#include "common/checks.h"
+#include "common/grads.h"
 
 namespace dreamer_fast {
 namespace {
@@ -21,22 +21,12 @@ using at::Tensor;
 
 void check_matrix(const char* op, const char* name, const Tensor& t, const Tensor& like,
                   int64_t rows, int64_t cols) {
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, op, ": `", name,
-              "` must have shape [", rows, ", ", cols, "], got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": `", name, "` has dtype ",
-              t.scalar_type(), ", expected ", like.scalar_type());
-  TORCH_CHECK(t.device() == like.device(), op, ": `", name, "` is on ", t.device(),
-              ", expected ", like.device());
+  check_tensor(op, name, t, like, {rows, cols});
 }
 
 void check_vector(const char* op, const char* name, const Tensor& t, const Tensor& like,
                   int64_t size) {
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == size, op, ": `", name, "` must have shape [", size,
-              "], got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": `", name, "` has dtype ",
-              t.scalar_type(), ", expected ", like.scalar_type());
-  TORCH_CHECK(t.device() == like.device(), op, ": `", name, "` is on ", t.device(),
-              ", expected ", like.device());
+  check_tensor(op, name, t, like, {size});
 }
 
 void check_input_and_state(const char* op, const Tensor& input, const Tensor& hx) {
@@ -55,19 +45,22 @@ std::tuple<Tensor, Tensor> gru_cell(const Tensor& input, const Tensor& hx, const
                                     const std::optional<Tensor>& b_hh) {
   const char* op = "gru_cell";
   check_input_and_state(op, input, hx);
-  const int64_t B = input.size(0), I = input.size(1), H = hx.size(1);
+  const int64_t I = input.size(1), H = hx.size(1);
   check_matrix(op, "weight_ih", w_ih, input, 3 * H, I);
   check_matrix(op, "weight_hh", w_hh, input, 3 * H, H);
   if (b_ih) check_vector(op, "bias_ih", *b_ih, input, 3 * H);
   if (b_hh) check_vector(op, "bias_hh", *b_hh, input, 3 * H);
   const c10::OptionalDeviceGuard guard(input.device());
-  const Tensor gi = b_ih ? gemm::addmm(*b_ih, input, w_ih.t()) : gemm::mm(input, w_ih.t());
-  const Tensor gh = b_hh ? gemm::addmm(*b_hh, hx, w_hh.t()) : gemm::mm(hx, w_hh.t());
-  const Tensor h = hx.contiguous();
-  Tensor hy = at::empty({B, H}, input.options());
-  Tensor workspace = at::empty({B, 4 * H}, input.options());
-  DF_DEVICE_LAUNCH(cells, gru_forward, input.device(), gi.contiguous(), gh.contiguous(), h, hy, workspace);
-  return {hy, workspace};
+  std::vector<Tensor> P{w_ih, w_hh};  // then the biases that are present
+  if (b_ih) P.push_back(*b_ih);
+  if (b_hh) P.push_back(*b_hh);
+  cells::Cell c;
+  c.kind = cells::kGru;
+  c.bias_ih = b_ih.has_value();
+  c.bias_hh = b_hh.has_value();
+  std::vector<Tensor> saved;
+  Tensor hy = cells::forward(P, c, input, hx, Tensor(), Tensor(), &saved);
+  return {hy, saved[cells::slot::kWorkspace]};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward(
@@ -81,21 +74,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward(
   check_matrix(op, "weight_ih", w_ih, input, 3 * H, I);
   check_matrix(op, "weight_hh", w_hh, input, 3 * H, H);
   const c10::OptionalDeviceGuard guard(input.device());
-  Tensor dgi = at::empty({B, 3 * H}, input.options());
-  Tensor dgh = at::empty({B, 3 * H}, input.options());
-  Tensor dh = at::empty({B, H}, input.options());
-  DF_DEVICE_LAUNCH(cells, gru_backward, input.device(), grad_hy.contiguous(), workspace.contiguous(),
-            hx.contiguous(), dgi, dgh, dh);
-  Tensor dx = gemm::mm(dgi, w_ih);
-  gemm::addmm_(dh, dgh, w_hh);
-  Tensor dw_ih = gemm::mm(dgi.t(), input);
-  Tensor dw_hh = gemm::mm(dgh.t(), hx);
-  Tensor db_ih = dgi.sum(0);
-  Tensor db_hh = dgh.sum(0);
-  return {dx, dh, dw_ih, dw_hh, db_ih, db_hh};
+  // the op returns both bias gradients whether or not the forward had the biases (the
+  // backward reads no bias: they stay undefined here)
+  const std::vector<Tensor> P{w_ih, w_hh, Tensor(), Tensor()};
+  cells::Cell c;
+  c.kind = cells::kGru;
+  const Tensor saved[3] = {input, hx, workspace};
+  ImmediateGrads g(P.size());
+  const cells::InputGrads d = cells::backward(P, c, saved, grad_hy, g);
+  return {d.x, d.h, g.take(0), g.take(1), g.take(2), g.take(3)};
 }
 
 // ---- LayerNorm GRU (DreamerV2) ------------------------------------------------------
+
+cells::Cell ln_gru(double eps, double update_bias) {
+  cells::Cell c;
+  c.kind = cells::kLnGru;
+  c.eps = eps;
+  c.update_bias = update_bias;
+  return c;
+}
 
 void check_ln_gru(const char* op, const Tensor& input, const Tensor& hx, const Tensor& weight,
                   const Tensor& norm_weight, const Tensor& norm_bias) {
@@ -113,15 +111,12 @@ std::tuple<Tensor, Tensor, Tensor> ln_gru_cell(const Tensor& input, const Tensor
   const char* op = "ln_gru_cell";
   check_ln_gru(op, input, hx, weight, norm_weight, norm_bias);
   TORCH_CHECK(eps > 0, op, ": `eps` must be > 0, got ", eps);
-  const int64_t B = input.size(0), H = hx.size(1);
   const c10::OptionalDeviceGuard guard(input.device());
-  // parts = cat([x, h]) @ W.T as one GEMM (cheaper than two passes over the output)
-  Tensor parts = gemm::mm(at::cat({input, hx}, 1), weight.t());
-  Tensor hy = at::empty({B, H}, input.options());
-  Tensor stats = at::empty({B, 2}, input.options().dtype(at::toOpMathType(input.scalar_type())));
-  DF_DEVICE_LAUNCH(cells, ln_gru_forward, input.device(), parts, hx.contiguous(), norm_weight.contiguous(),
-            norm_bias.contiguous(), eps, update_bias, hy, stats);
-  return {hy, parts, stats};
+  const std::vector<Tensor> P{weight, norm_weight, norm_bias};
+  const cells::Cell c = ln_gru(eps, update_bias);
+  std::vector<Tensor> saved;
+  Tensor hy = cells::forward(P, c, input, hx, Tensor(), Tensor(), &saved);
+  return {hy, saved[cells::slot::kParts], saved[cells::slot::kStats]};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_cell_backward(
@@ -130,7 +125,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_cell_backward(
     double update_bias) {
   const char* op = "ln_gru_cell_backward";
   check_ln_gru(op, input, hx, weight, norm_weight, norm_bias);
-  const int64_t B = input.size(0), I = input.size(1), H = hx.size(1);
+  const int64_t B = input.size(0), H = hx.size(1);
   check_matrix(op, "grad_hy", grad_hy, input, B, H);
   check_matrix(op, "parts", parts, input, B, 3 * H);
   const auto acc = at::toOpMathType(input.scalar_type());
@@ -139,20 +134,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_cell_backward(
               op, ": `stats` must be [", B, ", 2] of ", acc, " on ", input.device(), ", got ",
               stats.sizes(), " ", stats.scalar_type());
   const c10::OptionalDeviceGuard guard(input.device());
-  Tensor dy_sum = at::empty({3 * H}, input.options().dtype(acc));
-  Tensor dy_xhat_sum = at::empty({3 * H}, input.options().dtype(acc));
-  Tensor dparts = at::empty({B, 3 * H}, input.options());
-  Tensor dh = at::empty({B, H}, input.options());
-  DF_DEVICE_LAUNCH(cells, ln_gru_backward, input.device(), grad_hy.contiguous(), parts.contiguous(),
-            hx.contiguous(), norm_weight.contiguous(), norm_bias.contiguous(),
-            stats.contiguous(), update_bias, dy_sum, dy_xhat_sum, dparts, dh);
-  const Tensor d_in = gemm::mm(dparts, weight);
-  Tensor dx = d_in.narrow(1, 0, I).contiguous();
-  dh.add_(d_in.narrow(1, I, H));
-  Tensor dweight = gemm::mm(dparts.t(), at::cat({input, hx}, 1));
-  Tensor dgamma = dy_xhat_sum.to(input.scalar_type());
-  Tensor dbeta = dy_sum.to(input.scalar_type());
-  return {dx, dh, dweight, dgamma, dbeta};
+  const std::vector<Tensor> P{weight, norm_weight, norm_bias};
+  const cells::Cell c = ln_gru(1e-3, update_bias);  // the backward reads no eps (stats hold rstd)
+  const Tensor saved[4] = {input, hx, parts, stats};
+  ImmediateGrads g(P.size());
+  const cells::InputGrads d = cells::backward(P, c, saved, grad_hy, g);
+  return {d.x.contiguous(), d.h, g.take(0), g.take(1), g.take(2)};
 }
 
 }  // namespace

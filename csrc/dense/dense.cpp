@@ -106,14 +106,50 @@ Tensor backward_epilogue(const Tensor& dout, const Forward& saved, const Params&
   return dz;
 }
 
-Grads backward(const Tensor& dout, const Tensor& x, const Forward& saved, const Params& p,
-               bool need_input) {
-  Grads g;
-  Tensor dz = backward_epilogue(dout, saved, p, &g.norm_weight, &g.norm_bias);
-  if (need_input) g.input = gemm::mm(dz, p.weight);
-  g.weight = gemm::mm(dz.t(), x);
-  if (p.bias) g.bias = dz.sum(0);
-  return g;
+Params layer_params(at::TensorList P, const Layer& r) {
+  Params p;
+  p.weight = P[r.w];
+  if (r.b >= 0) p.bias = P[r.b];
+  if (r.nw >= 0) p.norm_weight = P[r.nw];
+  if (r.nb >= 0) p.norm_bias = P[r.nb];
+  p.norm = r.norm;
+  p.act = r.act;
+  p.eps = r.eps;
+  return p;
+}
+
+Tensor layer_forward(at::TensorList P, const Layer& r, const Tensor& x,
+                     std::vector<Tensor>* saved, const Tensor& out) {
+  const Forward f = forward(x, layer_params(P, r), out);
+  if (saved) saved->insert(saved->end(), {x, f.z, f.stats});
+  return f.out;
+}
+
+Tensor layer_epilogue(at::TensorList P, const Layer& r, const Tensor& z, const Tensor& x,
+                      std::vector<Tensor>* saved, const Tensor& out) {
+  const Forward f = apply_epilogue(z, layer_params(P, r), out);
+  if (saved) saved->insert(saved->end(), {x, f.z, f.stats});
+  return f.out;
+}
+
+Tensor layer_backward_dz(at::TensorList P, const Layer& r, const LayerSaved& s,
+                         const Tensor& dout, GradSink& g) {
+  const Params p = layer_params(P, r);
+  const Forward f{Tensor(), s.z, s.stats};
+  Tensor dnw, dnb;
+  Tensor dz = backward_epilogue(dout, f, p, r.nw >= 0 && g.wanted() ? &dnw : nullptr,
+                                r.nb >= 0 && g.wanted() ? &dnb : nullptr);
+  if (dnw.defined()) g.add(r.nw, dnw);
+  if (dnb.defined()) g.add(r.nb, dnb);
+  return dz;
+}
+
+Tensor layer_backward(at::TensorList P, const Layer& r, const LayerSaved& s, const Tensor& dout,
+                      GradSink& g, bool need_dx) {
+  const Tensor dz = layer_backward_dz(P, r, s, dout, g);
+  g.mm(r.w, dz, s.x);
+  if (r.b >= 0) g.rowsum(r.b, dz);
+  return need_dx ? gemm::mm(dz, P[r.w]) : Tensor();
 }
 
 namespace {
@@ -177,10 +213,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> linear_norm_act_backward(
                 "linear_norm_act_backward: `", name, "` must be ", dtype, " on ",
                 input.device(), ", got ", t->scalar_type(), " on ", t->device());
   const c10::OptionalDeviceGuard guard(input.device());
-  Forward saved{Tensor(), z.contiguous(), stats.contiguous()};
-  Grads g = backward(grad_out, input, saved, p);
-  return {g.input, g.weight, or_empty(g.bias, input), or_empty(g.norm_weight, input),
-          or_empty(g.norm_bias, input)};
+  // the op's parameter list: weight, then the optional tensors that are present
+  std::vector<Tensor> P{weight};
+  Layer r;
+  r.w = 0;
+  r.norm = static_cast<int>(norm);
+  r.act = static_cast<int>(act);
+  for (const auto& [t, idx] : {std::make_pair(&bias, &r.b), std::make_pair(&norm_weight, &r.nw),
+                               std::make_pair(&norm_bias, &r.nb)}) {
+    if (!t->has_value()) continue;
+    *idx = static_cast<int64_t>(P.size());
+    P.push_back(**t);
+  }
+  ImmediateGrads g(P.size());
+  const Tensor dx =
+      layer_backward(P, r, LayerSaved{input, z.contiguous(), stats.contiguous()}, grad_out, g, true);
+  const auto grad = [&](int64_t idx) { return idx >= 0 ? g.take(idx) : Tensor(); };
+  return {dx, grad(r.w), or_empty(grad(r.b), input), or_empty(grad(r.nw), input),
+          or_empty(grad(r.nb), input)};
 }
 
 }  // namespace

@@ -6,6 +6,9 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <vector>
+
+#include "common/grads.h"
 
 namespace dreamer_fast {
 namespace dense {
@@ -26,10 +29,6 @@ struct Forward {
   at::Tensor stats;  // [B, 2]  (mean, rstd) in the accumulation dtype
 };
 
-struct Grads {
-  at::Tensor input, weight, bias, norm_weight, norm_bias;  // undefined when not needed
-};
-
 // Checks shapes/dtypes/devices of `p` against x [B, I]; `op` names the caller.
 void check(const char* op, const at::Tensor& x, const Params& p);
 
@@ -46,9 +45,34 @@ Forward apply_epilogue(const at::Tensor& z, const Params& p,
 at::Tensor backward_epilogue(const at::Tensor& dout, const Forward& saved, const Params& p,
                              at::Tensor* d_norm_weight, at::Tensor* d_norm_bias);
 
-// Full backward. `need_input` false skips dx (the layer's input is a leaf).
-Grads backward(const at::Tensor& dout, const at::Tensor& x, const Forward& saved,
-               const Params& p, bool need_input = true);
+// ---- a layer of an op's parameter list ------------------------------------------------
+
+// The layer's tensors as indices into the op's parameter list P (-1 = absent).
+struct Layer {
+  int64_t w = -1, b = -1, nw = -1, nb = -1;
+  int norm = 0, act = 0;
+  double eps = 1e-3;
+};
+// What a layer's backward reads: its input x, linear output z and row stats.
+struct LayerSaved {
+  at::Tensor x, z, stats;
+};
+
+Params layer_params(at::TensorList P, const Layer& r);
+// out = layer(x); appends (x, z, stats) to `saved` when given. `out` as for `forward`.
+at::Tensor layer_forward(at::TensorList P, const Layer& r, const at::Tensor& x,
+                         std::vector<at::Tensor>* saved, const at::Tensor& out = at::Tensor());
+// The epilogue on a precomputed linear output z (bias already added); appends
+// (x, z, stats) like layer_forward.
+at::Tensor layer_epilogue(at::TensorList P, const Layer& r, const at::Tensor& z,
+                          const at::Tensor& x, std::vector<at::Tensor>* saved,
+                          const at::Tensor& out = at::Tensor());
+// dz of a layer (the gradient at its linear output); gives `g` the norm parameter grads.
+at::Tensor layer_backward_dz(at::TensorList P, const Layer& r, const LayerSaved& s,
+                             const at::Tensor& dout, GradSink& g);
+// Full layer backward: gives `g` dW and db; returns dx when `need_dx`.
+at::Tensor layer_backward(at::TensorList P, const Layer& r, const LayerSaved& s,
+                          const at::Tensor& dout, GradSink& g, bool need_dx);
 
 // Launchers of the epilogue row kernels (dense_cpu.cpp / dense_cuda.cpp).
 void epilogue_forward_cpu(const at::Tensor& z, const Params& p, at::Tensor& out,

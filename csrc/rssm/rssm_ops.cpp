@@ -118,12 +118,12 @@ void pack_split(gemm::PackedWeights& pk, at::TensorList P, const DenseRef& r, in
   }
 }
 void pack_cell(gemm::PackedWeights& pk, at::TensorList P, const Spec& s, bool backward) {
-  const int64_t c = s.cell_first;
+  const int64_t c = s.cell.first;
   auto add = [&](const Tensor& W) { pk.add(backward ? W : W.t()); };
-  if (s.cell == kGru) {
+  if (s.cell.kind == cells::kGru) {
     add(P[c]);
     add(P[c + 1]);
-  } else if (s.cell == kLnGru) {
+  } else if (s.cell.kind == cells::kLnGru) {
     add(P[c]);
   }
   // block_gru: block-diagonal products (bmm) and a per-call weight copy, not packed
@@ -167,7 +167,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
               ", inputs ", embed.scalar_type(), " on ", embed.device());
   const c10::OptionalDeviceGuard guard(embed.device());
   gemm::PackedWeights packs(B);
-  if (s.cell != kBlockGru) pack_split(packs, P, s.img_in[0], SF, false);
+  if (!s.block_gru()) pack_split(packs, P, s.img_in[0], SF, false);
   pack_cell(packs, P, s, false);
   pack_split(packs, P, s.obs_out[0], D, false);
   pack_layers(packs, P, s.obs_out, false, 1);
@@ -183,7 +183,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
   if (o0.b >= 0) e_proj.add_(P[o0.b]);
   e_proj = e_proj.view({T, B, -1});
   Tensor a_proj;
-  if (s.cell != kBlockGru) {
+  if (!s.block_gru()) {
     const DenseRef& r = s.img_in[0];
     a_proj = gemm::mm(actT.view({T * B, A}), P[r.w].narrow(1, SF, A).t());
     if (r.b >= 0) a_proj.add_(P[r.b]);
@@ -201,18 +201,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
   for (int64_t t = 0; t < T; ++t) {
     const Tensor k = keepT[t];
     const Tensor deter_in = deter * k, stoch_in = stoch * k;
-    if (s.cell != kBlockGru) {
+    if (!s.block_gru()) {
       const DenseRef& r = s.img_in[0];
       const Tensor z = gemm::addmm(a_proj[t], stoch_in, P[r.w].narrow(1, 0, SF).t());
-      const Tensor x = layer_epilogue(P, r, z, stoch_in, sv);
-      deter = cell_forward(P, s, x, deter_in, Tensor(), Tensor(), sv, deters[t]);
+      const Tensor x = dense::layer_epilogue(P, r, z, stoch_in, sv);
+      deter = cells::forward(P, s.cell, x, deter_in, Tensor(), Tensor(), sv, deters[t]);
     } else {
-      deter = cell_forward(P, s, Tensor(), deter_in, stoch_in, actT[t], sv, deters[t]);
+      deter = cells::forward(P, s.cell, Tensor(), deter_in, stoch_in, actT[t], sv, deters[t]);
     }
     // posterior MLP on cat(deter, embed); the embed part is in e_proj
     const Tensor z0 = gemm::addmm(e_proj[t], deter, W0.narrow(1, 0, D).t());
-    Tensor h = layer_epilogue(P, o0, z0, empty0(deter), sv);  // x = deters[t]
-    for (size_t l = 1; l < s.obs_out.size(); ++l) h = layer_forward(P, s.obs_out[l], h, sv);
+    Tensor h = dense::layer_epilogue(P, o0, z0, empty0(deter), sv);  // x = deters[t]
+    for (size_t l = 1; l < s.obs_out.size(); ++l) h = dense::layer_forward(P, s.obs_out[l], h, sv);
     const HeadOut ho = latent_forward(s, h, postNT[t]);
     post_stats[t].copy_(h);
     post_stoch[t].copy_(ho.sample);
@@ -223,7 +223,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
   // The prior of every step at once: it does not feed the recurrence.
   TensorVec prior_saved;
   Tensor hp = deters.view({T * B, D});
-  for (const DenseRef& r : s.img_out) hp = layer_forward(P, r, hp, save ? &prior_saved : nullptr);
+  for (const DenseRef& r : s.img_out) hp = dense::layer_forward(P, r, hp, save ? &prior_saved : nullptr);
   if (save) prior_saved[0] = empty0(hp);  // x of the first prior layer = deters
   const Tensor prior_stats = hp;
   const HeadOut prior = latent_forward(s, prior_stats, priorNT.view({T * B, S}));
@@ -257,15 +257,15 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
   const int64_t E = embT.size(2), A = actT.size(2), SF = s.flat_stoch(), S = s.stoch;
   const int64_t n_prior = 3 * static_cast<int64_t>(s.img_out.size());
   const Tensor prior_stats = or_else(saved[7], saved[kObsGlobal + n_prior - 2]);
-  const int64_t n_img_in = s.cell == kBlockGru ? 0 : 3;
-  const int64_t per_step = n_img_in + cell_saved_count(s) + 3 * s.obs_out.size();
+  const int64_t n_img_in = s.block_gru() ? 0 : 3;
+  const int64_t per_step = n_img_in + cells::saved_count(s.cell) + 3 * s.obs_out.size();
   TORCH_CHECK(static_cast<int64_t>(saved.size()) == kObsGlobal + n_prior + T * per_step,
               kObserve, "_backward: `saved` has ", saved.size(), " tensors, expected ",
               kObsGlobal + n_prior + T * per_step);
   const c10::OptionalDeviceGuard guard(deters.device());
   Grads g(P);
   gemm::PackedWeights packs(B);
-  if (s.cell != kBlockGru) pack_split(packs, P, s.img_in[0], SF, true);
+  if (!s.block_gru()) pack_split(packs, P, s.img_in[0], SF, true);
   pack_cell(packs, P, s, true);
   pack_split(packs, P, s.obs_out[0], D, true);
   pack_layers(packs, P, s.obs_out, true, 1);
@@ -277,7 +277,7 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
   for (int64_t l = static_cast<int64_t>(s.img_out.size()) - 1; l >= 0; --l) {
     const int64_t o = kObsGlobal + 3 * l;
     const Tensor x = or_else(saved[o], deters.view({T * B, D}));
-    d = layer_backward(P, s.img_out[l], LayerSaved{x, saved[o + 1], saved[o + 2]}, d, g, true);
+    d = dense::layer_backward(P, s.img_out[l], dense::LayerSaved{x, saved[o + 1], saved[o + 2]}, d, g, true);
   }
   const Tensor dd_all = plus(d.view({T, B, D}), grad_tm(g_deter));
   const Tensor gsT = grad_tm(g_post_stoch), gaT = grad_tm(g_post_a),
@@ -286,7 +286,7 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
   const DenseRef& o0 = s.obs_out[0];
   const Tensor& W0 = P[o0.w];
   TensorVec dz_obs(T), dz_in(T);
-  Tensor d_actT = s.cell == kBlockGru ? at::empty({T, B, A}, deters.options()) : Tensor();
+  Tensor d_actT = s.block_gru() ? at::empty({T, B, A}, deters.options()) : Tensor();
   Tensor carry_deter, carry_stoch;
   for (int64_t t = T - 1; t >= 0; --t) {
     const Tensor* sv = saved.data() + kObsGlobal + n_prior + t * per_step;
@@ -294,22 +294,22 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
     Tensor dd = carry_deter.defined() ? dd_all[t] + carry_deter : dd_all[t].clone();
     Tensor dh = latent_backward(s, post_stats[t], postNT[t], plus(at_step(gsT, t), carry_stoch),
                                 at_step(gaT, t), at_step(gbT, t));
-    const Tensor* ov = sv + n_img_in + cell_saved_count(s);
+    const Tensor* ov = sv + n_img_in + cells::saved_count(s.cell);
     for (int64_t l = static_cast<int64_t>(s.obs_out.size()) - 1; l >= 1; --l) {
       const Tensor* lv = ov + 3 * l;
-      dh = layer_backward(P, s.obs_out[l], LayerSaved{lv[0], lv[1], lv[2]}, dh, g, true);
+      dh = dense::layer_backward(P, s.obs_out[l], dense::LayerSaved{lv[0], lv[1], lv[2]}, dh, g, true);
     }
-    const Tensor dz0 = layer_backward_dz(P, o0, LayerSaved{ov[0], ov[1], ov[2]}, dh, g);
+    const Tensor dz0 = dense::layer_backward_dz(P, o0, dense::LayerSaved{ov[0], ov[1], ov[2]}, dh, g);
     g.mm(o0.w, dz0, deters[t], 0);
     g.mm(o0.w, dz0, embT[t], D);
     if (o0.b >= 0) g.rowsum(o0.b, dz0);
     dz_obs[t] = dz0;
     gemm::addmm_(dd, dz0, W0.narrow(1, 0, D));
-    const CellGrads cg = cell_backward(P, s, sv + n_img_in, dd, g);
+    const cells::InputGrads cg = cells::backward(P, s.cell, sv + n_img_in, dd, g);
     Tensor d_stoch_in;
-    if (s.cell != kBlockGru) {
+    if (!s.block_gru()) {
       const DenseRef& r = s.img_in[0];
-      const Tensor dz = layer_backward_dz(P, r, LayerSaved{sv[0], sv[1], sv[2]}, cg.x, g);
+      const Tensor dz = dense::layer_backward_dz(P, r, dense::LayerSaved{sv[0], sv[1], sv[2]}, cg.x, g);
       g.mm(r.w, dz, sv[0], 0);
       g.mm(r.w, dz, actT[t], SF);
       if (r.b >= 0) g.rowsum(r.b, dz);
@@ -317,14 +317,14 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
       d_stoch_in = gemm::mm(dz, P[r.w].narrow(1, 0, SF));
     } else {
       d_stoch_in = cg.stoch;
-      d_actT[t].copy_(cg.action / actT[t].abs().clamp_min(1.0));
+      d_actT[t].copy_(cells::action_grad(cg.a, actT[t]));
     }
-    carry_deter = cg.deter * keepT[t];
+    carry_deter = cg.h * keepT[t];
     carry_stoch = d_stoch_in * keepT[t];
   }
   // input gradients of the batched projections
   const Tensor d_embed = gemm::mm(at::cat(dz_obs), W0.narrow(1, D, E)).view({T, B, E});
-  if (s.cell != kBlockGru) {
+  if (!s.block_gru()) {
     const DenseRef& r = s.img_in[0];
     d_actT = gemm::mm(at::cat(dz_in), P[r.w].narrow(1, SF, A)).view({T, B, A});
   }
@@ -349,8 +349,8 @@ int64_t imagine_hidden(const ActorSpec* a) {
 
 int64_t imagine_step_saved(const Spec& s, const ActorSpec* a) {
   const int64_t actor = a ? 3 * static_cast<int64_t>(a->layers.size()) : 0;
-  const int64_t img_in = s.cell == kBlockGru ? 0 : 3;
-  return actor + img_in + cell_saved_count(s) + 3 * static_cast<int64_t>(s.img_out.size());
+  const int64_t img_in = s.block_gru() ? 0 : 3;
+  return actor + img_in + cells::saved_count(s.cell) + 3 * static_cast<int64_t>(s.img_out.size());
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
@@ -391,7 +391,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
     pack_split(packs, AP, as.layers[0], SF, false);
     pack_layers(packs, AP, as.layers, false, 1);
   }
-  if (s.cell != kBlockGru) pack_split(packs, P, s.img_in[0], SF, false);
+  if (!s.block_gru()) pack_split(packs, P, s.img_in[0], SF, false);
   pack_cell(packs, P, s, false);
   pack_layers(packs, P, s.img_out, false);
   const Tensor snT = time_major(stoch_noise);
@@ -421,7 +421,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
     hidden.push_back(at::empty({H, N, AP[as.layers[l].w].size(0)}, deter0.options()));
   TensorVec steps;
   TensorVec* sv = save ? &steps : nullptr;
-  const std::vector<int64_t> wm_slots = cell_weight_input_slots(s);
+  const std::vector<int64_t> wm_slots = cells::weight_input_slots(s.cell);
   for (int64_t t = 0; t < H; ++t) {
     const Tensor deter = deters[t], stoch = stochs[t];
     if (use_actor) {
@@ -432,25 +432,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
       // first actor layer on feat = cat(stoch, deter) as two GEMMs into one output
       const DenseRef& r0 = as.layers[0];
       Tensor h = split_linear(AP, r0, stoch, deter);
-      h = layer_epilogue(AP, r0, h, empty0(h), sv, out_of(0));  // x = (stochs, deters)[t]
+      h = dense::layer_epilogue(AP, r0, h, empty0(h), sv, out_of(0));  // x = (stochs, deters)[t]
       for (int64_t l = 1; l < L; ++l) {
-        h = layer_forward(AP, as.layers[l], h, sv, out_of(l));
+        h = dense::layer_forward(AP, as.layers[l], h, sv, out_of(l));
         if (save) steps[actor0 + 3 * l] = empty0(h);  // x = hidden[l - 1][t]
       }
       acts[t].copy_(action_forward(as, h, anT[t]));
     }
     const Tensor action = acts[t];
-    const size_t cell0 = steps.size() + (s.cell == kBlockGru ? 0 : 3);
-    if (s.cell != kBlockGru) {
+    const size_t cell0 = steps.size() + (s.block_gru() ? 0 : 3);
+    if (!s.block_gru()) {
       const DenseRef& r = s.img_in[0];
       const Tensor z = split_linear(P, r, stoch, action);
-      const Tensor x = layer_epilogue(P, r, z, empty0(z), sv);  // x = (stochs, acts)[t]
-      cell_forward(P, s, x, deter, Tensor(), Tensor(), sv, deters[t + 1]);
+      const Tensor x = dense::layer_epilogue(P, r, z, empty0(z), sv);  // x = (stochs, acts)[t]
+      cells::forward(P, s.cell, x, deter, Tensor(), Tensor(), sv, deters[t + 1]);
     } else {
-      cell_forward(P, s, Tensor(), deter, stoch, action, sv, deters[t + 1]);
+      cells::forward(P, s.cell, Tensor(), deter, stoch, action, sv, deters[t + 1]);
     }
     if (save) {  // the cell's saved state inputs are deters[t] (and stochs[t])
-      const int64_t n_views = s.cell == kBlockGru ? 2 : 1, first = s.cell == kBlockGru ? 0 : 1;
+      const int64_t n_views = s.block_gru() ? 2 : 1, first = s.block_gru() ? 0 : 1;
       for (int64_t i = first; i < first + n_views; ++i) steps[cell0 + i] = empty0(deter);
       // without world-model gradients the tensors only those read would hold memory
       // until the backward: empty placeholders instead
@@ -459,7 +459,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
     }
     const size_t prior0 = steps.size();
     Tensor h = deters[t + 1];
-    for (const DenseRef& r : s.img_out) h = layer_forward(P, r, h, sv);
+    for (const DenseRef& r : s.img_out) h = dense::layer_forward(P, r, h, sv);
     if (save) {
       steps[prior0] = empty0(h);  // x of the first prior layer = deters[t + 1]
       // the later prior layers' inputs serve their weight gradients only
@@ -522,7 +522,7 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   const c10::OptionalDeviceGuard guard(acts.device());
   gemm::PackedWeights packs(N);
   if (use_actor) pack_layers(packs, AP, as.layers, true);
-  if (s.cell != kBlockGru) pack_layers(packs, P, s.img_in, true);
+  if (!s.block_gru()) pack_layers(packs, P, s.img_in, true);
   pack_cell(packs, P, s, true);
   pack_layers(packs, P, s.img_out, true);
   Tensor gdT = grad_tm(g_deter), gsT = grad_tm(g_stoch);
@@ -569,11 +569,11 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   Tensor d_actions = use_actor ? empty0(acts) : at::empty({H, N, A}, acts.options());
   Tensor carry_deter, carry_stoch;
   const int64_t n_actor = use_actor ? 3 * static_cast<int64_t>(as.layers.size()) : 0;
-  const int64_t n_img_in = s.cell == kBlockGru ? 0 : 3;
-  const int64_t n_cell = cell_saved_count(s);
+  const int64_t n_img_in = s.block_gru() ? 0 : 3;
+  const int64_t n_cell = cells::saved_count(s.cell);
   if (need_params) {  // the cell's first weight input (last step): kept, or dropped
     const Tensor& x = saved[n_global + (H - 1) * per_step + n_actor + n_img_in +
-                            cell_weight_input_slots(s)[0]];
+                            cells::weight_input_slots(s.cell)[0]];
     TORCH_CHECK(x.numel() > 0, kImagine,
                 "_backward: world-model parameter gradients were asked for, but the forward "
                 "ran with save_wm_inputs=False and kept no inputs for them");
@@ -586,38 +586,38 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
     for (int64_t l = static_cast<int64_t>(s.img_out.size()) - 1; l >= 0; --l) {
       const Tensor* lv = ov + 3 * l;
       const Tensor x = l == 0 ? deters[t + 1] : lv[0];
-      dh = layer_backward(P, s.img_out[l], LayerSaved{x, lv[1], lv[2]}, dh, g, true);
+      dh = dense::layer_backward(P, s.img_out[l], dense::LayerSaved{x, lv[1], lv[2]}, dh, g, true);
     }
     const Tensor dd = plus(plus(at_step(gdT, t), carry_deter), dh);
     // the cell's saved entries with its state inputs rebuilt from the buffers
     TensorVec cell_sv(sv + n_actor + n_img_in, sv + n_actor + n_img_in + n_cell);
-    if (s.cell == kBlockGru) {
+    if (s.block_gru()) {
       cell_sv[0] = deters[t];
       cell_sv[1] = stochs[t];
     } else {
       cell_sv[1] = deters[t];
     }
-    const CellGrads cg = cell_backward(P, s, cell_sv.data(), dd, g);
+    const cells::InputGrads cg = cells::backward(P, s.cell, cell_sv.data(), dd, g);
     Tensor d_stoch, d_act;
-    if (s.cell != kBlockGru) {
+    if (!s.block_gru()) {
       const Tensor* iv = sv + n_actor;
       const DenseRef& r = s.img_in[0];
-      const Tensor dz = layer_backward_dz(P, r, LayerSaved{iv[0], iv[1], iv[2]}, cg.x, g);
+      const Tensor dz = dense::layer_backward_dz(P, r, dense::LayerSaved{iv[0], iv[1], iv[2]}, cg.x, g);
       const Tensor dx = split_linear_backward(P, r, dz, stochs[t], acts[t], g);
       d_stoch = dx.narrow(1, 0, SF);
       d_act = dx.narrow(1, SF, A);
     } else {
       d_stoch = cg.stoch;
-      d_act = cg.action / acts[t].abs().clamp_min(1.0);
+      d_act = cells::action_grad(cg.a, acts[t]);
     }
-    Tensor d_deter = cg.deter;
+    Tensor d_deter = cg.h;
     d_act = plus(d_act, at_step(gactT, t));
     if (use_actor) {
       Tensor dr = action_backward(as, raws[t], anT[t], d_act);
       for (int64_t l = L - 1; l >= 0; --l) {
         const Tensor* lv = sv + 3 * l;
         const DenseRef& r = as.layers[l];
-        const Tensor dz = layer_backward_dz(AP, r, LayerSaved{lv[0], lv[1], lv[2]}, dr, ga);
+        const Tensor dz = dense::layer_backward_dz(AP, r, dense::LayerSaved{lv[0], lv[1], lv[2]}, dr, ga);
         // layer 0's input is feat = cat(stoch, deter), read as its two parts
         if (l > 0)
           record_actor(l, t, dz, {{hidden[l - 1][t], 0}});
