@@ -1,4 +1,4 @@
-"""Tests of the imagination rollout (dreamer_fast.ops.imagine / imagine_ref): shapes,
+"""Tests of the imagination rollout (dreamer_fast.nn.imagine / imagine_ref): shapes,
 the step equations, both gradient modes, and bad arguments."""
 
 from __future__ import annotations

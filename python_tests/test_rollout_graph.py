@@ -1,4 +1,4 @@
-"""Tests of the CUDA-graph imagination rollout (dreamer_fast.ops.ImagineGraph).
+"""Tests of the CUDA-graph imagination rollout (dreamer_fast.nn.ImagineGraph).
 
 * Argument checks that need no device: run everywhere.
 * The wrapper's plumbing (copy-in, noise drawn outside the graph, clone-out, parameter

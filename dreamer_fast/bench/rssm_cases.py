@@ -6,9 +6,9 @@ All candidates hold the same parameters and get the same noise; the timed run is
 forward pass (under no_grad) or forward + backward of a scalar loss on the outputs.
 
 The compiled candidate is a third ``RSSM(backend='ref')`` whose per-step methods
-``img_step`` and ``obs_step`` are ``torch.compile``-d (:func:`compile_steps`), with
-``observe``'s Python loop over the 64 steps left in place: that is what one would
-compile in practice. Compiling the whole ``observe`` unrolls the 64 steps, each with two
+``img_step`` and ``obs_step`` are ``torch.compile``-d (:func:`compile_steps`), and whose
+``observe`` is a Python loop over the 64 steps calling the compiled ``obs_step``: that
+is what one would compile in practice. Compiling the whole ``observe`` unrolls the 64 steps, each with two
 categorical samplers whose reference loops over the 32 classes in Python; on a 2-core
 CPU its forward alone took over 2 min to compile at T=16, far too long at T=64.
 Both steps trace as single graphs (no graph breaks, for every cell) today; they are
@@ -18,6 +18,8 @@ runs through the compiled graphs (AOTAutograd).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -49,11 +51,30 @@ def make_pair(cell: str, device: torch.device, dtype: torch.dtype, *, deter: int
 
 def compile_steps(model: RSSM, backend: str = "inductor") -> RSSM:
     """Replaces ``model``'s ``img_step`` and ``obs_step`` by ``torch.compile``-d versions
-    (static shapes; ``obs_step``'s graph inlines ``img_step``). ``observe`` and
-    ``imagine_with_action`` keep their Python loops and call the compiled steps."""
+    (static shapes) and its ``observe`` by :func:`stepwise_observe` over the compiled
+    ``obs_step``."""
     model.img_step = torch.compile(model.img_step, dynamic=False, backend=backend)
     model.obs_step = torch.compile(model.obs_step, dynamic=False, backend=backend)
+    model.observe = functools.partial(stepwise_observe, model)
     return model
+
+
+def stepwise_observe(model: RSSM, embed: torch.Tensor, action: torch.Tensor,
+                     is_first: torch.Tensor, state=None, noise=None):
+    """``model.observe`` as a Python loop over ``model.obs_step`` (same arguments and
+    returns: ``[B, T, ...]`` posterior and prior states)."""
+    B, T = action.shape[:2]
+    state = model.initial(B) if state is None else state
+    posts, priors = [], []
+    for t in range(T):
+        step_noise = None if noise is None else (noise[0][:, t], noise[1][:, t])
+        state, prior = model.obs_step(state, action[:, t], embed[:, t], is_first[:, t],
+                                      step_noise)
+        posts.append(state)
+        priors.append(prior)
+    stack = lambda states: {k: torch.stack([s[k] for s in states], 1)  # noqa: E731
+                            for k in states[0]}
+    return stack(posts), stack(priors)
 
 
 def image_step_case(model: RSSM, B: int, mode: str) -> Prepare:

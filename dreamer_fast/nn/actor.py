@@ -34,11 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamer_fast.ops._dispatch import check_backend, use_fused
-from dreamer_fast.nn.dense import MLP
+from dreamer_fast.nn.dense import MLP, shared_eps
 from dreamer_fast.ops import categorical_sample, categorical_sample_ref
-
-HEADS = ("tanh_normal", "bounded_normal", "categorical")
+from dreamer_fast.ops._dispatch import check_backend, use_fused
+from dreamer_fast.ops.rssm_spec import HEADS, ActorSpec
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -174,8 +173,39 @@ class Actor(nn.Module):
         self.std_offset = float(init_std + math.log(-math.expm1(-init_std)))
         self.backend = check_backend(backend)
         out = action_size if head == "categorical" else 2 * action_size
+        self.units = units
         self.net = MLP(feat_size, units, layers, out, norm, act, eps, device=device, dtype=dtype,
                        backend=backend)
+        self._spec = ActorSpec(
+            head=head, action_size=action_size, feat_size=feat_size, units=units,
+            layers=tuple(d.spec() for d in self.net), eps=shared_eps("Actor", list(self.net)),
+            min_std=self.min_std, max_std=self.max_std, std_offset=self.std_offset,
+            mean_scale=self.mean_scale, unimix=self.unimix)
+
+    def spec(self) -> ActorSpec:
+        """The structure and constants of this actor (fixed at construction)."""
+        return self._spec
+
+    def spec_params(self) -> list[torch.Tensor]:
+        """The MLP's parameters as the flat list of :meth:`spec`."""
+        return [t for d in self.net for t in d.spec_params()]
+
+    def spec_param_names(self) -> list[str]:
+        """The ``state_dict`` key of each entry of :meth:`spec_params`."""
+        names = {id(p): n for n, p in self.named_parameters()}
+        return [names[id(p)] for p in self.spec_params()]
+
+    def spec_state_dict(self, params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A flat list (as :meth:`spec_params`) as a ``state_dict`` of this module."""
+        names = self.spec_param_names()
+        if len(params) != len(names):
+            raise ValueError(f"Actor: `params` must hold {len(names)} tensors, got "
+                             f"{len(params)}")
+        return dict(zip(names, params))
+
+    def spec_params_from_state_dict(self, state_dict) -> list[torch.Tensor]:
+        """The flat list (as :meth:`spec_params`) of a ``state_dict`` of this module."""
+        return [state_dict[n] for n in self.spec_param_names()]
 
     def dist_from_raw(self, raw: torch.Tensor) -> ActionDist:
         """The head applied to the MLP output ``raw [..., 2A]`` (or ``[..., A]``)."""

@@ -7,9 +7,9 @@ import math
 import torch
 from torch import nn
 
-from dreamer_fast.ops._dispatch import check_backend, use_fused
-from dreamer_fast.ops.block_gru import block_gru_cell, block_gru_cell_ref
-from dreamer_fast.ops.cells import gru_cell, gru_cell_ref, ln_gru_cell, ln_gru_cell_ref
+from dreamer_fast.ops._dispatch import check_backend, choose
+from dreamer_fast.ops.cells import (block_gru_cell, block_gru_cell_ref, gru_cell, gru_cell_ref,
+                                    ln_gru_cell, ln_gru_cell_ref)
 
 
 class GRUCell(nn.GRUCell):
@@ -25,7 +25,7 @@ class GRUCell(nn.GRUCell):
         self.backend = check_backend(backend)
 
     def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
-        fn = gru_cell if use_fused(self.backend, input) else gru_cell_ref
+        fn = choose(self.backend, input, gru_cell, gru_cell_ref)
         return fn(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
 
 
@@ -55,7 +55,7 @@ class LNGRUCell(nn.Module):
         nn.init.zeros_(self.norm_bias)
 
     def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
-        fn = ln_gru_cell if use_fused(self.backend, input) else ln_gru_cell_ref
+        fn = choose(self.backend, input, ln_gru_cell, ln_gru_cell_ref)
         return fn(input, hx, self.weight, self.norm_weight, self.norm_bias, self.update_bias,
                   self.eps)
 
@@ -65,7 +65,7 @@ class LNGRUCell(nn.Module):
 
 
 class BlockGRUCell(nn.Module):
-    """The DreamerV3 block GRU core (see :mod:`dreamer_fast.ops.block_gru` for the
+    """The DreamerV3 block GRU core (see :func:`dreamer_fast.ops.block_gru_cell` for the
     equations): ``forward(deter [B, D], stoch [B, S], action [B, A]) -> deter' [B, D]``.
 
     ``stoch`` is the flattened stochastic state (``stoch * classes`` for categorical
@@ -109,6 +109,6 @@ class BlockGRUCell(nn.Module):
 
     def forward(self, deter: torch.Tensor, stoch: torch.Tensor,
                 action: torch.Tensor) -> torch.Tensor:
-        fn = block_gru_cell if use_fused(self.backend, deter) else block_gru_cell_ref
+        fn = choose(self.backend, deter, block_gru_cell, block_gru_cell_ref)
         return fn(deter, stoch, action, list(self.in_params), list(self.hidden_params),
                   self.gru_weight, self.gru_bias, self.blocks, self.act, self.eps)

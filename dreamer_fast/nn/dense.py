@@ -7,8 +7,9 @@ import math
 import torch
 from torch import nn
 
-from dreamer_fast.ops._dispatch import check_backend, use_fused
+from dreamer_fast.ops._dispatch import check_backend, choose
 from dreamer_fast.ops.dense import ACTS, NORMS, linear_norm_act, linear_norm_act_ref
+from dreamer_fast.ops.rssm_spec import DenseSpec
 
 
 class Dense(nn.Module):
@@ -48,9 +49,19 @@ class Dense(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fn = linear_norm_act if use_fused(self.backend, x) else linear_norm_act_ref
+        fn = choose(self.backend, x, linear_norm_act, linear_norm_act_ref)
         return fn(x, self.weight, self.bias, self.norm_weight, self.norm_bias, self.norm,
                   self.act, self.eps)
+
+    def spec(self) -> DenseSpec:
+        """The layer's structure, for the ops that take flat parameter lists."""
+        return DenseSpec(self.bias is not None, self.norm, self.act)
+
+    def spec_params(self) -> list[torch.Tensor]:
+        """``weight``, then ``bias``, ``norm_weight``, ``norm_bias`` where present (the
+        order of :meth:`DenseSpec.tensor_names`)."""
+        return [self.weight] + [t for t in (self.bias, self.norm_weight, self.norm_bias)
+                                if t is not None]
 
     def extra_repr(self) -> str:
         return (f"{self.in_features}, {self.out_features}, norm={self.norm!r}, act={self.act!r}, "
@@ -74,3 +85,13 @@ class MLP(nn.Sequential):
             mods.append(Dense(size, out, device=device, dtype=dtype, backend=backend))
         super().__init__(*mods)
         self.out_features = out if out is not None else size
+
+
+def shared_eps(owner: str, layers) -> float:
+    """The one epsilon of the normalised layers among ``layers`` (Dense modules), or 1e-3
+    when none is normalised; a ValueError if they differ (the specs hold one)."""
+    eps = {d.eps for d in layers if d.norm != "none"}
+    if len(eps) > 1:
+        raise ValueError(f"{owner}: all normalised dense layers must share one eps, got "
+                         f"{sorted(eps)}")
+    return eps.pop() if eps else 1e-3

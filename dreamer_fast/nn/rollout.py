@@ -4,9 +4,10 @@ start states.
 ``imagine(rssm, actor, start, horizon, grad='none', noise=None, wm_grad=False)``
 and ``imagine_ref`` (same signature; a plain Python loop over ``actor`` and
 ``RSSM.img_step``). ``imagine`` runs all ``H`` steps in one native call
-(``rssm_imagine``, csrc/rssm_ops.cpp) with one fused backward, when the modules' backend
-selects the fused kernels (``'fused'``, or ``'auto'`` where they exist for the device);
-with ``backend='ref'`` it is ``imagine_ref``. For ``t = 0 .. H-1``::
+(:func:`dreamer_fast.ops.rssm_imagine` on ``rssm.spec()`` / ``actor.spec()`` and their
+``spec_params()``) with one fused backward, when the modules' backends select the fused
+kernels (``'fused'``, or ``'auto'`` where they exist for the device); otherwise it is
+``imagine_ref``. For ``t = 0 .. H-1``::
 
     feat_t   = cat([flatten(stoch_t), deter_t])           (RSSM.get_feat)
     action_t = actor(feat_t).sample(noise["action"][:, t])
@@ -187,19 +188,22 @@ def imagine(rssm, actor, start: dict[str, torch.Tensor], horizon: int, grad: str
         return imagine_ref(rssm, actor, start, horizon, grad, noise, wm_grad)
     if noise is None:
         noise = draw_imagine_noise(rssm, actor, n, horizon, like=like)
-    detach_wm = (lambda ps: [p.detach() for p in ps]) if not wm_grad else None
+    params = rssm.spec_params()
+    if not wm_grad:
+        params = [p.detach() for p in params]
     ctx = torch.no_grad() if grad == "none" else contextlib.nullcontext()
     with ctx:
         _, _, a, b, action, feat = rssm_imagine(
-            rssm, actor, start["deter"], rssm._flat(start["stoch"]), None, noise["action"],
-            noise["stoch"], horizon, wm_params=detach_wm, feat_out=True)
-        flat = rssm.stoch * (rssm.classes or 1)
+            params, rssm.spec(), start["deter"], rssm.flatten_stoch(start["stoch"]), None,
+            noise["action"], noise["stoch"], horizon, actor.spec_params(), actor.spec(),
+            feat_out=True)
+        flat = rssm.spec().flat_stoch
         stoch = feat[..., :flat]
         if rssm.classes:
             stoch = stoch.unflatten(-1, (rssm.stoch, rssm.classes))
         out = {"deter": feat[..., flat:], "stoch": stoch}
-        # the distribution's statistics come for steps 1..H (the ops' a / b)
-        steps = rssm._unflat(None, a, a, b)
+        # the distribution's statistics come for steps 1..H (the op's a / b)
+        steps = rssm.state_from_flat(None, a, a, b)
         for k in _state_keys(rssm)[2:]:
             out[k] = torch.cat([start[k].unsqueeze(1), steps[k]], 1)
         out["feat"] = feat

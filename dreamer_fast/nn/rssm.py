@@ -19,15 +19,20 @@ Transitions:
   ``action`` to zeros where ``is_first``, runs ``img_step`` for the prior, then
   ``[deter', embed]`` -> ``obs_layers`` dense layers -> stats -> sample.
 
-With the fused backend (``backend='fused'``, or ``'auto'`` where kernels exist) every
-transition method is one native call with one fused backward: ``observe`` / ``obs_step``
-run ``rssm_observe`` over the whole sequence, ``img_step`` / ``imagine_with_action`` run
-``rssm_imagine`` (dreamer_fast/ops/rssm_fused.py). ``backend='ref'`` composes the
-``*_ref`` ops step by step; both give the same numbers for the same parameters and noise.
+Parameters and structure reach the ops as a flat tensor list and a plain spec:
+:meth:`RSSM.spec` (a :class:`~dreamer_fast.ops.RSSMSpec`) and :meth:`RSSM.spec_params`
+(order: :mod:`dreamer_fast.ops.rssm_spec`). Every transition method makes one
+fused/reference decision (``dreamer_fast.ops._dispatch``) and one call: ``observe`` /
+``obs_step`` run ``rssm_observe`` (``T = 1`` for a step), ``img_step`` /
+``imagine_with_action`` run ``rssm_imagine`` with given actions (``H = 1`` for a step),
+or their references ``rssm_observe_ref`` / ``rssm_imagine_ref`` with ``backend='ref'``;
+both give the same numbers for the same parameters and noise.
 
 Sampling takes noise as an input (uniform ``[..., S]`` for categorical, standard normal
-``[..., S]`` for Gaussian), drawn with torch.rand/randn when not given, so the fused and
-reference backends produce identical trajectories for the same noise.
+``[..., S]`` for Gaussian), drawn with torch.rand/randn when not given: the fused
+backend draws each noise tensor of a call at once, the reference one step at a time
+(prior, then posterior) as a step-by-step loop would. Caller noise is range-checked by
+the reference backend (``categorical_sample``'s check) and not by the fused one.
 """
 
 from __future__ import annotations
@@ -35,14 +40,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dreamer_fast.ops._dispatch import check_backend, use_fused
 from dreamer_fast.nn.cells import BlockGRUCell, GRUCell, LNGRUCell
-from dreamer_fast.nn.dense import MLP, Dense
-from dreamer_fast.ops import (categorical_sample, categorical_sample_ref, gaussian_sample,
-                              gaussian_sample_ref)
-from dreamer_fast.ops.rssm import rssm_imagine, rssm_observe
+from dreamer_fast.nn.dense import MLP, Dense, shared_eps
+from dreamer_fast.ops._dispatch import check_backend, use_fused
+from dreamer_fast.ops.rssm import _imagine_ref, _observe_ref, rssm_imagine, rssm_observe
+from dreamer_fast.ops.rssm_spec import CELLS, RSSMSpec
 
-CELLS = ("gru", "ln_gru", "block_gru")
 State = dict[str, torch.Tensor]
 
 
@@ -64,7 +67,7 @@ class RSSM(nn.Module):
             raise ValueError(f"RSSM: `unimix` must be in [0, 1), got {unimix}")
         if min_std < 0:
             raise ValueError(f"RSSM: `min_std` must be >= 0, got {min_std}")
-        self.stoch, self.deter, self.classes = stoch, deter, classes
+        self.stoch, self.deter, self.classes, self.hidden = stoch, deter, classes, hidden
         self.action_size, self.embed_size = action_size, embed_size
         self.cell_type, self.unimix, self.min_std = cell, float(unimix), float(min_std)
         self.backend = check_backend(backend)
@@ -82,6 +85,64 @@ class RSSM(nn.Module):
             self.cell = cell_cls(hidden, deter, **kw)
         self.img_out = MLP(deter, hidden, img_layers, stats, norm, act, eps, **kw)
         self.obs_out = MLP(deter + embed_size, hidden, obs_layers, stats, norm, act, eps, **kw)
+        self._spec = self._build_spec()
+
+    # ---- spec and flat parameters ------------------------------------------------------
+
+    def _build_spec(self) -> RSSMSpec:
+        img_in = [] if self.img_in is None else [self.img_in]
+        cell = self.cell
+        if self.cell_type == "gru":
+            kw = dict(cell_bias=cell.bias)
+        elif self.cell_type == "ln_gru":
+            kw = dict(cell_bias=False, cell_eps=cell.eps, update_bias=cell.update_bias)
+        else:
+            kw = dict(blocks=cell.blocks, dynlayers=len(cell.hidden_params) // 3,
+                      cell_act=cell.act, cell_eps=cell.eps)
+        return RSSMSpec(
+            cell=self.cell_type, deter=self.deter, stoch=self.stoch, classes=self.classes,
+            hidden=self.hidden, action_size=self.action_size, embed_size=self.embed_size,
+            img_in=tuple(d.spec() for d in img_in),
+            img_out=tuple(d.spec() for d in self.img_out),
+            obs_out=tuple(d.spec() for d in self.obs_out),
+            eps=shared_eps("RSSM", [*img_in, *self.img_out, *self.obs_out]),
+            unimix=self.unimix, min_std=self.min_std, **kw)
+
+    def spec(self) -> RSSMSpec:
+        """The structure and constants of this RSSM (fixed at construction)."""
+        return self._spec
+
+    def spec_params(self) -> list[torch.Tensor]:
+        """The parameters as the flat list of :meth:`spec` (the module's own tensors, in
+        the order of ``RSSMSpec.param_names``)."""
+        cell = self.cell
+        if self.cell_type == "gru":
+            cell_t = [cell.weight_ih, cell.weight_hh] + (
+                [cell.bias_ih, cell.bias_hh] if cell.bias else [])
+        elif self.cell_type == "ln_gru":
+            cell_t = [cell.weight, cell.norm_weight, cell.norm_bias]
+        else:
+            cell_t = [*cell.in_params, *cell.hidden_params, cell.gru_weight, cell.gru_bias]
+        img_in = [] if self.img_in is None else self.img_in.spec_params()
+        return [*img_in, *cell_t, *(t for d in self.img_out for t in d.spec_params()),
+                *(t for d in self.obs_out for t in d.spec_params())]
+
+    def spec_param_names(self) -> list[str]:
+        """The ``state_dict`` key of each entry of :meth:`spec_params`."""
+        names = {id(p): n for n, p in self.named_parameters()}
+        return [names[id(p)] for p in self.spec_params()]
+
+    def spec_state_dict(self, params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A flat list (as :meth:`spec_params`) as a ``state_dict`` of this module."""
+        names = self.spec_param_names()
+        if len(params) != len(names):
+            raise ValueError(f"RSSM: `params` must hold {len(names)} tensors, got "
+                             f"{len(params)}")
+        return dict(zip(names, params))
+
+    def spec_params_from_state_dict(self, state_dict) -> list[torch.Tensor]:
+        """The flat list (as :meth:`spec_params`) of a ``state_dict`` of this module."""
+        return [state_dict[n] for n in self.spec_param_names()]
 
     # ---- state helpers -------------------------------------------------------------
 
@@ -114,127 +175,91 @@ class RSSM(nn.Module):
             return torch.rand(shape, device=like.device, dtype=like.dtype)
         return torch.randn(shape, device=like.device, dtype=like.dtype)
 
-    def _flat(self, stoch: torch.Tensor) -> torch.Tensor:
+    def flatten_stoch(self, stoch: torch.Tensor) -> torch.Tensor:
         """``[..., S, K]`` one-hot latents -> ``[..., S*K]`` (Gaussian: unchanged)."""
         if self.classes:
             return stoch.reshape(*stoch.shape[:-2], self.stoch * self.classes)
         return stoch
 
-    def _unflat(self, deter, stoch, a, b) -> State:
-        """A state dict from the fused ops' flat outputs."""
+    def state_from_flat(self, deter: torch.Tensor | None, stoch: torch.Tensor,
+                        a: torch.Tensor, b: torch.Tensor) -> State:
+        """A state dict from the ops' flat outputs (``a``, ``b``: logits and nothing, or
+        mean and std)."""
         if self.classes:
             shape = (*stoch.shape[:-1], self.stoch, self.classes)
             return {"deter": deter, "stoch": stoch.reshape(shape), "logit": a.reshape(shape)}
         return {"deter": deter, "stoch": stoch, "mean": a, "std": b}
 
-    def _fused_observe(self, embed, action, is_first, state, noise) -> tuple[State, State]:
-        keep = (~is_first.bool()).to(embed.dtype)
-        deter, ps, pa, pb, qs, qa, qb = rssm_observe(
-            self, embed, action, keep, state["deter"], self._flat(state["stoch"]), noise[0],
-            noise[1])
-        return self._unflat(deter, ps, pa, pb), self._unflat(deter, qs, qa, qb)
-
-    def _fused_imagine(self, state, action, noise) -> State:
-        deter, stoch, a, b, _, _ = rssm_imagine(self, None, state["deter"],
-                                             self._flat(state["stoch"]), action, None, noise,
-                                             action.shape[1])
-        return self._unflat(deter, stoch, a, b)
-
     # ---- transitions -----------------------------------------------------------------
 
-    def _stats_to_state(self, stats: torch.Tensor, deter: torch.Tensor,
-                        noise: torch.Tensor | None) -> State:
-        fused = use_fused(self.backend, stats)
-        drawn_here = noise is None
-        if drawn_here:
-            noise = self.draw_noise(*stats.shape[:-1], like=stats)
-        if self.classes:
-            logit = stats.reshape(*stats.shape[:-1], self.stoch, self.classes)
-            fn = categorical_sample if fused else categorical_sample_ref
-            # torch.rand is in [0, 1) by construction: skip the range check (a device
-            # sync on CUDA) for noise drawn here; check what the caller passed.
-            sample, _ = fn(logit, noise, self.unimix, check_range=not drawn_here)
-            return {"deter": deter, "stoch": sample, "logit": logit}
-        fn = gaussian_sample if fused else gaussian_sample_ref
-        sample, mean, std = fn(stats, noise, self.min_std)
-        return {"deter": deter, "stoch": sample, "mean": mean, "std": std}
+    def _draw_steps(self, B: int, T: int, streams: int, like: torch.Tensor,
+                    fused: bool) -> tuple[torch.Tensor, ...]:
+        """``streams`` noise tensors ``[B, T, S]``: drawn whole (fused) or step by step,
+        every stream's step t before step t + 1 (reference)."""
+        if fused:
+            return tuple(self.draw_noise(B, T, like=like) for _ in range(streams))
+        steps = [[self.draw_noise(B, like=like) for _ in range(streams)] for _ in range(T)]
+        return tuple(torch.stack([step[i] for step in steps], 1) for i in range(streams))
+
+    def _observe(self, fused: bool, embed, action, is_first, state,
+                 noise) -> tuple[State, State]:
+        given = noise is not None
+        if not given:
+            noise = self._draw_steps(*action.shape[:2], 2, action, fused)
+        keep = (~is_first.bool()).to(embed.dtype)
+        args = (self.spec_params(), self._spec, embed, action, keep, state["deter"],
+                self.flatten_stoch(state["stoch"]), noise[0], noise[1])
+        # the reference range-checks the caller's uniform noise, as categorical_sample does
+        out = rssm_observe(*args) if fused else _observe_ref(*args, check_range=given)
+        deter, ps, pa, pb, qs, qa, qb = out
+        return self.state_from_flat(deter, ps, pa, pb), self.state_from_flat(deter, qs, qa, qb)
+
+    def _imagine(self, fused: bool, state, action, noise) -> State:
+        given = noise is not None
+        if not given:
+            (noise,) = self._draw_steps(*action.shape[:2], 1, action, fused)
+        args = (self.spec_params(), self._spec, state["deter"],
+                self.flatten_stoch(state["stoch"]), action, None, noise, action.shape[1])
+        out = rssm_imagine(*args) if fused else _imagine_ref(*args, check_range=given)
+        deter, stoch, a, b, _, _ = out
+        return self.state_from_flat(deter, stoch, a, b)
 
     def img_step(self, state: State, action: torch.Tensor,
                  noise: torch.Tensor | None = None) -> State:
-        """Prior step: ``state`` (batch ``[B]``), ``action [B, A]`` -> next prior state."""
-        if use_fused(self.backend, action):
-            noise = self.draw_noise(action.shape[0], like=action) if noise is None else noise
-            out = self._fused_imagine(state, action[:, None], noise[:, None])
-            return {k: v[:, 0] for k, v in out.items()}
-        stoch = state["stoch"]
-        if self.classes:
-            stoch = stoch.reshape(*stoch.shape[:-2], self.stoch * self.classes)
-        if self.cell_type == "block_gru":
-            deter = self.cell(state["deter"], stoch, action)
-        else:
-            x = self.img_in(torch.cat([stoch, action], -1))
-            deter = self.cell(x, state["deter"])
-        return self._stats_to_state(self.img_out(deter), deter, noise)
+        """Prior step: ``state`` (batch ``[B]``), ``action [B, A]``, ``noise [B, S]`` ->
+        next prior state."""
+        out = self._imagine(use_fused(self.backend, action), state, action[:, None],
+                            None if noise is None else noise[:, None])
+        return {k: v[:, 0] for k, v in out.items()}
 
     def obs_step(self, state: State, action: torch.Tensor, embed: torch.Tensor,
                  is_first: torch.Tensor,
                  noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[State, State]:
         """Posterior step. Resets ``state``/``action`` where ``is_first [B]`` (bool), then
         returns ``(post, prior)``. ``noise = (prior_noise, post_noise)``, each ``[B, S]``."""
-        if use_fused(self.backend, action):
-            B = action.shape[0]
-            if noise is None:
-                noise = (self.draw_noise(B, like=action), self.draw_noise(B, like=action))
-            post, prior = self._fused_observe(embed[:, None], action[:, None],
-                                              is_first[:, None], state,
-                                              (noise[0][:, None], noise[1][:, None]))
-            return ({k: v[:, 0] for k, v in post.items()},
-                    {k: v[:, 0] for k, v in prior.items()})
-        keep = (~is_first.bool()).to(action.dtype)
-        # Blend towards initial() without allocating it: every initial entry is zero except
-        # a Gaussian std of one.
-        state = {k: _reset(v, keep, 1.0 if k == "std" else 0.0) for k, v in state.items()}
-        action = action * keep.unsqueeze(-1)
-        prior_noise, post_noise = noise if noise is not None else (None, None)
-        prior = self.img_step(state, action, prior_noise)
-        stats = self.obs_out(torch.cat([prior["deter"], embed], -1))
-        return self._stats_to_state(stats, prior["deter"], post_noise), prior
+        if noise is not None:
+            noise = (noise[0][:, None], noise[1][:, None])
+        post, prior = self._observe(use_fused(self.backend, action), embed[:, None],
+                                    action[:, None], is_first[:, None], state, noise)
+        return ({k: v[:, 0] for k, v in post.items()}, {k: v[:, 0] for k, v in prior.items()})
 
     def observe(self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
                 state: State | None = None,
                 noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[State, State]:
         """Posterior and prior over a sequence, batch-major: ``embed [B, T, E]``,
         ``action [B, T, A]`` (the action *before* each step), ``is_first [B, T]``,
-        ``noise = (prior [B, T, S], post [B, T, S])``. Returns ``(post, prior)`` with
-        ``[B, T, ...]`` tensors."""
-        B, T = action.shape[:2]
-        state = self.initial(B) if state is None else state
-        if use_fused(self.backend, action):
-            if noise is None:
-                noise = (self.draw_noise(B, T, like=action), self.draw_noise(B, T, like=action))
-            return self._fused_observe(embed, action, is_first, state, noise)
-        posts, priors = [], []
-        for t in range(T):
-            step_noise = None if noise is None else (noise[0][:, t], noise[1][:, t])
-            state, prior = self.obs_step(state, action[:, t], embed[:, t], is_first[:, t],
-                                         step_noise)
-            posts.append(state)
-            priors.append(prior)
-        return _stack(posts), _stack(priors)
+        ``noise = (prior [B, T, S], post [B, T, S])``; ``state``: the state before the
+        first step (batch ``[B]``, zeros when None). Returns ``(post, prior)`` with
+        ``[B, T, ...]`` tensors (``deter`` shared by both)."""
+        state = self.initial(action.shape[0]) if state is None else state
+        return self._observe(use_fused(self.backend, action), embed, action, is_first, state,
+                             noise)
 
     def imagine_with_action(self, action: torch.Tensor, state: State,
                             noise: torch.Tensor | None = None) -> State:
         """Prior rollout from ``state`` (batch ``[B]``) for ``action [B, T, A]``; ``noise
         [B, T, S]``. Returns ``[B, T, ...]`` states (the step after each action)."""
-        if use_fused(self.backend, action):
-            if noise is None:
-                noise = self.draw_noise(*action.shape[:2], like=action)
-            return self._fused_imagine(state, action, noise)
-        priors = []
-        for t in range(action.shape[1]):
-            state = self.img_step(state, action[:, t], None if noise is None else noise[:, t])
-            priors.append(state)
-        return _stack(priors)
+        return self._imagine(use_fused(self.backend, action), state, action, noise)
 
     # ---- losses ----------------------------------------------------------------------
 
@@ -276,19 +301,5 @@ def _unimix_log_probs(logit: torch.Tensor, unimix: float) -> torch.Tensor:
     return torch.log(probs)
 
 
-def _rpad(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return x.reshape(*x.shape, *([1] * (like.dim() - x.dim())))
-
-
-def _reset(v: torch.Tensor, keep: torch.Tensor, initial: float) -> torch.Tensor:
-    """``v`` where ``keep`` is 1, the constant ``initial`` where it is 0."""
-    keep = _rpad(keep, v)
-    return v * keep if initial == 0.0 else v * keep + initial * (1 - keep)
-
-
 def _detach(state: State) -> State:
     return {k: v.detach() for k, v in state.items()}
-
-
-def _stack(states: list[State]) -> State:
-    return {k: torch.stack([s[k] for s in states], 1) for k in states[0]}
