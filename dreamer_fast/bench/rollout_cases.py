@@ -117,7 +117,7 @@ def saved_for_backward_bytes(models: tuple[RSSM, Actor], fn, n: int, horizon: in
 
 def graph_case(models: tuple[RSSM, Actor], n: int, horizon: int) -> Prepare:
     """CUDA only, ``grad='none'``: the rollout captured into a CUDA graph
-    (:class:`~dreamer_fast.ops.ImagineGraph`, built on the first call at each float32
+    (:class:`~dreamer_fast.nn.ImagineGraph`, built on the first call at each float32
     matmul precision, outside the timing: cuBLAS fixes its TF32 choice at capture, so a
     row at another precision must not replay it) and replayed; each timed run copies the
     start states and noise into the graph's buffers and replays (no output clone).

@@ -8,12 +8,11 @@ forward pass (under no_grad) or forward + backward of a scalar loss on the outpu
 The compiled candidate is a third ``RSSM(backend='ref')`` whose per-step methods
 ``img_step`` and ``obs_step`` are ``torch.compile``-d (:func:`compile_steps`), and whose
 ``observe`` is a Python loop over the 64 steps calling the compiled ``obs_step``: that
-is what one would compile in practice. Compiling the whole ``observe`` unrolls the 64 steps, each with two
-categorical samplers whose reference loops over the 32 classes in Python; on a 2-core
-CPU its forward alone took over 2 min to compile at T=16, far too long at T=64.
-Both steps trace as single graphs (no graph breaks, for every cell) today; they are
-compiled with the default ``fullgraph=False`` like the λ-return's compiled column, so a
-future graph break would slow the column down rather than stop the run. The backward
+is what one would compile in practice (compiling the whole ``observe`` would unroll the
+64 steps, each with two categorical samplers whose reference loops over the 32 classes
+in Python). Both steps trace as single graphs (no graph breaks, for every cell); they
+are compiled with the default ``fullgraph=False`` like the λ-return's compiled column,
+so a future graph break would slow the column down rather than stop the run. The backward
 runs through the compiled graphs (AOTAutograd).
 """
 

@@ -21,7 +21,7 @@ Shapes (as for ``imagine``):
 * ``noise``: ``{"action": [N, H, actor.noise_size()], "stoch": [N, H, S]}`` or ``None``.
   With ``None`` the noise is drawn into the static buffers with ``Tensor.uniform_`` /
   ``normal_`` *outside* the graph before the replay, in the order and with the
-  distributions of :func:`~dreamer_fast.ops.draw_imagine_noise`, so a call with ``None``
+  distributions of :func:`~dreamer_fast.nn.draw_imagine_noise`, so a call with ``None``
   consumes the RNG exactly as ``imagine(..., noise=None)`` does and, under the same
   seed, returns the same rollout. No random numbers are drawn inside the graph (a
   replay alone would repeat the captured draw). Caller noise is not range-checked
