@@ -1,13 +1,12 @@
-// The RSSM's and the actor's specs and their latent / action heads, for the
-// whole-sequence ops in rssm_ops.cpp (observe, imagine). The dense layers and the
+// The latent and action heads of the whole-sequence ops in rssm_ops.cpp (observe,
+// imagine), and the transposed copy their backward uses. The dense layers and the
 // recurrent cell are the single-step ops' own (dense/dense.h, cells/cells.h); every GEMM
 // goes through common/gemm.h, every pointwise or row-wise stage is one launch of the
 // kernels shared with the single-layer ops.
 //
-// Parameters arrive as one flat tensor list plus a spec, built by
-// dreamer_fast/ops/rssm.py from the nn modules (see `parse_rssm` / `parse_actor` for the
-// exact layout). Weight gradients are deferred (common/grads.h, Grads): one product per
-// weight over all T·B rows in `finish`.
+// Parameters arrive as one flat tensor list plus a spec string (rssm/spec.h: format,
+// parameter order, checks), built by dreamer_fast/ops/_native_spec.py. Weight gradients
+// are deferred (common/grads.h, Grads): one product per weight over all T·B rows.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -17,6 +16,7 @@
 #include "cells/cells.h"
 #include "common/grads.h"
 #include "dense/dense.h"
+#include "rssm/spec.h"
 
 namespace dreamer_fast {
 namespace rssm {
@@ -24,43 +24,6 @@ namespace rssm {
 using at::Tensor;
 
 using DenseRef = dense::Layer;
-
-struct Spec {
-  cells::Cell cell;     // the recurrent cell; cell.first indexes its first tensor
-  int64_t classes = 0;  // 0: Gaussian latents
-  int64_t stoch = 0;    // S (latent groups / Gaussian dims)
-  std::vector<DenseRef> img_in, img_out, obs_out;
-  double unimix = 0.01, min_std = 0.1;
-
-  bool block_gru() const { return cell.kind == cells::kBlockGru; }
-  int64_t flat_stoch() const { return classes ? stoch * classes : stoch; }
-  int64_t stats_size() const { return classes ? stoch * classes : 2 * stoch; }
-};
-
-// spec ints: [cell, classes, stoch, blocks, dynlayers, cell_act, cell_bias, n_img_in,
-//             n_img_out, n_obs_out, then (has_bias, norm, act) per dense layer in the
-//             order img_in, img_out, obs_out]
-// floats:    [dense eps, cell eps, update_bias, unimix, min_std]
-// tensors:   img_in layer tensors, cell tensors, img_out layers, obs_out layers; a dense
-//            layer contributes W, then b, norm_weight, norm_bias where present; cells:
-//            gru (w_ih, w_hh[, b_ih, b_hh]), ln_gru (weight, norm_weight, norm_bias),
-//            block_gru (9 input-layer tensors, 3 per hidden layer, gru_weight, gru_bias).
-Spec parse_rssm(const char* op, at::TensorList params, at::IntArrayRef ints,
-                at::ArrayRef<double> floats);
-
-enum ActorHead : int { kTanhNormal = 0, kBoundedNormal = 1, kCategorical = 2 };
-
-struct ActorSpec {
-  int head = kBoundedNormal;
-  int64_t actions = 0;
-  std::vector<DenseRef> layers;  // the MLP, output layer last
-  double min_std = 0.1, max_std = 1.0, std_offset = 0.0, mean_scale = 1.0, unimix = 0.01;
-};
-
-// ints: [head, actions, n_layers, then (has_bias, norm, act) per layer]
-// floats: [dense eps, min_std, max_std, std_offset, mean_scale, unimix]
-ActorSpec parse_actor(const char* op, at::TensorList params, at::IntArrayRef ints,
-                      at::ArrayRef<double> floats);
 
 // dst [C, R] = src^T for src [R, C]; dst may be a column block of a wider buffer
 // (unit column stride). Tiled on the CPU for float / double, ATen's copy otherwise.

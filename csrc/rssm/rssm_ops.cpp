@@ -21,6 +21,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
+#include <string>
 #include <unordered_set>
 
 #include "common/gemm.h"
@@ -147,10 +148,10 @@ constexpr const char* kObserve = "rssm_observe";
 constexpr int64_t kObsGlobal = 9;
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> observe(
-    at::TensorList P, at::IntArrayRef spec, at::ArrayRef<double> fspec, const Tensor& embed,
+    at::TensorList P, const std::string& spec, const Tensor& embed,
     const Tensor& action, const Tensor& keep, const Tensor& deter0, const Tensor& stoch0,
     const Tensor& prior_noise, const Tensor& post_noise, bool save) {
-  const Spec s = parse_rssm(kObserve, P, spec, fspec);
+  const Spec s = parse_rssm(kObserve, P, spec);
   TORCH_CHECK(embed.dim() == 3 && action.dim() == 3, kObserve,
               ": `embed` and `action` must be [B, T, E] and [B, T, A]");
   const int64_t B = embed.size(0), T = embed.size(1), E = embed.size(2), A = action.size(2);
@@ -249,8 +250,8 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
     const std::optional<Tensor>& g_post_a, const std::optional<Tensor>& g_post_b,
     const std::optional<Tensor>& g_prior_stoch, const std::optional<Tensor>& g_prior_a,
     const std::optional<Tensor>& g_prior_b, at::TensorList saved, at::TensorList P,
-    at::IntArrayRef spec, at::ArrayRef<double> fspec) {
-  const Spec s = parse_rssm(kObserve, P, spec, fspec);
+    const std::string& spec) {
+  const Spec s = parse_rssm(kObserve, P, spec);
   const Tensor &keepT = saved[0], &actT = saved[1], &embT = saved[2], &deters = saved[3];
   const Tensor &post_stats = saved[4], &postNT = saved[5], &priorNT = saved[6];
   const int64_t T = deters.size(0), B = deters.size(1), D = deters.size(2);
@@ -354,16 +355,16 @@ int64_t imagine_step_saved(const Spec& s, const ActorSpec* a) {
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
-    at::TensorList P, at::IntArrayRef spec, at::ArrayRef<double> fspec, at::TensorList AP,
-    at::IntArrayRef actor_spec, at::ArrayRef<double> actor_fspec, const Tensor& deter0,
+    at::TensorList P, const std::string& spec, at::TensorList AP,
+    const std::string& actor_spec, const Tensor& deter0,
     const Tensor& stoch0, const std::optional<Tensor>& actions_opt, const Tensor& action_noise,
     const Tensor& stoch_noise, int64_t horizon, bool save, bool feat_out,
     bool save_wm_inputs) {
-  const Spec s = parse_rssm(kImagine, P, spec, fspec);
+  const Spec s = parse_rssm(kImagine, P, spec);
   const Tensor actions = opt(actions_opt);
   const bool use_actor = !actions.defined();
   ActorSpec as;
-  if (use_actor) as = parse_actor(kImagine, AP, actor_spec, actor_fspec);
+  if (use_actor) as = parse_actor(kImagine, AP, actor_spec);
   TORCH_CHECK(horizon >= 1, kImagine, ": `horizon` must be >= 1, got ", horizon);
   TORCH_CHECK(deter0.dim() == 2, kImagine, ": `deter` must be [N, D], got ", deter0.sizes());
   const int64_t N = deter0.size(0), D = deter0.size(1), SF = s.flat_stoch(), S = s.stoch,
@@ -503,12 +504,12 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
     const std::optional<Tensor>& g_a, const std::optional<Tensor>& g_b,
     const std::optional<Tensor>& g_action, const std::optional<Tensor>& g_feat,
     at::TensorList saved, at::TensorList P,
-    at::IntArrayRef spec, at::ArrayRef<double> fspec, at::TensorList AP,
-    at::IntArrayRef actor_spec, at::ArrayRef<double> actor_fspec, bool use_actor,
+    const std::string& spec, at::TensorList AP,
+    const std::string& actor_spec, bool use_actor,
     bool need_params, bool need_actor_params) {
-  const Spec s = parse_rssm(kImagine, P, spec, fspec);
+  const Spec s = parse_rssm(kImagine, P, spec);
   ActorSpec as;
-  if (use_actor) as = parse_actor(kImagine, AP, actor_spec, actor_fspec);
+  if (use_actor) as = parse_actor(kImagine, AP, actor_spec);
   const Tensor &snT = saved[0], &anT = saved[1], &acts = saved[2], &stats_all = saved[3],
                &raws = saved[4], &deters = saved[5], &stochs = saved[6];
   const int64_t H = acts.size(0), N = acts.size(1), A = acts.size(2);
@@ -648,27 +649,26 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
 
 TORCH_LIBRARY_FRAGMENT(dreamer_fast, m) {
   m.def(
-      "rssm_observe(Tensor[] params, int[] spec, float[] fspec, Tensor embed, Tensor action, "
+      "rssm_observe(Tensor[] params, str spec, Tensor embed, Tensor action, "
       "Tensor keep, Tensor deter, Tensor stoch, Tensor prior_noise, Tensor post_noise, "
       "bool save) -> (Tensor deter, Tensor post_stoch, Tensor post_a, Tensor post_b, "
       "Tensor prior_stoch, Tensor prior_a, Tensor prior_b, Tensor[] saved)");
   m.def(
       "rssm_observe_backward(Tensor? g_deter, Tensor? g_post_stoch, Tensor? g_post_a, "
       "Tensor? g_post_b, Tensor? g_prior_stoch, Tensor? g_prior_a, Tensor? g_prior_b, "
-      "Tensor[] saved, Tensor[] params, int[] spec, float[] fspec) -> "
+      "Tensor[] saved, Tensor[] params, str spec) -> "
       "(Tensor[], Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "rssm_imagine(Tensor[] params, int[] spec, float[] fspec, Tensor[] actor_params, "
-      "int[] actor_spec, float[] actor_fspec, Tensor deter, Tensor stoch, Tensor? actions, "
+      "rssm_imagine(Tensor[] params, str spec, Tensor[] actor_params, "
+      "str actor_spec, Tensor deter, Tensor stoch, Tensor? actions, "
       "Tensor action_noise, Tensor stoch_noise, int horizon, bool save, bool feat_out, "
       "bool save_wm_inputs) "
       "-> (Tensor deter, Tensor stoch, Tensor a, Tensor b, Tensor action, Tensor feat, "
       "Tensor[] saved)");
   m.def(
       "rssm_imagine_backward(Tensor? g_deter, Tensor? g_stoch, Tensor? g_a, Tensor? g_b, "
-      "Tensor? g_action, Tensor? g_feat, Tensor[] saved, Tensor[] params, int[] spec, "
-      "float[] fspec, "
-      "Tensor[] actor_params, int[] actor_spec, float[] actor_fspec, bool use_actor, "
+      "Tensor? g_action, Tensor? g_feat, Tensor[] saved, Tensor[] params, str spec, "
+      "Tensor[] actor_params, str actor_spec, bool use_actor, "
       "bool need_params, bool need_actor_params) -> (Tensor[], Tensor[], Tensor, Tensor, "
       "Tensor)");
 }

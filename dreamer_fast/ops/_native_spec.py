@@ -2,17 +2,22 @@
 
 ``native_rssm_spec(spec)`` and ``native_actor_spec(spec)`` return the spec arguments of
 ``torch.ops.dreamer_fast.rssm_*`` as a tuple, to be splatted into the call
-(``op(params, *native_rssm_spec(spec), ...)``). Today that is ``(ints, floats)``
-(csrc/rssm_model.h, ``parse_rssm`` / ``parse_actor``)::
+(``op(params, *native_rssm_spec(spec), ...)``): one string of ``key=value`` fields
+separated by ``;``, parsed and checked by the ops (csrc/rssm/spec.h documents the format
+exactly). A dense layer is ``has_bias:norm:act`` with the names of ``NORMS`` / ``ACTS``
+(dreamer_fast/ops/dense.py), a layer list is comma-separated (the empty string: no
+layers), floats are written by ``repr`` (the shortest string that reads back to the same
+double), bools as ``0`` / ``1``::
 
-    rssm ints:   [cell, classes (0 = Gaussian), stoch, blocks, dynlayers, cell_act,
-                  cell_bias, n_img_in, n_img_out, n_obs_out,
-                  then (has_bias, norm, act) per dense layer: img_in, img_out, obs_out]
-    rssm floats: [eps, cell_eps, update_bias, unimix, min_std]
-    actor ints:  [head, action_size, n_layers, then (has_bias, norm, act) per layer]
-    actor floats: [eps, min_std, max_std, std_offset, mean_scale, unimix]
+    cell=ln_gru;classes=32;stoch=32;blocks=1;dynlayers=1;cell_act=silu;cell_bias=0;
+    img_in=1:layer:silu;img_out=1:layer:silu,1:none:none;obs_out=...;eps=0.001;
+    cell_eps=0.001;update_bias=-1.0;unimix=0.01;min_std=0.1
 
-``native_actor_spec(None)`` is the spec of "no actor" (imagination with given actions).
+    head=tanh_normal;actions=6;layers=...;eps=0.001;min_std=0.1;max_std=1.0;
+    std_offset=0.0;mean_scale=1.0;unimix=0.01
+
+(``classes=0``: Gaussian latents.) ``native_actor_spec(None)`` is the spec of "no actor"
+(imagination with given actions): the empty string.
 """
 
 from __future__ import annotations
@@ -20,34 +25,42 @@ from __future__ import annotations
 from dreamer_fast.ops.dense import ACTS, NORMS
 from dreamer_fast.ops.rssm_spec import ActorSpec, DenseSpec, RSSMSpec
 
-CELL_CODES = {"gru": 0, "ln_gru": 1, "block_gru": 2}
-HEAD_CODES = {"tanh_normal": 0, "bounded_normal": 1, "categorical": 2}
+
+def _layers(layers: tuple[DenseSpec, ...]) -> str:
+    for d in layers:  # the native parser knows exactly these names
+        assert d.norm in NORMS and d.act in ACTS, d
+    return ",".join(f"{int(d.has_bias)}:{d.norm}:{d.act}" for d in layers)
 
 
-def _layer_ints(layers: tuple[DenseSpec, ...]) -> list[int]:
-    out: list[int] = []
-    for d in layers:
-        out += [int(d.has_bias), NORMS[d.norm], ACTS[d.act]]
-    return out
+def _float(x) -> str:
+    return repr(float(x))
+
+
+def _join(fields: dict[str, str]) -> str:
+    return ";".join(f"{k}={v}" for k, v in fields.items())
 
 
 def native_rssm_spec(spec: RSSMSpec) -> tuple:
-    """The RSSM spec arguments of the native ops (see the module docstring)."""
-    ints = [CELL_CODES[spec.cell], spec.classes or 0, spec.stoch, spec.blocks, spec.dynlayers,
-            ACTS[spec.cell_act], int(spec.cell_bias), len(spec.img_in), len(spec.img_out),
-            len(spec.obs_out), *_layer_ints(spec.img_in), *_layer_ints(spec.img_out),
-            *_layer_ints(spec.obs_out)]
-    floats = [float(spec.eps), float(spec.cell_eps), float(spec.update_bias),
-              float(spec.unimix), float(spec.min_std)]
-    return ints, floats
+    """The RSSM spec argument of the native ops (see the module docstring)."""
+    assert spec.cell_act in ACTS, spec.cell_act
+    return (_join({
+        "cell": spec.cell, "classes": str(spec.classes or 0), "stoch": str(spec.stoch),
+        "blocks": str(spec.blocks), "dynlayers": str(spec.dynlayers),
+        "cell_act": spec.cell_act, "cell_bias": str(int(spec.cell_bias)),
+        "img_in": _layers(spec.img_in), "img_out": _layers(spec.img_out),
+        "obs_out": _layers(spec.obs_out), "eps": _float(spec.eps),
+        "cell_eps": _float(spec.cell_eps), "update_bias": _float(spec.update_bias),
+        "unimix": _float(spec.unimix), "min_std": _float(spec.min_std),
+    }),)
 
 
 def native_actor_spec(spec: ActorSpec | None) -> tuple:
-    """The actor spec arguments of the native ops; ``None``: no actor."""
+    """The actor spec argument of the native ops; ``None``: no actor."""
     if spec is None:
-        return [], []
-    ints = [HEAD_CODES[spec.head], spec.action_size, len(spec.layers),
-            *_layer_ints(spec.layers)]
-    floats = [float(spec.eps), float(spec.min_std), float(spec.max_std),
-              float(spec.std_offset), float(spec.mean_scale), float(spec.unimix)]
-    return ints, floats
+        return ("",)
+    return (_join({
+        "head": spec.head, "actions": str(spec.action_size), "layers": _layers(spec.layers),
+        "eps": _float(spec.eps), "min_std": _float(spec.min_std),
+        "max_std": _float(spec.max_std), "std_offset": _float(spec.std_offset),
+        "mean_scale": _float(spec.mean_scale), "unimix": _float(spec.unimix),
+    }),)
