@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamer_fast.nn.dense import MLP, shared_eps
+from dreamer_fast.nn.flat_params import FlatParams
 from dreamer_fast.ops import categorical_sample, categorical_sample_ref
 from dreamer_fast.ops._dispatch import check_backend, use_fused
 from dreamer_fast.ops.rssm_spec import HEADS, ActorSpec
@@ -144,7 +145,7 @@ class OneHotCategorical:
 ActionDist = TanhNormal | BoundedNormal | OneHotCategorical
 
 
-class Actor(nn.Module):
+class Actor(FlatParams, nn.Module):
     """Policy ``π(a | feat)``: ``MLP(feat) -> head`` (see the module docstring)."""
 
     def __init__(self, feat_size: int, action_size: int, *, head: str = "bounded_normal",
@@ -189,23 +190,6 @@ class Actor(nn.Module):
     def spec_params(self) -> list[torch.Tensor]:
         """The MLP's parameters as the flat list of :meth:`spec`."""
         return [t for d in self.net for t in d.spec_params()]
-
-    def spec_param_names(self) -> list[str]:
-        """The ``state_dict`` key of each entry of :meth:`spec_params`."""
-        names = {id(p): n for n, p in self.named_parameters()}
-        return [names[id(p)] for p in self.spec_params()]
-
-    def spec_state_dict(self, params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A flat list (as :meth:`spec_params`) as a ``state_dict`` of this module."""
-        names = self.spec_param_names()
-        if len(params) != len(names):
-            raise ValueError(f"Actor: `params` must hold {len(names)} tensors, got "
-                             f"{len(params)}")
-        return dict(zip(names, params))
-
-    def spec_params_from_state_dict(self, state_dict) -> list[torch.Tensor]:
-        """The flat list (as :meth:`spec_params`) of a ``state_dict`` of this module."""
-        return [state_dict[n] for n in self.spec_param_names()]
 
     def dist_from_raw(self, raw: torch.Tensor) -> ActionDist:
         """The head applied to the MLP output ``raw [..., 2A]`` (or ``[..., A]``)."""

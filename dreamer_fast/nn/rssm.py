@@ -42,6 +42,7 @@ from torch import nn
 
 from dreamer_fast.nn.cells import BlockGRUCell, GRUCell, LNGRUCell
 from dreamer_fast.nn.dense import MLP, Dense, shared_eps
+from dreamer_fast.nn.flat_params import FlatParams
 from dreamer_fast.ops._dispatch import check_backend, use_fused
 from dreamer_fast.ops.rssm import _imagine_ref, _observe_ref, rssm_imagine, rssm_observe
 from dreamer_fast.ops.rssm_spec import CELLS, RSSMSpec
@@ -49,7 +50,7 @@ from dreamer_fast.ops.rssm_spec import CELLS, RSSMSpec
 State = dict[str, torch.Tensor]
 
 
-class RSSM(nn.Module):
+class RSSM(FlatParams, nn.Module):
     def __init__(self, *, stoch: int, deter: int, hidden: int, action_size: int,
                  embed_size: int, classes: int | None = None, cell: str = "ln_gru",
                  blocks: int = 8, dynlayers: int = 1, img_layers: int = 1, obs_layers: int = 1,
@@ -126,23 +127,6 @@ class RSSM(nn.Module):
         img_in = [] if self.img_in is None else self.img_in.spec_params()
         return [*img_in, *cell_t, *(t for d in self.img_out for t in d.spec_params()),
                 *(t for d in self.obs_out for t in d.spec_params())]
-
-    def spec_param_names(self) -> list[str]:
-        """The ``state_dict`` key of each entry of :meth:`spec_params`."""
-        names = {id(p): n for n, p in self.named_parameters()}
-        return [names[id(p)] for p in self.spec_params()]
-
-    def spec_state_dict(self, params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A flat list (as :meth:`spec_params`) as a ``state_dict`` of this module."""
-        names = self.spec_param_names()
-        if len(params) != len(names):
-            raise ValueError(f"RSSM: `params` must hold {len(names)} tensors, got "
-                             f"{len(params)}")
-        return dict(zip(names, params))
-
-    def spec_params_from_state_dict(self, state_dict) -> list[torch.Tensor]:
-        """The flat list (as :meth:`spec_params`) of a ``state_dict`` of this module."""
-        return [state_dict[n] for n in self.spec_param_names()]
 
     # ---- state helpers -------------------------------------------------------------
 
