@@ -33,14 +33,14 @@ bool same_view(const Tensor& x, const Tensor& y) {
 }
 
 // Below this many multiply-adds (and fewer than 64 rows) the primitive's fixed cost
-// outweighs its faster inner loop (measured: [1, 512] x [512, 512] 18 us with MKL,
-// 46 us with oneDNN; [16, 512] x [512, 512] 71 vs 34 us).
+// outweighs its faster inner loop (a one-row product is faster through at::mm, a
+// 16-row one through oneDNN).
 constexpr int64_t kMinMacs = int64_t{1} << 21;
 constexpr int64_t kMinRows = 64;
 
 // oneDNN's fast kernels read a weight W [N, K] in row- or column-major order; any
-// other strides (a column block of a wider weight) send it to a reference loop
-// 10-100x slower than a copy.
+// other strides (a column block of a wider weight) send it to a reference loop much
+// slower than a copy.
 bool dense_either_way(const Tensor& W) {
   const int64_t N = W.size(0), K = W.size(1);
   return (W.stride(1) == 1 && (W.stride(0) == K || N == 1)) ||

@@ -6,9 +6,8 @@
 // itself registers), looked up through the dispatcher at first use, when it exists,
 // torch.backends.mkldnn is enabled and the product is big enough to repay its fixed
 // cost. Why: torch's CPU wheels route float32 at::mm to MKL, whose kernels on the
-// AMD EPYC (Zen 4) CPUs we measure on run at about half of oneDNN's speed for every
-// shape an RSSM uses (B=16 recurrent products 2-3.7x, 1024-row products ~2.2x, both
-// IEEE float32, same results to float32 rounding). At
+// AMD EPYC (Zen 4) CPUs we run on are slower than oneDNN's for every shape an RSSM
+// uses (both IEEE float32, same results to float32 rounding). At
 // torch.set_float32_matmul_precision("medium") they stay with at::mm, which then runs
 // float32 products through oneDNN with bf16 arithmetic itself.
 //

@@ -31,8 +31,7 @@ void copy_transposed(const Tensor& dst, const Tensor& src) {
   const int64_t R = src.size(0), C = src.size(1), ld = dst.stride(0);
   // kTile x kTile tiles: a tile's source rows stay in L1 while its columns are written
   // out as contiguous destination rows. ATen's copy of the transposed view walks whole
-  // source columns instead (debug rollout, the actor's 45 transposes per backward:
-  // 2.1 ms with ATen's copy, 1.4 ms tiled).
+  // source columns instead.
   constexpr int64_t kTile = 16;
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "copy_transposed", [&] {
     const scalar_t* s = src.const_data_ptr<scalar_t>();

@@ -13,10 +13,12 @@
 //
 // Noise is an input. Internally everything is time-major; inputs and outputs are
 // batch-major. Saved activations travel as a Tensor[] output (empty when `save` is
-// false, e.g. under no_grad); the Python side registers autograd
+// false, e.g. under no_grad), laid out by SavedLayout (saved_layout.h), which forward
+// and backward both index by name; the Python side registers autograd
 // (dreamer_fast/ops/rssm.py). rssm_imagine's `save_wm_inputs` = false (no
 // world-model parameter needs a gradient) keeps empty placeholders where tensors only
-// the world-model weight gradients read would be: same layout, less memory.
+// the world-model weight gradients read would be: same layout, less memory. The specs
+// are strings (spec.h).
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
@@ -26,6 +28,7 @@
 
 #include "common/gemm.h"
 #include "rssm/rssm_model.h"
+#include "rssm/saved_layout.h"
 
 namespace dreamer_fast {
 namespace rssm {
@@ -144,8 +147,6 @@ void check_seq(const char* op, const char* name, const Tensor& t, const Tensor& 
 // ---------------------------------------------------------------------------------------
 
 constexpr const char* kObserve = "rssm_observe";
-// global saved entries before the per-step ones
-constexpr int64_t kObsGlobal = 9;
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> observe(
     at::TensorList P, const std::string& spec, const Tensor& embed,
@@ -196,24 +197,34 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
   Tensor post_stats = at::empty({T, B, s.stats_size()}, embed.options());
   Tensor post_a = at::empty({T, B, s.classes ? SF : S}, embed.options());
   Tensor post_b = s.classes ? empty0(embed) : at::empty({T, B, S}, embed.options());
-  TensorVec steps;
-  TensorVec* sv = save ? &steps : nullptr;
+  const SavedLayout L = SavedLayout::observe(s, T);
+  TensorVec saved(save ? L.size() : 0);
   Tensor deter = deter0.contiguous(), stoch = stoch0.contiguous();
   for (int64_t t = 0; t < T; ++t) {
+    TensorVec img_in_sv, cell_sv, post_sv;
+    const auto into = [save](TensorVec& part) { return save ? &part : nullptr; };
     const Tensor k = keepT[t];
     const Tensor deter_in = deter * k, stoch_in = stoch * k;
     if (!s.block_gru()) {
       const DenseRef& r = s.img_in[0];
       const Tensor z = gemm::addmm(a_proj[t], stoch_in, P[r.w].narrow(1, 0, SF).t());
-      const Tensor x = dense::layer_epilogue(P, r, z, stoch_in, sv);
-      deter = cells::forward(P, s.cell, x, deter_in, Tensor(), Tensor(), sv, deters[t]);
+      const Tensor x = dense::layer_epilogue(P, r, z, stoch_in, into(img_in_sv));
+      deter = cells::forward(P, s.cell, x, deter_in, Tensor(), Tensor(), into(cell_sv), deters[t]);
     } else {
-      deter = cells::forward(P, s.cell, Tensor(), deter_in, stoch_in, actT[t], sv, deters[t]);
+      deter = cells::forward(P, s.cell, Tensor(), deter_in, stoch_in, actT[t], into(cell_sv),
+                             deters[t]);
     }
-    // posterior MLP on cat(deter, embed); the embed part is in e_proj
+    // posterior MLP on cat(deter, embed); the embed part is in e_proj. Its first layer's
+    // x is deters[t]: a placeholder.
     const Tensor z0 = gemm::addmm(e_proj[t], deter, W0.narrow(1, 0, D).t());
-    Tensor h = dense::layer_epilogue(P, o0, z0, empty0(deter), sv);  // x = deters[t]
-    for (size_t l = 1; l < s.obs_out.size(); ++l) h = dense::layer_forward(P, s.obs_out[l], h, sv);
+    Tensor h = dense::layer_epilogue(P, o0, z0, empty0(deter), into(post_sv));
+    for (size_t l = 1; l < s.obs_out.size(); ++l)
+      h = dense::layer_forward(P, s.obs_out[l], h, into(post_sv));
+    if (save) {
+      L.store(saved, t, Part::kImgIn, std::move(img_in_sv));
+      L.store(saved, t, Part::kCell, std::move(cell_sv));
+      L.store(saved, t, Part::kPost, std::move(post_sv));
+    }
     const HeadOut ho = latent_forward(s, h, postNT[t]);
     post_stats[t].copy_(h);
     post_stoch[t].copy_(ho.sample);
@@ -225,19 +236,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
   TensorVec prior_saved;
   Tensor hp = deters.view({T * B, D});
   for (const DenseRef& r : s.img_out) hp = dense::layer_forward(P, r, hp, save ? &prior_saved : nullptr);
-  if (save) prior_saved[0] = empty0(hp);  // x of the first prior layer = deters
   const Tensor prior_stats = hp;
   const HeadOut prior = latent_forward(s, prior_stats, priorNT.view({T * B, S}));
-
-  TensorVec saved;
   if (save) {
+    L.store_prior(saved, std::move(prior_saved));
+    saved[L.prior_layer(0, kLayerX)] = empty0(hp);  // = deters
     // prior_stats is the last prior layer's output: its z when that layer has no
-    // epilogue (rebuilt in backward)
-    const bool stats_is_z = prior_stats.is_same(prior_saved[prior_saved.size() - 2]);
-    saved = {keepT, actT, embT, deters, post_stats, postNT, priorNT,
-             stats_is_z ? empty0(hp) : prior_stats, empty0(hp)};
-    saved.insert(saved.end(), prior_saved.begin(), prior_saved.end());
-    saved.insert(saved.end(), steps.begin(), steps.end());
+    // epilogue (then a placeholder)
+    const int64_t last_z = L.prior_layer(static_cast<int64_t>(s.img_out.size()) - 1, kLayerZ);
+    saved[kObsPriorStats] = prior_stats.is_same(saved[last_z]) ? empty0(hp) : prior_stats;
+    saved[kObsKeep] = keepT;
+    saved[kObsAction] = actT;
+    saved[kObsEmbed] = embT;
+    saved[kObsDeters] = deters;
+    saved[kObsPostStats] = post_stats;
+    saved[kObsPostNoise] = postNT;
+    saved[kObsPriorNoise] = priorNT;
     dealias(saved);
   }
   auto bm = [&](const Tensor& t) { return t.numel() ? batch_major(t.view({T, B, -1})) : t; };
@@ -252,17 +266,18 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
     const std::optional<Tensor>& g_prior_b, at::TensorList saved, at::TensorList P,
     const std::string& spec) {
   const Spec s = parse_rssm(kObserve, P, spec);
-  const Tensor &keepT = saved[0], &actT = saved[1], &embT = saved[2], &deters = saved[3];
-  const Tensor &post_stats = saved[4], &postNT = saved[5], &priorNT = saved[6];
+  TORCH_CHECK(static_cast<int64_t>(saved.size()) > kObsGlobals, kObserve,
+              "_backward: `saved` has only ", saved.size(), " tensors");
+  const Tensor &keepT = saved[kObsKeep], &actT = saved[kObsAction], &embT = saved[kObsEmbed];
+  const Tensor &deters = saved[kObsDeters], &post_stats = saved[kObsPostStats];
+  const Tensor &postNT = saved[kObsPostNoise], &priorNT = saved[kObsPriorNoise];
   const int64_t T = deters.size(0), B = deters.size(1), D = deters.size(2);
   const int64_t E = embT.size(2), A = actT.size(2), SF = s.flat_stoch(), S = s.stoch;
-  const int64_t n_prior = 3 * static_cast<int64_t>(s.img_out.size());
-  const Tensor prior_stats = or_else(saved[7], saved[kObsGlobal + n_prior - 2]);
-  const int64_t n_img_in = s.block_gru() ? 0 : 3;
-  const int64_t per_step = n_img_in + cells::saved_count(s.cell) + 3 * s.obs_out.size();
-  TORCH_CHECK(static_cast<int64_t>(saved.size()) == kObsGlobal + n_prior + T * per_step,
-              kObserve, "_backward: `saved` has ", saved.size(), " tensors, expected ",
-              kObsGlobal + n_prior + T * per_step);
+  const SavedLayout L = SavedLayout::observe(s, T);
+  L.check("rssm_observe_backward", saved);
+  const int64_t n_prior = static_cast<int64_t>(s.img_out.size());
+  const Tensor prior_stats =
+      or_else(saved[kObsPriorStats], saved[L.prior_layer(n_prior - 1, kLayerZ)]);
   const c10::OptionalDeviceGuard guard(deters.device());
   Grads g(P);
   gemm::PackedWeights packs(B);
@@ -275,10 +290,10 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
   Tensor d = latent_backward(s, prior_stats, priorNT.view({T * B, S}),
                              flat_rows(grad_tm(g_prior_stoch)),
                              flat_rows(grad_tm(g_prior_a)), flat_rows(grad_tm(g_prior_b)));
-  for (int64_t l = static_cast<int64_t>(s.img_out.size()) - 1; l >= 0; --l) {
-    const int64_t o = kObsGlobal + 3 * l;
-    const Tensor x = or_else(saved[o], deters.view({T * B, D}));
-    d = dense::layer_backward(P, s.img_out[l], dense::LayerSaved{x, saved[o + 1], saved[o + 2]}, d, g, true);
+  for (int64_t l = n_prior - 1; l >= 0; --l) {
+    dense::LayerSaved ls = L.prior_saved(saved, l);
+    ls.x = or_else(ls.x, deters.view({T * B, D}));
+    d = dense::layer_backward(P, s.img_out[l], ls, d, g, true);
   }
   const Tensor dd_all = plus(d.view({T, B, D}), grad_tm(g_deter));
   const Tensor gsT = grad_tm(g_post_stoch), gaT = grad_tm(g_post_a),
@@ -290,28 +305,29 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
   Tensor d_actT = s.block_gru() ? at::empty({T, B, A}, deters.options()) : Tensor();
   Tensor carry_deter, carry_stoch;
   for (int64_t t = T - 1; t >= 0; --t) {
-    const Tensor* sv = saved.data() + kObsGlobal + n_prior + t * per_step;
     // dd is accumulated in place below: never a view of dd_all
     Tensor dd = carry_deter.defined() ? dd_all[t] + carry_deter : dd_all[t].clone();
     Tensor dh = latent_backward(s, post_stats[t], postNT[t], plus(at_step(gsT, t), carry_stoch),
                                 at_step(gaT, t), at_step(gbT, t));
-    const Tensor* ov = sv + n_img_in + cells::saved_count(s.cell);
-    for (int64_t l = static_cast<int64_t>(s.obs_out.size()) - 1; l >= 1; --l) {
-      const Tensor* lv = ov + 3 * l;
-      dh = dense::layer_backward(P, s.obs_out[l], dense::LayerSaved{lv[0], lv[1], lv[2]}, dh, g, true);
-    }
-    const Tensor dz0 = dense::layer_backward_dz(P, o0, dense::LayerSaved{ov[0], ov[1], ov[2]}, dh, g);
+    for (int64_t l = static_cast<int64_t>(s.obs_out.size()) - 1; l >= 1; --l)
+      dh = dense::layer_backward(P, s.obs_out[l], L.layer_saved(saved, t, Part::kPost, l), dh, g,
+                                 true);
+    // the first posterior layer reads cat(deters[t], embed[t]): its x is not saved
+    const Tensor dz0 =
+        dense::layer_backward_dz(P, o0, L.layer_saved(saved, t, Part::kPost, 0), dh, g);
     g.mm(o0.w, dz0, deters[t], 0);
     g.mm(o0.w, dz0, embT[t], D);
     if (o0.b >= 0) g.rowsum(o0.b, dz0);
     dz_obs[t] = dz0;
     gemm::addmm_(dd, dz0, W0.narrow(1, 0, D));
-    const cells::InputGrads cg = cells::backward(P, s.cell, sv + n_img_in, dd, g);
+    const TensorVec cell_sv = L.cell_saved(saved, t);
+    const cells::InputGrads cg = cells::backward(P, s.cell, cell_sv.data(), dd, g);
     Tensor d_stoch_in;
     if (!s.block_gru()) {
       const DenseRef& r = s.img_in[0];
-      const Tensor dz = dense::layer_backward_dz(P, r, dense::LayerSaved{sv[0], sv[1], sv[2]}, cg.x, g);
-      g.mm(r.w, dz, sv[0], 0);
+      const dense::LayerSaved ls = L.layer_saved(saved, t, Part::kImgIn, 0);  // x = stoch_in
+      const Tensor dz = dense::layer_backward_dz(P, r, ls, cg.x, g);
+      g.mm(r.w, dz, ls.x, 0);
       g.mm(r.w, dz, actT[t], SF);
       if (r.b >= 0) g.rowsum(r.b, dz);
       dz_in[t] = dz;
@@ -338,21 +354,6 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
 // ---------------------------------------------------------------------------------------
 
 constexpr const char* kImagine = "rssm_imagine";
-// global saved entries before the per-step ones: 7, then the actor's hidden-layer
-// buffers (imagine_hidden)
-constexpr int64_t kImagineGlobal = 7;
-
-// Hidden layers of the actor (all but the last): their outputs are saved as [H, N, U]
-// sequence buffers.
-int64_t imagine_hidden(const ActorSpec* a) {
-  return a ? static_cast<int64_t>(a->layers.size()) - 1 : 0;
-}
-
-int64_t imagine_step_saved(const Spec& s, const ActorSpec* a) {
-  const int64_t actor = a ? 3 * static_cast<int64_t>(a->layers.size()) : 0;
-  const int64_t img_in = s.block_gru() ? 0 : 3;
-  return actor + img_in + cells::saved_count(s.cell) + 3 * static_cast<int64_t>(s.img_out.size());
-}
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
     at::TensorList P, const std::string& spec, at::TensorList AP,
@@ -417,55 +418,57 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
   // steps as one row block (no concatenation in Grads::finish). The last layer writes
   // into raws.
   const int64_t L = use_actor ? static_cast<int64_t>(as.layers.size()) : 0;
+  const SavedLayout layout = SavedLayout::imagine(s, use_actor ? &as : nullptr, H);
+  TensorVec saved(save ? layout.size() : 0);
   TensorVec hidden;
-  for (int64_t l = 0; save && l < imagine_hidden(use_actor ? &as : nullptr); ++l)
+  for (int64_t l = 0; save && l + 1 < L; ++l)
     hidden.push_back(at::empty({H, N, AP[as.layers[l].w].size(0)}, deter0.options()));
-  TensorVec steps;
-  TensorVec* sv = save ? &steps : nullptr;
-  const std::vector<int64_t> wm_slots = cells::weight_input_slots(s.cell);
+  // Placeholders (see SavedLayout): entries that are steps of the sequence buffers, and
+  // without world-model gradients those only the world model's weight gradients read
+  // (they would hold memory until the backward).
+  const auto drop = [&](int64_t idx) { saved[idx] = empty0(deter0); };
   for (int64_t t = 0; t < H; ++t) {
+    TensorVec actor_sv, img_in_sv, cell_sv, prior_sv;
+    const auto into = [save](TensorVec& part) { return save ? &part : nullptr; };
     const Tensor deter = deters[t], stoch = stochs[t];
     if (use_actor) {
-      const size_t actor0 = steps.size();
       const auto out_of = [&](int64_t l) {
         return l + 1 == L ? raws[t] : save ? hidden[l][t] : Tensor();
       };
-      // first actor layer on feat = cat(stoch, deter) as two GEMMs into one output
+      // first actor layer on feat = cat(stoch, deter) as two GEMMs into one output; its
+      // x is (stochs, deters)[t]
       const DenseRef& r0 = as.layers[0];
       Tensor h = split_linear(AP, r0, stoch, deter);
-      h = dense::layer_epilogue(AP, r0, h, empty0(h), sv, out_of(0));  // x = (stochs, deters)[t]
-      for (int64_t l = 1; l < L; ++l) {
-        h = dense::layer_forward(AP, as.layers[l], h, sv, out_of(l));
-        if (save) steps[actor0 + 3 * l] = empty0(h);  // x = hidden[l - 1][t]
-      }
+      h = dense::layer_epilogue(AP, r0, h, empty0(h), into(actor_sv), out_of(0));
+      for (int64_t l = 1; l < L; ++l)
+        h = dense::layer_forward(AP, as.layers[l], h, into(actor_sv), out_of(l));
       acts[t].copy_(action_forward(as, h, anT[t]));
     }
     const Tensor action = acts[t];
-    const size_t cell0 = steps.size() + (s.block_gru() ? 0 : 3);
     if (!s.block_gru()) {
       const DenseRef& r = s.img_in[0];
       const Tensor z = split_linear(P, r, stoch, action);
-      const Tensor x = dense::layer_epilogue(P, r, z, empty0(z), sv);  // x = (stochs, acts)[t]
-      cells::forward(P, s.cell, x, deter, Tensor(), Tensor(), sv, deters[t + 1]);
+      // x = (stochs, acts)[t]
+      const Tensor x = dense::layer_epilogue(P, r, z, empty0(z), into(img_in_sv));
+      cells::forward(P, s.cell, x, deter, Tensor(), Tensor(), into(cell_sv), deters[t + 1]);
     } else {
-      cells::forward(P, s.cell, Tensor(), deter, stoch, action, sv, deters[t + 1]);
+      cells::forward(P, s.cell, Tensor(), deter, stoch, action, into(cell_sv), deters[t + 1]);
     }
-    if (save) {  // the cell's saved state inputs are deters[t] (and stochs[t])
-      const int64_t n_views = s.block_gru() ? 2 : 1, first = s.block_gru() ? 0 : 1;
-      for (int64_t i = first; i < first + n_views; ++i) steps[cell0 + i] = empty0(deter);
-      // without world-model gradients the tensors only those read would hold memory
-      // until the backward: empty placeholders instead
-      for (int64_t i = 0; !save_wm_inputs && i < static_cast<int64_t>(wm_slots.size()); ++i)
-        steps[cell0 + wm_slots[i]] = empty0(deter);
-    }
-    const size_t prior0 = steps.size();
     Tensor h = deters[t + 1];
-    for (const DenseRef& r : s.img_out) h = dense::layer_forward(P, r, h, sv);
+    for (const DenseRef& r : s.img_out) h = dense::layer_forward(P, r, h, into(prior_sv));
     if (save) {
-      steps[prior0] = empty0(h);  // x of the first prior layer = deters[t + 1]
-      // the later prior layers' inputs serve their weight gradients only
-      for (size_t l = 1; !save_wm_inputs && l < s.img_out.size(); ++l)
-        steps[prior0 + 3 * l] = empty0(h);
+      layout.store(saved, t, Part::kActor, std::move(actor_sv));
+      layout.store(saved, t, Part::kImgIn, std::move(img_in_sv));
+      layout.store(saved, t, Part::kCell, std::move(cell_sv));
+      layout.store(saved, t, Part::kPost, std::move(prior_sv));
+      for (int64_t l = 1; l < L; ++l) drop(layout.layer(t, Part::kActor, l, kLayerX));  // hidden
+      for (const int64_t slot : cells::state_slots(s.cell)) drop(layout.cell(t, slot));
+      drop(layout.layer(t, Part::kPost, 0, kLayerX));  // deters[t + 1]
+      if (!save_wm_inputs) {
+        for (const int64_t slot : cells::weight_input_slots(s.cell)) drop(layout.cell(t, slot));
+        for (size_t l = 1; l < s.img_out.size(); ++l)
+          drop(layout.layer(t, Part::kPost, static_cast<int64_t>(l), kLayerX));
+      }
     }
     const HeadOut ho = latent_forward(s, h, snT[t]);
     stochs[t + 1].copy_(ho.sample);
@@ -475,12 +478,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
       out_b[t].copy_(ho.b);
     }
   }
-  TensorVec saved;
   if (save) {
-    saved = {snT, use_actor ? anT : empty0(deter0), acts, stats_all,
-             use_actor ? raws : empty0(deter0), deters, stochs};
-    saved.insert(saved.end(), hidden.begin(), hidden.end());
-    saved.insert(saved.end(), steps.begin(), steps.end());
+    saved[kImgStochNoise] = snT;
+    saved[kImgActionNoise] = use_actor ? anT : empty0(deter0);
+    saved[kImgActions] = acts;
+    saved[kImgStats] = stats_all;
+    saved[kImgRaws] = use_actor ? raws : empty0(deter0);
+    saved[kImgDeters] = deters;
+    saved[kImgStochs] = stochs;
+    for (size_t l = 0; l < hidden.size(); ++l)
+      saved[layout.actor_hidden(static_cast<int64_t>(l))] = hidden[l];
     dealias(saved);
   }
   const Tensor a_all = s.classes ? stats_all : out_a;
@@ -510,16 +517,15 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   const Spec s = parse_rssm(kImagine, P, spec);
   ActorSpec as;
   if (use_actor) as = parse_actor(kImagine, AP, actor_spec);
-  const Tensor &snT = saved[0], &anT = saved[1], &acts = saved[2], &stats_all = saved[3],
-               &raws = saved[4], &deters = saved[5], &stochs = saved[6];
+  TORCH_CHECK(static_cast<int64_t>(saved.size()) > kImgGlobals, kImagine,
+              "_backward: `saved` has only ", saved.size(), " tensors");
+  const Tensor &snT = saved[kImgStochNoise], &anT = saved[kImgActionNoise];
+  const Tensor &acts = saved[kImgActions], &stats_all = saved[kImgStats];
+  const Tensor &raws = saved[kImgRaws], &deters = saved[kImgDeters], &stochs = saved[kImgStochs];
   const int64_t H = acts.size(0), N = acts.size(1), A = acts.size(2);
   const int64_t SF = s.flat_stoch();
-  const int64_t per_step = imagine_step_saved(s, use_actor ? &as : nullptr);
-  const int64_t n_global = kImagineGlobal + imagine_hidden(use_actor ? &as : nullptr);
-  TORCH_CHECK(static_cast<int64_t>(saved.size()) == n_global + H * per_step, kImagine,
-              "_backward: `saved` has ", saved.size(), " tensors, expected ",
-              n_global + H * per_step);
-  const Tensor* hidden = saved.data() + kImagineGlobal;
+  const SavedLayout layout = SavedLayout::imagine(s, use_actor ? &as : nullptr, H);
+  layout.check("rssm_imagine_backward", saved);
   const c10::OptionalDeviceGuard guard(acts.device());
   gemm::PackedWeights packs(N);
   if (use_actor) pack_layers(packs, AP, as.layers, true);
@@ -551,8 +557,8 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   // dz^T of each actor layer into a transposed sequence buffer [U, H·N]: step t's
   // columns t·N .. t·N + N are written while its dz is still in cache, and the deferred
   // weight gradient reads the whole buffer as its product's left operand (Grads::mm_t).
-  // Transposing all H·N rows of dz at the end instead cost ~2.8 ms a layer at the
-  // `debug` size, more than the product itself.
+  // Transposing all H·N rows of dz at the end instead would read them cold, costing
+  // more than the product itself.
   const int64_t L = use_actor ? static_cast<int64_t>(as.layers.size()) : 0;
   TensorVec actor_dzT;
   for (int64_t l = 0; ga.wanted() && l < L; ++l)
@@ -569,41 +575,31 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   };
   Tensor d_actions = use_actor ? empty0(acts) : at::empty({H, N, A}, acts.options());
   Tensor carry_deter, carry_stoch;
-  const int64_t n_actor = use_actor ? 3 * static_cast<int64_t>(as.layers.size()) : 0;
-  const int64_t n_img_in = s.block_gru() ? 0 : 3;
-  const int64_t n_cell = cells::saved_count(s.cell);
   if (need_params) {  // the cell's first weight input (last step): kept, or dropped
-    const Tensor& x = saved[n_global + (H - 1) * per_step + n_actor + n_img_in +
-                            cells::weight_input_slots(s.cell)[0]];
+    const Tensor& x = saved[layout.cell(H - 1, cells::weight_input_slots(s.cell)[0])];
     TORCH_CHECK(x.numel() > 0, kImagine,
                 "_backward: world-model parameter gradients were asked for, but the forward "
                 "ran with save_wm_inputs=False and kept no inputs for them");
   }
   for (int64_t t = H - 1; t >= 0; --t) {
-    const Tensor* sv = saved.data() + n_global + t * per_step;
     Tensor dh = latent_backward(s, stats_all[t], snT[t], plus(at_step(gsT, t), carry_stoch),
                                 at_step(gaT, t), at_step(gbT, t));
-    const Tensor* ov = sv + n_actor + n_img_in + n_cell;
     for (int64_t l = static_cast<int64_t>(s.img_out.size()) - 1; l >= 0; --l) {
-      const Tensor* lv = ov + 3 * l;
-      const Tensor x = l == 0 ? deters[t + 1] : lv[0];
-      dh = dense::layer_backward(P, s.img_out[l], dense::LayerSaved{x, lv[1], lv[2]}, dh, g, true);
+      dense::LayerSaved ls = layout.layer_saved(saved, t, Part::kPost, l);
+      if (l == 0) ls.x = deters[t + 1];
+      dh = dense::layer_backward(P, s.img_out[l], ls, dh, g, true);
     }
     const Tensor dd = plus(plus(at_step(gdT, t), carry_deter), dh);
-    // the cell's saved entries with its state inputs rebuilt from the buffers
-    TensorVec cell_sv(sv + n_actor + n_img_in, sv + n_actor + n_img_in + n_cell);
-    if (s.block_gru()) {
-      cell_sv[0] = deters[t];
-      cell_sv[1] = stochs[t];
-    } else {
-      cell_sv[1] = deters[t];
-    }
+    // the cell's saved entries with its state inputs taken from the buffers
+    TensorVec cell_sv = layout.cell_saved(saved, t);
+    for (const int64_t slot : cells::state_slots(s.cell))
+      cell_sv[slot] = slot == cells::slot::kBlockStoch && s.block_gru() ? stochs[t] : deters[t];
     const cells::InputGrads cg = cells::backward(P, s.cell, cell_sv.data(), dd, g);
     Tensor d_stoch, d_act;
     if (!s.block_gru()) {
-      const Tensor* iv = sv + n_actor;
       const DenseRef& r = s.img_in[0];
-      const Tensor dz = dense::layer_backward_dz(P, r, dense::LayerSaved{iv[0], iv[1], iv[2]}, cg.x, g);
+      const Tensor dz =
+          dense::layer_backward_dz(P, r, layout.layer_saved(saved, t, Part::kImgIn, 0), cg.x, g);
       const Tensor dx = split_linear_backward(P, r, dz, stochs[t], acts[t], g);
       d_stoch = dx.narrow(1, 0, SF);
       d_act = dx.narrow(1, SF, A);
@@ -616,12 +612,12 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
     if (use_actor) {
       Tensor dr = action_backward(as, raws[t], anT[t], d_act);
       for (int64_t l = L - 1; l >= 0; --l) {
-        const Tensor* lv = sv + 3 * l;
         const DenseRef& r = as.layers[l];
-        const Tensor dz = dense::layer_backward_dz(AP, r, dense::LayerSaved{lv[0], lv[1], lv[2]}, dr, ga);
+        const Tensor dz =
+            dense::layer_backward_dz(AP, r, layout.layer_saved(saved, t, Part::kActor, l), dr, ga);
         // layer 0's input is feat = cat(stoch, deter), read as its two parts
         if (l > 0)
-          record_actor(l, t, dz, {{hidden[l - 1][t], 0}});
+          record_actor(l, t, dz, {{saved[layout.actor_hidden(l - 1)][t], 0}});
         else
           record_actor(l, t, dz, {{stochs[t], 0}, {deters[t], SF}});
         dr = gemm::mm(dz, AP[r.w]);
