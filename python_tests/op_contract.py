@@ -266,6 +266,8 @@ def check_matches_ref(c: OpContract, case, dtype: torch.dtype, device: str,
     values: every output and the gradient of every differentiable input."""
     ref = ref or c.ref
     kwargs = c.build(case, dtype, device, gen)
+    unknown = set(c.differentiable) - set(kwargs)
+    assert not unknown, f"{c.name}: differentiable {sorted(unknown)} are not arguments"
     kwargs64 = map_tensors(kwargs, lambda label, key, t: t.detach().cpu().double())
     upstream = _Upstream(dtype, gen)
     outs, grads = _run(c.fast, kwargs, c.differentiable, upstream)

@@ -877,3 +877,9 @@ def test_op_contract_catches_an_accepted_direct_call():
     accepted = DirectBad("valid", "reverse_scan", _direct_rs, "decay")
     with pytest.raises(AssertionError, match="accepted"):
         check_direct_bad(REVERSE_SCAN, accepted)
+
+
+def test_op_contract_catches_a_misspelt_differentiable_argument():
+    broken = _broken(reverse_scan, differentiable=("inputs", "decays", "init"))
+    with pytest.raises(AssertionError, match="decays"):
+        check_matches_ref(broken, _CASE, torch.float64, "cpu", _GEN)
