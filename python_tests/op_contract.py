@@ -177,6 +177,9 @@ class OpContract:
     gradcheck_outputs: Callable | None = None
     #: noncontiguous inputs give bitwise the same results (False: the dtype tolerance)
     noncontig_exact: bool = True
+    #: ``ungraded(kwargs) -> labels`` of differentiable tensors that take no part in
+    #: the result: neither fast nor ref may give them a gradient
+    ungraded: Callable[[dict], set] | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -278,8 +281,12 @@ def check_matches_ref(c: OpContract, case, dtype: torch.dtype, device: str,
         assert out.device.type == torch.device(device).type, f"{name} on {out.device}"
         c.compare.get(name, assert_close_to_ref)(out, r, dtype, f"{c.name} {name}")
     assert grads, f"{c.name}: no differentiable inputs"
+    ungraded = c.ungraded(kwargs) if c.ungraded else set()
     for label, g in grads.items():
         rg = ref_grads[label]
+        if label in ungraded:
+            assert g is None and rg is None, f"{c.name}: {label} takes no part, got a gradient"
+            continue
         assert rg is not None, f"{c.name}: the reference gives no gradient for {label}"
         assert g is not None, f"{c.name}: no gradient for {label}"
         assert g.shape == rg.shape, f"d/d {label}: shape {tuple(g.shape)} != {tuple(rg.shape)}"
