@@ -203,9 +203,11 @@ def native_gaussian(kw: dict) -> list:
     stats, noise = kw["stats"].detach(), kw["noise"].detach()
     g = _grad_like(noise)
     backward = torch.ops.dreamer_fast.gaussian_sample_backward.default
+    # every subset of upstream gradients in float32, all of them otherwise
+    subsets = [(g, g * 2, g * 3)] + ([(g, None, None), (None, g, None), (None, None, g)]
+                                     if g.dtype == torch.float32 else [])
     return [(torch.ops.dreamer_fast.gaussian_sample.default, args)] + [
-        (backward, (*grads, stats, noise, kw["min_std"]))
-        for grads in [(g, g * 2, g * 3), (g, None, None), (None, g, None), (None, None, g)]]
+        (backward, (*grads, stats, noise, kw["min_std"])) for grads in subsets]
 
 
 def native_categorical(kw: dict) -> list:
@@ -213,8 +215,9 @@ def native_categorical(kw: dict) -> list:
     logits = kw["logits"].detach()
     g = _grad_like(logits)
     backward = torch.ops.dreamer_fast.categorical_sample_backward.default
+    subsets = [(g, g * 2)] + ([(g, None), (None, g)] if g.dtype == torch.float32 else [])
     return [(torch.ops.dreamer_fast.categorical_sample.default, args)] + [
-        (backward, (*grads, logits, kw["unimix"])) for grads in [(g, g * 2), (g, None), (None, g)]]
+        (backward, (*grads, logits, kw["unimix"])) for grads in subsets]
 
 
 def _set(**changes):

@@ -337,8 +337,7 @@ globals().update(contract_tests(
              "f64-T1-even": (Case(1, (2, 3), lam=0.0), torch.float64, "even"),
              "f64-lam1-odd": (Case(7, (4,), lam=1.0), torch.float64, "odd"),
              "bf16-all": (Case(3, (2,), lam=0.5), torch.bfloat16, "all")},
-    compile={"ax-1": Case(10, (3, 5), -1, 0.9), "number-pcont-none-bootstrap":
-             Case(10, (3, 5), -1, 0.9, number=0.97)},
+    compile={"ax-1-number-pcont-none-bootstrap": Case(10, (3, 5), -1, 0.9, number=0.97)},
 ))
 globals().update(contract_tests(
     REVERSE_SCAN,
