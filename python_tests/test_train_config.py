@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dreamer_fast.agents.config import ConfigError, load_config, parse_override
+from dreamer_fast.agents.config import ConfigError, load_config, parse_override, read_defaults
 
 
 def test_presets_pick_the_published_architectures():
@@ -65,3 +65,55 @@ def test_parse_override():
     assert parse_override("run.progress=false") == ("run.progress", False)
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("model.deter")
+
+
+def _numeric_keys(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        if k in ("presets", "sizes") and not prefix:
+            continue
+        if isinstance(v, dict):
+            out += _numeric_keys(v, f"{prefix}{k}.")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out.append(f"{prefix}{k}")
+    return out
+
+
+NUMERIC_KEYS = _numeric_keys(read_defaults())
+
+
+def test_every_numeric_key_has_a_range():
+    from dreamer_fast.agents.config import RANGES
+    assert NUMERIC_KEYS and set(NUMERIC_KEYS) == set(RANGES)
+
+
+@pytest.mark.parametrize("key", NUMERIC_KEYS)
+def test_numeric_keys_reject_nonfinite_and_out_of_range(key):
+    from dreamer_fast.agents.config import RANGES
+    default = load_config().get_path(key)
+    bad = [-1e30]
+    if isinstance(default, float):
+        bad += [float("nan"), float("inf"), float("-inf")]
+    low, high, *opened = RANGES[key]
+    bad.append(low if opened else (low - 1 if isinstance(default, int) else low - 1e-3))
+    if high != float("inf"):
+        bad.append(high + 1)
+    for value in bad:
+        with pytest.raises(ConfigError, match=repr(key)):
+            load_config(overrides={key: value})
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"seed": -1}, "'seed' must be in [0, "),
+    ({"model.lr": float("nan")}, "'model.lr' must be a finite number"),
+    ({"model.dynlayers": 0}, "'model.dynlayers'"),
+    ({"model.min_std": -1.0}, "'model.min_std' must be > 0"),
+    ({"behavior.min_std": -1.0}, "'behavior.min_std' must be > 0"),
+    ({"model.kl_free": float("nan")}, "'model.kl_free' must be a finite number"),
+    ({"model.grad_clip": -1.0}, "'model.grad_clip' must be > 0"),
+    ({"model.classes": 1}, "'model.classes'"),
+])
+def test_issue_cases_are_rejected(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=overrides)
+    assert needle in str(e.value)

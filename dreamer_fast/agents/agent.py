@@ -33,6 +33,18 @@ def _adam(params, lr: float, eps: float) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, eps=eps)
 
 
+def nonfinite_terms(metrics: dict, prefix) -> list[str]:
+    """The names (starting with ``prefix``) of the non-finite scalars in ``metrics``; one
+    host read for all of them."""
+    names = [k for k, v in metrics.items() if k.startswith(prefix) and torch.is_tensor(v)]
+    if not names:
+        return []
+    ok = torch.stack([torch.isfinite(metrics[k].detach().float()).all() for k in names])
+    if bool(ok.all()):
+        return []
+    return [k for k, good in zip(names, ok.tolist()) if not good]
+
+
 class Agent(nn.Module):
     def __init__(self, cfg, obs_key: str, obs_shape: tuple[int, ...], action_size: int,
                  discrete: bool, device: torch.device) -> None:
@@ -48,6 +60,7 @@ class Agent(nn.Module):
         self.wm_opt = _adam(self.wm.parameters(), m.lr, m.eps)
         self.actor_opt = _adam(self.ac.actor.parameters(), b.actor_lr, b.eps)
         self.critic_opt = _adam(self.ac.critic.parameters(), b.critic_lr, b.eps)
+        self.skipped: list[str] = []  # non-finite terms of the last update
 
     # ---- acting ------------------------------------------------------------------------
 
@@ -87,8 +100,13 @@ class Agent(nn.Module):
         return out
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
-        """One learner update (see the module docstring); returns scalar metrics."""
+        """One learner update (see the module docstring); returns scalar metrics.
+
+        A non-finite loss term or gradient norm skips that optimiser's step (world model,
+        or actor and critic together); the names of the non-finite terms of the last
+        update are in ``self.skipped``."""
         t0 = time.perf_counter()
+        self.skipped = []
         data = self.to_torch(batch)
         metrics, post = self.train_world_model(data)
         start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in post.items()}
@@ -105,13 +123,19 @@ class Agent(nn.Module):
         loss.backward()
         metrics["wm/grad_norm"] = nn.utils.clip_grad_norm_(self.wm.parameters(),
                                                             self.cfg.model.grad_clip)
-        self.wm_opt.step()
+        bad = nonfinite_terms(metrics, "wm/")
+        if bad:  # skip the step: parameters and optimiser state stay as they were
+            self.wm_opt.zero_grad(set_to_none=True)
+            self.skipped.extend(bad)
+        else:
+            self.wm_opt.step()
         return metrics, preds["post"]
 
     def train_behavior(self, start: dict[str, torch.Tensor]) -> dict:
         """One actor step and one critic step on an imagination from ``start`` (``[N, ...]``
         detached states); the slow critic follows. Returns the metrics."""
         b, ac = self.cfg.behavior, self.ac
+        buffers = {k: v.clone() for k, v in ac.named_buffers()}  # return-norm EMAs, ...
         traj = ac.imagine(self.wm, start)
         p = ac.predict(self.wm, traj)
         ret, value = p["return"], p["value"]
@@ -137,6 +161,15 @@ class Agent(nn.Module):
         critic_loss.backward(inputs=critic_params)
         metrics["actor/grad_norm"] = nn.utils.clip_grad_norm_(actor_params, b.grad_clip)
         metrics["critic/grad_norm"] = nn.utils.clip_grad_norm_(critic_params, b.grad_clip)
+        bad = nonfinite_terms(metrics, ("actor/", "critic/", "imag/"))
+        if bad:  # skip both steps; undo the buffer updates (return-norm EMAs)
+            self.actor_opt.zero_grad(set_to_none=True)
+            self.critic_opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for k, v in ac.named_buffers():
+                    v.copy_(buffers[k])
+            self.skipped.extend(bad)
+            return metrics
         self.actor_opt.step()
         self.critic_opt.step()
         ac.update_slow_critic()

@@ -40,20 +40,58 @@ CHOICES: dict[str, tuple] = {
     "behavior.slow_critic": ("ema", "target", "none"),
 }
 
-#: Numeric lower bounds (inclusive) for keys where a bad value would fail much later.
-MINIMUM: dict[str, float] = {
-    "steps": 0, "envs": 1, "threads": 0, "env_opts.action_repeat": 1,
-    "env_opts.time_limit": 0, "env_opts.image_size": 8, "replay.capacity": 1,
-    "replay.chunk": 1, "run.batch_size": 1, "run.batch_length": 2, "run.train_ratio": 0,
-    "run.prefill": 0, "run.pretrain": 0, "run.log_every": 1, "run.checkpoint_every": 1,
-    "model.deter": 1, "model.hidden": 1, "model.stoch": 1,
-    "model.classes": 0, "model.blocks": 1, "model.units": 1, "model.layers": 0,
-    "model.cnn_depth": 1, "model.bins": 3, "model.lr": 0, "behavior.horizon": 1,
-    "behavior.actor_lr": 0, "behavior.critic_lr": 0, "behavior.slow_fraction": 0,
+INF = float("inf")
+
+#: The range of every numeric key: ``(low, high)``, both inclusive, or ``(low, high,
+#: "open")`` for a lower bound that is excluded (a step size, a standard deviation).
+#: NaN and infinities are rejected everywhere. tests check that every numeric key of
+#: the defaults has an entry here.
+RANGES: dict[str, tuple] = {
+    "steps": (0, INF), "seed": (0, 2**32 - 1), "envs": (1, INF), "threads": (0, INF),
+    "env_opts.action_repeat": (1, 1000), "env_opts.time_limit": (0, INF),
+    "env_opts.image_size": (8, 1024), "env_opts.camera": (-1, 1000),
+    "replay.capacity": (1, INF), "replay.chunk": (1, INF),
+    "run.batch_size": (1, INF), "run.batch_length": (2, INF), "run.train_ratio": (0, INF),
+    "run.prefill": (0, INF), "run.pretrain": (0, INF), "run.log_every": (1, INF),
+    "run.checkpoint_every": (1, INF), "run.max_nonfinite": (1, INF),
+    "model.deter": (1, INF), "model.hidden": (1, INF), "model.stoch": (1, INF),
+    "model.classes": (0, INF), "model.blocks": (1, INF), "model.dynlayers": (1, 64),
+    "model.unimix": (0.0, 1.0), "model.min_std": (0.0, INF, "open"),
+    "model.units": (1, INF), "model.layers": (0, 64), "model.cnn_depth": (1, INF),
+    "model.bins": (3, INF), "model.kl_free": (0.0, INF), "model.kl_dyn": (0.0, INF),
+    "model.kl_rep": (0.0, INF), "model.kl_balance": (0.0, 1.0), "model.kl_scale": (0.0, INF),
+    "model.reward_scale": (0.0, INF), "model.cont_scale": (0.0, INF),
+    "model.lr": (0.0, INF), "model.eps": (0.0, INF, "open"),
+    "model.grad_clip": (0.0, INF, "open"),
+    "behavior.horizon": (1, INF), "behavior.discount": (0.0, 1.0),
+    "behavior.lambda_": (0.0, 1.0), "behavior.actor_lr": (0.0, INF),
+    "behavior.critic_lr": (0.0, INF), "behavior.eps": (0.0, INF, "open"),
+    "behavior.grad_clip": (0.0, INF, "open"), "behavior.entropy": (0.0, INF),
+    "behavior.min_std": (0.0, INF, "open"), "behavior.max_std": (0.0, INF, "open"),
+    "behavior.slow_fraction": (0.0, 1.0), "behavior.slow_reg": (0.0, INF),
+    "behavior.return_norm_decay": (0.0, 1.0), "behavior.return_norm_low": (0.0, 1.0),
+    "behavior.return_norm_high": (0.0, 1.0),
 }
-UNIT_INTERVAL = ("behavior.discount", "behavior.lambda_", "model.unimix", "model.kl_balance",
-                 "behavior.return_norm_decay", "behavior.return_norm_low",
-                 "behavior.return_norm_high", "behavior.slow_fraction")
+
+
+def _num(x):
+    return int(x) if float(x).is_integer() else x
+
+
+def _check_range(key: str, value) -> None:
+    import math
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")
+    low, high, *opened = RANGES[key]
+    above = value > low if opened else value >= low
+    if not (above and value <= high):
+        lo, hi = _num(low), _num(high)
+        if high == INF:
+            what = f"> {lo}" if opened else f">= {lo}"
+        else:
+            what = f"in ({lo}, {hi}]" if opened else f"in [{lo}, {hi}]"
+        raise ConfigError(f"config key {key!r} must be {what}, got {value!r}")
+
 
 _LAYER_KEYS = ("presets", "sizes")
 
@@ -164,14 +202,12 @@ def validate(cfg: Config) -> None:
         value = cfg.get_path(key)
         if value not in allowed:
             raise ConfigError(f"config key {key!r} must be one of {list(allowed)}, got {value!r}")
-    for key, low in MINIMUM.items():
-        value = cfg.get_path(key)
-        if value < low:
-            raise ConfigError(f"config key {key!r} must be >= {low}, got {value!r}")
-    for key in UNIT_INTERVAL:
-        value = cfg.get_path(key)
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"config key {key!r} must be in [0, 1], got {value!r}")
+    for key in RANGES:
+        _check_range(key, cfg.get_path(key))
+    m = cfg.model
+    if m.classes == 1:
+        raise ConfigError("config key 'model.classes' must be 0 (Gaussian latents) or >= 2, "
+                          "got 1")
     b = cfg.behavior
     if b.min_std > b.max_std:
         raise ConfigError(f"config key 'behavior.min_std' ({b.min_std}) must be <= "
@@ -179,7 +215,6 @@ def validate(cfg: Config) -> None:
     if b.return_norm_low >= b.return_norm_high:
         raise ConfigError("config keys 'behavior.return_norm_low' must be < "
                           "'behavior.return_norm_high'")
-    m = cfg.model
     if m.cell == "block_gru" and m.deter % m.blocks:
         raise ConfigError(f"config key 'model.blocks' ({m.blocks}) must divide 'model.deter' "
                           f"({m.deter}) for the block_gru cell")

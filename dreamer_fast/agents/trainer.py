@@ -26,6 +26,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +42,12 @@ from dreamer_fast.agents.replay import Replay
 from dreamer_fast.envs import make_vector_env
 
 CHECKPOINT = "checkpoint.pt"
+#: ``Trainer.run``'s return value when non-finite updates stopped the run.
+NONFINITE_EXIT = 3
+
+
+class NonFiniteError(RuntimeError):
+    """``run.max_nonfinite`` consecutive updates had a non-finite loss or gradient norm."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,10 +129,11 @@ class Trainer:
                              seed=cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.counters = {"step": 0, "updates": 0, "episodes": 0, "owed": 0.0,
-                         "pretrained": False}
+                         "pretrained": False, "nonfinite": 0}
+        self.nonfinite_run = 0  # consecutive updates with a non-finite term
         self.resumed = False
         ckpt = self.logdir / CHECKPOINT
-        if ckpt.exists():
+        if ckpt.exists() or checkpoint.prev_path(ckpt).exists():
             self._restore(ckpt)
         else:
             (self.logdir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(),
@@ -140,10 +148,13 @@ class Trainer:
                 "replay": self.replay.state_dict(), "config": self.cfg.to_dict()}
 
     def save(self) -> None:
-        checkpoint.save_atomic(self.state(), self.logdir / CHECKPOINT)
+        """The checkpoint (the previous one kept as ``checkpoint.prev.pt``); refused when
+        any tensor of the state is non-finite."""
+        checkpoint.save_atomic(self.state(), self.logdir / CHECKPOINT, keep_prev=True)
 
     def _restore(self, path: Path) -> None:
-        state = checkpoint.load(path, self.device)
+        state, path = checkpoint.load_with_fallback(
+            path, self.device, required=("agent", "counters", "rng", "env_rng", "replay"))
         self.agent.load_full_state_dict(state["agent"])
         self.counters.update(state["counters"])
         checkpoint.set_rng_state(state["rng"])
@@ -165,19 +176,25 @@ class Trainer:
         log = _LogWindow(c["step"], c["updates"], _progress(self.cfg, c["step"]))
         code = 0
         with _Stop() as stop:
-            while c["step"] < self.cfg.steps:
-                self._record(env)
-                action = self._act(env)
-                resets = self._step_envs(env, action)
-                self._train(resets, log, stop)
-                self._log(env, log)
-                self._checkpoint_if_due()
-                if stop.signal is not None:
-                    code = 128 + int(stop.signal)
-                    print(f"\n[train] stopped by signal {stop.signal} at env step {c['step']}; "
-                          f"checkpoint saved, run the same command to resume", flush=True)
-                    break
-            self.save()
+            try:
+                while c["step"] < self.cfg.steps:
+                    self._record(env)
+                    action = self._act(env)
+                    resets = self._step_envs(env, action)
+                    self._train(resets, log, stop)
+                    self._log(env, log)
+                    self._checkpoint_if_due()
+                    if stop.signal is not None:
+                        code = 128 + int(stop.signal)
+                        print(f"\n[train] stopped by signal {stop.signal} at env step "
+                              f"{c['step']}; checkpoint saved, run the same command to "
+                              f"resume", flush=True)
+                        break
+                self.save()
+            except NonFiniteError as e:
+                self._log(env, log, force=True)
+                print(f"\n[train] {e}", file=sys.stderr, flush=True)
+                code = NONFINITE_EXIT
         if log.bar is not None:
             log.bar.close()
         self.logger.close()
@@ -250,20 +267,34 @@ class Trainer:
             for k, v in self.agent.update(batch).items():
                 log.pending[k].append(v)
             c["updates"] += 1
+            if self.agent.skipped:
+                c["nonfinite"] += 1
+                self.nonfinite_run += 1
+                if self.nonfinite_run >= cfg.run.max_nonfinite:
+                    raise NonFiniteError(
+                        f"stopped at env step {c['step']} (update {c['updates']}): "
+                        f"{self.nonfinite_run} updates in a row had non-finite values "
+                        f"({', '.join(self.agent.skipped)}); their optimiser steps were "
+                        f"skipped and no checkpoint was written after them. The last "
+                        f"checkpoint in {self.logdir} holds finite weights; check the "
+                        f"environment's rewards/observations or lower the learning rates")
+            else:
+                self.nonfinite_run = 0
             if stop.signal is not None:
                 break
 
-    def _log(self, env: _EnvSteps, log: _LogWindow) -> None:
+    def _log(self, env: _EnvSteps, log: _LogWindow, force: bool = False) -> None:
         """Every ``run.log_every`` env steps and at the end: the window's mean metrics,
         rates and counters; the progress bar."""
         cfg, c = self.cfg, self.counters
-        if c["step"] - log.step >= cfg.run.log_every or c["step"] >= cfg.steps:
+        if c["step"] - log.step >= cfg.run.log_every or c["step"] >= cfg.steps or force:
             now = time.perf_counter()
             dt = max(now - log.time, 1e-9)
             values = {k: float(np.mean(v)) for k, v in log.pending.items()}
             values.update({"train/fps": (c["step"] - log.step) / dt,
                            "train/updates_per_s": (c["updates"] - log.updates) / dt,
                            "train/updates": c["updates"],
+                           "train/nonfinite_updates": c["nonfinite"],
                            "train/episodes": c["episodes"]})
             if env.recent:
                 values["episode/return_last10"] = float(np.mean(env.recent))
