@@ -1,6 +1,6 @@
-// Pointwise / row-wise launchers of the recurrent cells, one per device. The cell
-// ops (cells_ops.cpp) run the GEMMs through gemm.h and call these for everything
-// else. Tensors are contiguous 2-D [rows, cols] (see cells_math.h for layouts).
+// Pointwise / row-wise launchers of the recurrent cells, one per device. The cells'
+// forward and backward (cells.cpp) run the GEMMs through common/gemm.h and call these
+// for everything else. Tensors are contiguous 2-D [rows, cols] (see cells_math.h for layouts).
 #pragma once
 
 #include <ATen/ATen.h>

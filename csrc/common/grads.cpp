@@ -49,16 +49,17 @@ Tensor cat_cols(const std::vector<Tensor>& ts) {
 
 }  // namespace
 
+// Sizes spelled out rather than -1: with no rows (an empty batch) -1 is ambiguous.
 Tensor block_weight_grad(const Tensor& dy, const Tensor& x, int64_t G) {
-  const int64_t R = dy.size(0);
-  const Tensor dyb = dy.reshape({R, G, -1}).transpose(0, 1);  // [G, R, out_g]
-  const Tensor xb = x.reshape({R, G, -1}).transpose(0, 1);    // [G, R, in_g]
+  const int64_t R = dy.size(0), in_g = x.size(1) / G, out_g = dy.size(1) / G;
+  const Tensor dyb = dy.reshape({R, G, out_g}).transpose(0, 1);  // [G, R, out_g]
+  const Tensor xb = x.reshape({R, G, in_g}).transpose(0, 1);     // [G, R, in_g]
   return at::bmm(xb.transpose(1, 2), dyb);
 }
 
 Tensor block_x_weight_grad(const Tensor& dz, const Tensor& x, int64_t G) {
-  const int64_t cols = x.size(1);
-  return gemm::mm(x.t(), dz).reshape({cols, G, -1}).permute({1, 0, 2});
+  const int64_t cols = x.size(1), out_g = dz.size(1) / G;
+  return gemm::mm(x.t(), dz).reshape({cols, G, out_g}).permute({1, 0, 2});
 }
 
 // ---- ImmediateGrads -------------------------------------------------------------------

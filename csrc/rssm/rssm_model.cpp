@@ -1,4 +1,4 @@
-// RSSM / actor building blocks (see rssm_model.h).
+// The latent and action heads of the sequence ops, and copy_transposed (see rssm_model.h).
 #include "rssm/rssm_model.h"
 
 #include <ATen/ATen.h>

@@ -4,7 +4,7 @@
 //     batch-major sequence. The action part of the RSSM input layer and the embed part of
 //     the posterior's first layer are one GEMM over all T·B rows up front; the prior MLP
 //     and prior head (off the recurrence) run once over all T·B rows after the loop; all
-//     weight gradients are one GEMM each over T·B rows (rssm_model.h, Grads).
+//     weight gradients are one GEMM each over T·B rows (common/grads.h, Grads).
 //   rssm_imagine: H image steps from N start states, the action of each step either given
 //     ([N, H, A]) or sampled from the actor (MLP + head) on the step's feature
 //     cat(stoch, deter). Used for RSSM.img_step (H = 1), imagine_with_action and the
