@@ -403,9 +403,7 @@ globals().update(contract_tests(
     small_grid={"B64-D512-G8": BlockCase(64, 512, 8, 128, 1024, 6)},
     small_grid_cpu={"B16-D64-G4": BlockCase(16, 64, 4, 16, 32, 6, L=2)},
     noncontig={"B5-D16-L2": BlockCase(5, 16, 2, 8, 6, 3, L=2)},
-    empty={"B0": pytest.param(BlockCase(0, 16, 4, 8, 6, 2), marks=pytest.mark.xfail(
-        strict=True, raises=RuntimeError, reason="block_gru_cell_ref fails on an empty batch "
-        "(reshape(B, -1) with B = 0); the fast op returns [0, D]"))},
+    empty={"B0": BlockCase(0, 16, 4, 8, 6, 2)},
     # |action| < 1: the stop-gradient on max(1, |action|) is then invisible to the
     # finite differences gradcheck compares against.
     gradcheck={"B2-D8-G2-L2": BlockCase(2, 8, 2, 4, 5, 2, L=2, action="small")},

@@ -403,12 +403,13 @@ def block_gru_cell_ref(deter: torch.Tensor, stoch: torch.Tensor, action: torch.T
         return f(F.rms_norm(z, (z.shape[-1],), s, eps))
 
     def blocklinear(h, W):
-        return torch.einsum("bgi,gio->bgo", h.reshape(B, G, -1), W).reshape(B, -1)
+        # unflatten / flatten instead of reshape(B, ...,  -1): defined for B = 0 too
+        return torch.einsum("bgi,gio->bgo", h.unflatten(1, (G, -1)), W).flatten(1)
 
     a = action / action.abs().clamp(min=1.0).detach()
     xs = [layer(inp, *in_params[3 * i:3 * i + 3]) for i, inp in enumerate((deter, stoch, a))]
     x = torch.cat(xs, -1).unsqueeze(1).expand(B, G, -1)
-    h = torch.cat([deter.reshape(B, G, D // G), x], -1).reshape(B, -1)
+    h = torch.cat([deter.reshape(B, G, D // G), x], -1).flatten(1)
     for l in range(len(hidden_params) // 3):
         W, b, s = hidden_params[3 * l:3 * l + 3]
         h = f(F.rms_norm(blocklinear(h, W) + b, (D,), s, eps))
