@@ -121,3 +121,12 @@ def test_vector_env_subprocesses_autoreset_next_step():
         assert r[0] == 0.0
     finally:
         venv.close()
+
+
+def test_gym_reset_after_an_explicitly_seeded_one_starts_a_new_episode():
+    from dreamer_fast.envs.gym_env import GymEnv
+    env = GymEnv("Pendulum-v1", seed=0)
+    first, _ = env.reset(seed=0)
+    second, _ = env.reset()  # an autoreset: not the construction seed again
+    assert not np.array_equal(first["vector"], second["vector"])
+    env.close()

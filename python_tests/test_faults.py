@@ -5,7 +5,12 @@ Tiny runs (a shrunken debug model, a few hundred env steps) as in test_train.py.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -157,3 +162,240 @@ def test_cli_bad_numbers_exit_2_before_the_logdir_exists(tmp_path, capsys, flags
     key = "seed" if flags[0] == "--seed" else flags[1].split("=")[0]
     assert f"'{key}'" in err and "Traceback" not in err
     assert not logdir.exists()
+
+
+# ---- clear errors on a broken run directory -------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished tiny run (CLI config), copied by each test that breaks it."""
+    logdir = tmp_path_factory.mktemp("base") / "run"
+    assert main(_cli_args(logdir, 300, **{"run.checkpoint_every": 100})) == 0
+    return logdir
+
+
+def _copy_run(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    (dst / ".lock").unlink(missing_ok=True)
+    return dst
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage"])
+def test_broken_checkpoint_without_prev_is_a_clear_error(tmp_path, capsys, finished_run, damage):
+    logdir = _copy_run(finished_run, tmp_path / "run")
+    ckpt = logdir / CHECKPOINT
+    data = ckpt.read_bytes()
+    ckpt.write_bytes({"empty": b"", "truncated": data[:len(data) // 2],
+                      "garbage": b"not a checkpoint at all" * 10}[damage])
+    (logdir / "checkpoint.prev.pt").unlink()
+    capsys.readouterr()
+    assert main(_cli_args(logdir, 400, **{"run.checkpoint_every": 100})) == 2
+    err = capsys.readouterr().err
+    assert str(ckpt) in err and "Traceback" not in err and "start afresh" in err
+
+
+def test_truncated_replay_fragment_is_a_clear_error(tmp_path, capsys, finished_run):
+    logdir = _copy_run(finished_run, tmp_path / "run")
+    frag = sorted((logdir / "replay").glob("*.npz"))[0]
+    frag.write_bytes(frag.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(_cli_args(logdir, 400, **{"run.checkpoint_every": 100})) == 2
+    err = capsys.readouterr().err
+    assert str(frag) in err and "delete that file" in err and "Traceback" not in err
+
+
+def test_resume_compares_the_config_stored_in_the_checkpoint(tmp_path, capsys, finished_run):
+    logdir = _copy_run(finished_run, tmp_path / "run")
+    (logdir / "config.yaml").unlink()
+    capsys.readouterr()
+    code = main(_cli_args(logdir, 400, **{"run.checkpoint_every": 100,
+                                          "behavior.entropy": 0.01}))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "behavior.entropy" in err and "Traceback" not in err
+    # the Trainer itself refuses a changed config too
+    from dreamer_fast.agents.config import ConfigError, load_config
+    cfg = load_config(overrides={**TINY, "steps": 400, "behavior.entropy": 0.01})
+    with pytest.raises(ConfigError, match="behavior.entropy"):
+        Trainer(cfg, logdir)
+    # the unchanged config resumes
+    assert main(_cli_args(logdir, 400, **{"run.checkpoint_every": 100})) == 0
+
+
+def test_second_trainer_on_a_logdir_is_refused(tmp_path, capsys):
+    cfg = tiny_config("v3", "gym:Pendulum-v1", steps=100)
+    first = Trainer(cfg, tmp_path)
+    capsys.readouterr()
+    assert main(_cli_args(tmp_path, 100)) == 2
+    assert "in use by another trainer" in capsys.readouterr().err
+    assert first.run() == 0  # released at the end of the run
+    assert main(_cli_args(tmp_path, 200)) == 0
+
+
+def test_unfinished_episodes_are_written_at_the_end(tmp_path):
+    cfg = tiny_config("v3", "gym:Pendulum-v1", steps=250)  # episodes of 100 env steps
+    tr = Trainer(cfg, tmp_path)
+    records = []
+    record = tr._record
+    tr._record = lambda env: (records.append(1), record(env))
+    assert tr.run() == 0
+    frags = sorted((tmp_path / "replay").glob("*.npz"))
+    lengths = [int(np.load(p)["reward"].shape[0]) for p in frags]
+    assert sum(lengths) == len(records) * cfg.envs
+    with np.load(frags[-1]) as z:
+        assert not z["is_last"][-1]  # the unfinished one
+    state = checkpoint.load(tmp_path / CHECKPOINT)
+    assert [n for _, n in state["replay"]["files"]] == lengths
+
+
+# ---- image observations ---------------------------------------------------------------
+
+def _register_image_env():
+    import gymnasium as gym
+
+    class ImageToy(gym.Env):
+        observation_space = gym.spaces.Box(0, 255, (24, 24, 3), np.uint8)
+        action_space = gym.spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            self.t = 0
+            return self.np_random.integers(0, 255, (24, 24, 3), dtype=np.uint8), {}
+
+        def step(self, action):
+            self.t += 1
+            obs = self.np_random.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+            return obs, float(action), self.t >= 20, False, {}
+
+    if "ImageToy-v0" not in gym.registry:
+        gym.register("ImageToy-v0", entry_point=ImageToy)
+
+
+def test_uint8_image_observations_go_to_the_cnn_encoder(tmp_path):
+    _register_image_env()
+    cfg = tiny_config("v3", "gym:ImageToy-v0", steps=150,
+                      **{"env_opts.image_size": 16, "run.prefill": 60})
+    tr = Trainer(cfg, tmp_path)
+    assert tr.agent.obs_key == "image"
+    assert tr.run() == 0
+    frag = next((tmp_path / "replay").glob("*.npz"))
+    with np.load(frag) as z:
+        assert z["image"].dtype == np.uint8 and z["image"].shape[1:] == (16, 16, 3)
+
+
+def test_uint8_image_observations_with_proprio_are_refused(tmp_path, capsys):
+    _register_image_env()
+    assert main(["train", "--env", "gym:ImageToy-v0", "--set", "env_opts.obs=proprio",
+                 "--logdir", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert "images" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+# ---- replay and checkpoint agree after a kill -----------------------------------------
+
+def _spawn(logdir, steps: int, every: int):
+    args = [sys.executable, "-m", "dreamer_fast"] + _cli_args(logdir, steps, **{
+        "run.checkpoint_every": every})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(args, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+
+
+def _fragment_after_checkpoint(logdir) -> bool:
+    ckpt = logdir / CHECKPOINT
+    if not ckpt.exists():
+        return False
+    t = ckpt.stat().st_mtime_ns
+    try:
+        saved = checkpoint.load(ckpt)
+    except Exception:  # being replaced
+        return False
+    return (saved["counters"]["step"] >= 400
+            and any(p.stat().st_mtime_ns > t for p in (logdir / "replay").glob("*.npz")))
+
+
+def _wait(pred, proc, timeout):
+    t0 = time.time()
+    while not pred():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.time() - t0 < timeout, "timed out"
+        time.sleep(0.05)
+
+
+def test_sigkill_between_checkpoints_resumes_the_checkpoints_replay(tmp_path):
+    logdir = tmp_path / "run"
+    proc = _spawn(logdir, 100000, 200)
+    try:
+        _wait(lambda: _fragment_after_checkpoint(logdir), proc, 240)
+    finally:
+        proc.kill()
+        proc.wait()
+    saved = checkpoint.load(logdir / CHECKPOINT)
+    step = saved["counters"]["step"]
+    # the reference: the same run, uninterrupted, stopped at the checkpoint's step
+    from dreamer_fast.agents.config import load_config
+    over = {**TINY, "run.checkpoint_every": 200}
+    ref = Trainer(load_config(overrides={**over, "steps": step}), tmp_path / "ref")
+    ref.replay.flush = lambda: 0  # the periodic checkpoint does not flush
+    assert ref.run() == 0
+    assert checkpoint.load(tmp_path / "ref" / CHECKPOINT)["counters"] == saved["counters"]
+    tr = Trainer(load_config(overrides={**over, "steps": step + 100}), logdir)
+    # the ring at the checkpoint, then its unfinished episodes as one fragment each
+    n = len(ref.replay)
+    pending = [ref.replay.state_dict()["pending"][w] for w in sorted(ref.replay._pending)
+               if ref.replay._pending[w]]
+    expect = {k: np.concatenate([v[:n]] + [p[k] for p in pending])
+              for k, v in ref.replay._data.items()}
+    m = len(expect["reward"])
+    assert tr.resumed and len(tr.replay) == m
+    for k, v in expect.items():
+        np.testing.assert_array_equal(tr.replay._data[k][:m], v, err_msg=k)
+    np.testing.assert_array_equal(tr.replay._start[:n], ref.replay._start[:n])
+    # the fragments written after the checkpoint are gone from disk
+    on_disk = sorted(p.name for p in (logdir / "replay").glob("*.npz"))
+    listed = sorted(name for name, _ in saved["replay"]["files"])
+    assert on_disk[:len(listed)] == listed and len(on_disk) == len(listed) + len(pending)
+
+
+# ---- soak: random SIGKILLs and resumes ------------------------------------------------
+
+def test_soak_random_sigkills_then_resume(tmp_path):
+    """A 1,500-step run killed with SIGKILL at random points four times (resumed each
+    time), then run to the end: the target step count, a replay holding exactly the
+    checkpoint's fragments with no duplicated step, finite weights."""
+    logdir, steps, every, repeat = tmp_path / "run", 1500, 200, 2
+    rng = np.random.default_rng(0)
+    segments = 0
+    for _ in range(4):
+        proc = _spawn(logdir, steps, every)
+        segments += 1
+        try:
+            delay = rng.uniform(0.5, 3.0)  # after the first metric record of this segment
+            start = time.time()
+            _wait(lambda: (logdir / "metrics.jsonl").exists()
+                  and time.time() - start > delay, proc, 120)
+        finally:
+            proc.kill()
+            proc.wait()
+    proc = _spawn(logdir, steps, every)
+    segments += 1
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    state = checkpoint.load(logdir / CHECKPOINT)
+    assert state["counters"]["step"] == steps
+    assert not checkpoint.nonfinite_tensors(state["agent"])
+    files = [name for name, _ in state["replay"]["files"]]
+    assert sorted(p.name for p in (logdir / "replay").glob("*.npz")) == sorted(files)
+    frags = [np.load(logdir / "replay" / name) for name in files]
+    obs = np.concatenate([f["vector"] for f in frags])
+    act = np.concatenate([f["action"] for f in frags])
+    first = np.concatenate([f["is_first"] for f in frags])
+    rows = np.concatenate([obs, act], 1)
+    assert len(np.unique(rows, axis=0)) == len(rows), "a step is stored twice"
+    counted = int((~first).sum()) * repeat
+    # every counted env step is stored, but the newest step of each process (observed, not
+    # yet recorded when it stopped) and the steps of a process killed before its first
+    # checkpoint
+    assert counted <= steps
+    assert counted >= steps - repeat * segments

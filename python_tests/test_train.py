@@ -151,7 +151,12 @@ def test_sigkill_then_resume_restores_everything(tmp_path):
     # weights, optimiser states, counters and RNG states are the saved ones
     _state_equal(trainer.agent.full_state_dict(), saved["agent"])
     _state_equal(trainer.counters, saved["counters"])
-    _state_equal(trainer.replay.state_dict(), saved["replay"])
+    replay = trainer.replay.state_dict()
+    _state_equal(replay["rng"], saved["replay"]["rng"])
+    # the checkpoint's fragments, then its unfinished episodes as one fragment each
+    files = saved["replay"]["files"]
+    assert replay["files"][:len(files)] == files
+    assert len(replay["files"]) == len(files) + len(saved["replay"]["pending"])
     assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
     assert len(trainer.replay) > 0
     # no metric record from after the checkpoint survives

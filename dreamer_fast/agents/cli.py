@@ -8,11 +8,8 @@ import re
 import sys
 from pathlib import Path
 
-from dreamer_fast.agents.config import ALGOS, SIZES, ConfigError, load_config, parse_override
-
-#: Flags that may differ from a saved run's config when resuming it.
-RESUMABLE = {"steps", "device", "threads", "run.progress", "run.log_every",
-             "run.checkpoint_every", "run.max_nonfinite"}
+from dreamer_fast.agents.config import (ALGOS, RESUMABLE, SIZES, ConfigError, load_config,
+                                        parse_override)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -107,13 +104,14 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def run_train(args: argparse.Namespace) -> int:
     from dreamer_fast.agents.checkpoint import CheckpointError
+    from dreamer_fast.agents.replay import ReplayError
     from dreamer_fast.agents.trainer import Trainer
     from dreamer_fast.envs import EnvError
 
     try:
         cfg, logdir = resolve_train_config(args)
         trainer = Trainer(cfg, logdir)
-    except (ConfigError, EnvError, CheckpointError) as e:
+    except (ConfigError, EnvError, CheckpointError, ReplayError) as e:
         print(f"dreamer-fast train: {e}", file=sys.stderr)
         return 2
     print(f"[train] {cfg.algo} size {cfg.size} on {cfg.env}, {cfg.steps} env steps, device "

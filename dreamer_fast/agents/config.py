@@ -95,6 +95,10 @@ def _check_range(key: str, value) -> None:
 
 _LAYER_KEYS = ("presets", "sizes")
 
+#: Keys that may differ from a saved run's config when resuming it.
+RESUMABLE = frozenset({"steps", "device", "threads", "run.progress", "run.log_every",
+                       "run.checkpoint_every", "run.max_nonfinite"})
+
 
 class ConfigError(ValueError):
     """A bad configuration key or value; the message names the key."""
@@ -261,3 +265,21 @@ def from_dict(d: Mapping) -> Config:
     out = _wrap(base)
     validate(out)
     return out
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict:
+    """``{"model": {"deter": 3}}`` -> ``{"model.deter": 3}``."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_differences(saved: Mapping, cfg: Mapping) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, new value)`` of every non-resumable key that differs."""
+    a, b = flatten(saved), flatten(cfg)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if k not in RESUMABLE and a.get(k) != b.get(k)]

@@ -10,6 +10,12 @@ per environment until the episode ends or ``chunk`` steps accumulated; the fragm
 then inserted into the ring (capacity in steps, oldest data overwritten) and written to
 ``directory`` as one ``.npz`` file, so a resumed run reloads its data (:meth:`load`).
 
+The checkpoint records the fragments the ring holds (:meth:`state_dict`: their file
+names, oldest first, each with its number of steps); a resume loads exactly those
+(:meth:`load_state_dict` with ``load=True``) and removes the fragments written after
+the checkpoint, so replay and counters agree after a kill. :meth:`flush` inserts (and
+writes) the unfinished fragments, at the end of a run and on SIGINT/SIGTERM.
+
 Sampling draws ``B`` start indices uniformly over the ring and returns ``[B, T, ...]``
 windows. Windows may cross fragment boundaries; the model must not carry its state
 across one, so the returned ``is_first`` is true at the first step of every window, at
@@ -26,6 +32,27 @@ from pathlib import Path
 import numpy as np
 
 KEYS_FLAGS = ("is_first", "is_last", "is_terminal")
+
+
+class ReplayError(ValueError):
+    """A replay fragment on disk that cannot be read; the message names the file."""
+
+
+def read_fragment(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of one saved fragment; :class:`ReplayError` naming the file when it is
+    truncated or not a fragment."""
+    try:
+        with np.load(path) as z:
+            frag = {k: z[k] for k in z.files}
+    except Exception as e:  # BadZipFile, EOFError, zlib errors, ...
+        raise ReplayError(f"replay fragment {path} cannot be read ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else 'truncated'}); "
+                          f"delete that file to resume without its steps") from None
+    n = {len(v) for v in frag.values()}
+    if "reward" not in frag or len(n) != 1:
+        raise ReplayError(f"replay fragment {path} is not a replay fragment (keys "
+                          f"{sorted(frag)}); delete that file to resume without it")
+    return frag
 
 
 class Replay:
@@ -46,6 +73,7 @@ class Replay:
         self._size = 0     # filled positions
         self._pending: dict[int, list[dict]] = {}
         self._files = self._next_file_index()
+        self._held: list[tuple[str, int]] = []  # (file name, steps) in the ring, oldest first
 
     def __len__(self) -> int:
         return self._size
@@ -60,7 +88,18 @@ class Replay:
             self._pending[worker] = []
             self._insert(_stack(pending), save=True)
 
-    def _insert(self, frag: dict[str, np.ndarray], save: bool) -> None:
+    def flush(self) -> int:
+        """Insert (and write) every unfinished fragment; returns the steps flushed."""
+        n = 0
+        for worker, pending in self._pending.items():
+            if pending:
+                self._pending[worker] = []
+                self._insert(_stack(pending), save=True)
+                n += len(pending)
+        return n
+
+    def _insert(self, frag: dict[str, np.ndarray], save: bool,
+                name: str | None = None) -> None:
         n = len(frag["reward"])
         if not self._data:
             self._data = {k: np.zeros((self.capacity, *v.shape[1:]), v.dtype)
@@ -69,7 +108,12 @@ class Replay:
             raise ValueError(f"Replay: step keys {sorted(frag)} differ from the stored keys "
                              f"{sorted(self._data)}")
         if save and self.directory is not None:
-            self._save(frag)
+            name = self._save(frag)
+        if name is not None:
+            self._held.append((name, n))
+            total = sum(k for _, k in self._held)
+            while self._held and total - self._held[0][1] >= self.capacity:
+                total -= self._held.pop(0)[1]
         if n > self.capacity:  # keep the newest
             frag = {k: v[-self.capacity:] for k, v in frag.items()}
             n = self.capacity
@@ -122,6 +166,7 @@ class Replay:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        return path.name
 
     def load(self) -> int:
         """Insert the newest saved fragments (up to capacity) in their saved order;
@@ -137,17 +182,69 @@ class Replay:
                 break
         loaded = 0
         for p in reversed(chosen):
-            with np.load(p) as z:
-                frag = {k: z[k] for k in z.files}
-            self._insert(frag, save=False)
+            frag = read_fragment(p)
+            self._insert(frag, save=False, name=p.name)
             loaded += len(frag["reward"])
         return loaded
 
-    def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state}
+    def load_files(self, held: list[tuple[str, int]]) -> int:
+        """Insert exactly the fragments ``held`` (``(name, steps)``, oldest first, as in
+        :meth:`state_dict`) and remove every other fragment file of the directory written
+        after the newest of them; returns the number of steps loaded. A listed file that
+        is missing is skipped with a warning; one that is torn raises
+        :class:`ReplayError`."""
+        loaded = 0
+        names = {name for name, _ in held}
+        for name, n in held:
+            path = self.directory / name
+            if not path.exists():
+                print(f"[train] warning: replay fragment {path} ({n} steps) is missing; "
+                      f"resuming without it", flush=True)
+                continue
+            frag = read_fragment(path)
+            if len(frag["reward"]) != n:
+                raise ReplayError(f"replay fragment {path} holds {len(frag['reward'])} "
+                                  f"steps, the checkpoint expects {n}; delete that file "
+                                  f"to resume without it")
+            self._insert(frag, save=False, name=name)
+            loaded += n
+        newest = max((_index(name) for name in names), default=-1)
+        for p in self.directory.glob("*.npz"):
+            i = _index(p.name)
+            if i is not None and i > newest and p.name not in names:
+                p.unlink()  # written after the checkpoint: its steps are collected again
+        for p in self.directory.glob("*.tmp"):
+            p.unlink()
+        self._files = self._next_file_index()
+        return loaded
 
-    def load_state_dict(self, state: dict) -> None:
+    def state_dict(self) -> dict:
+        """The sampling RNG, the fragments the ring holds (``files``: ``(name, steps)``
+        oldest first) and the unfinished fragments (``pending``: worker -> arrays)."""
+        return {"rng": self.rng.bit_generator.state, "files": list(self._held),
+                "pending": {w: _stack(p) for w, p in self._pending.items() if p}}
+
+    def load_state_dict(self, state: dict, load: bool = False) -> int:
+        """Restore the sampling RNG; with ``load``, also the fragments the state lists
+        (:meth:`load_files`; all saved ones for a state without a list). Returns the
+        steps loaded."""
         self.rng.bit_generator.state = state["rng"]
+        if not load or self.directory is None:
+            return 0
+        if "files" not in state:
+            return self.load()
+        loaded = self.load_files([(str(a), int(b)) for a, b in state["files"]])
+        # the checkpoint's unfinished episodes end there: one fragment each
+        for w in sorted(state.get("pending", {})):
+            frag = state["pending"][w]
+            self._insert({k: np.asarray(v) for k, v in frag.items()}, save=True)
+            loaded += len(frag["reward"])
+        return loaded
+
+
+def _index(name: str) -> int | None:
+    m = re.match(r"(\d+)-", name)
+    return int(m.group(1)) if m else None
 
 
 def _stack(steps: list[dict]) -> dict[str, np.ndarray]:

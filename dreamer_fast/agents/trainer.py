@@ -13,10 +13,18 @@ Per vector step (one action for each of the ``N`` environments):
    updates when the prefill ends.
 
 Every ``run.checkpoint_every`` env steps, at the end, and on SIGINT/SIGTERM the
-agent, optimisers, counters and RNG states go to ``<logdir>/checkpoint.pt``
-(atomically); replay fragments are on disk as they fill (``<logdir>/replay``).
-``train`` on a logdir holding a checkpoint resumes from it: the environments start
-new episodes, everything else continues.
+agent, optimisers, counters, RNG states and the list of replay fragments the ring holds
+go to ``<logdir>/checkpoint.pt`` (atomically, the previous one kept as
+``checkpoint.prev.pt``; a state with a non-finite tensor is never written); replay
+fragments are on disk as they fill (``<logdir>/replay``), the unfinished ones at the end
+and on SIGINT/SIGTERM. ``train`` on a logdir holding a checkpoint resumes from it: the
+environments start new episodes, the replay holds exactly the checkpoint's fragments
+(later ones are removed), everything else continues. A run holds an exclusive lock on
+``<logdir>/.lock``.
+
+An update whose loss terms or gradient norms are not finite skips the optimiser step
+concerned (:meth:`.agent.Agent.update`); ``run.max_nonfinite`` such updates in a row
+stop the run (:data:`NONFINITE_EXIT`) without writing a checkpoint.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import yaml
 
 from dreamer_fast.agents import checkpoint
 from dreamer_fast.agents.agent import Agent
-from dreamer_fast.agents.config import Config, ConfigError, from_dict
+from dreamer_fast.agents.config import Config, ConfigError, from_dict, resume_differences
 from dreamer_fast.agents.logger import Logger, read_metrics
 from dreamer_fast.agents.replay import Replay
 from dreamer_fast.envs import make_vector_env
@@ -78,11 +86,40 @@ def seed_everything(seed: int) -> None:
 
 
 def saved_config(logdir: Path) -> Config | None:
-    """The config of an existing run in ``logdir`` (None if there is none)."""
+    """The config of an existing run in ``logdir``: its ``config.yaml``, or the one stored
+    in its checkpoint when that file is gone (None if there is no run)."""
+    logdir = Path(logdir)
     path = logdir / "config.yaml"
-    if not path.exists():
-        return None
-    return from_dict(yaml.safe_load(path.read_text()))
+    if path.exists():
+        return from_dict(yaml.safe_load(path.read_text()))
+    ckpt = logdir / CHECKPOINT
+    if ckpt.exists() or checkpoint.prev_path(ckpt).exists():
+        state, _ = checkpoint.load_with_fallback(ckpt, "cpu", required=("config",))
+        return from_dict(state["config"])
+    return None
+
+
+LOCK = ".lock"
+
+
+def lock_logdir(logdir: Path):
+    """An exclusive ``flock`` on ``<logdir>/.lock`` (held while the returned file is open);
+    :class:`ConfigError` when another trainer holds it."""
+    import fcntl
+    f = open(logdir / LOCK, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        owner = f.read().strip() or "?"
+        f.close()
+        raise ConfigError(f"{logdir} is in use by another trainer (pid {owner}); wait for it "
+                          f"to finish or stop it, or use another --logdir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 class _Stop:
@@ -123,6 +160,7 @@ class Trainer:
         self.envs = make_vector_env(cfg.env, cfg.envs, cfg.seed, **env_kwargs(cfg))
         self.n = cfg.envs
         self.logdir.mkdir(parents=True, exist_ok=True)  # after the env id proved valid
+        self._lock = lock_logdir(self.logdir)
         self.agent = build_agent(cfg, self.envs.single_observation_space, self.envs.act_spec,
                                  self.device)
         self.replay = Replay(cfg.replay.capacity, self.logdir / "replay", cfg.replay.chunk,
@@ -139,6 +177,7 @@ class Trainer:
             (self.logdir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(),
                                                                     sort_keys=False))
         self.logger = Logger(self.logdir)
+        self._checkpointed = self.counters["step"]  # env step of the last checkpoint
 
     # ---- checkpoints -------------------------------------------------------------------
 
@@ -155,12 +194,16 @@ class Trainer:
     def _restore(self, path: Path) -> None:
         state, path = checkpoint.load_with_fallback(
             path, self.device, required=("agent", "counters", "rng", "env_rng", "replay"))
+        diff = resume_differences(from_dict(state["config"]).to_dict(), self.cfg.to_dict())
+        if diff:
+            key, old, new = diff[0]
+            raise ConfigError(f"{path} holds a run with {key}={old!r}; it cannot resume with "
+                              f"{key}={new!r} ({len(diff)} key(s) differ; use a new --logdir)")
         self.agent.load_full_state_dict(state["agent"])
         self.counters.update(state["counters"])
         checkpoint.set_rng_state(state["rng"])
         self.rng.bit_generator.state = state["env_rng"]
-        loaded = self.replay.load()
-        self.replay.load_state_dict(state["replay"])
+        loaded = self.replay.load_state_dict(state["replay"], load=True)
         self.resumed = True
         _truncate_metrics(self.logdir, self.counters["step"])
         print(f"[train] resumed {self.logdir} at env step {self.counters['step']} "
@@ -190,6 +233,7 @@ class Trainer:
                               f"{c['step']}; checkpoint saved, run the same command to "
                               f"resume", flush=True)
                         break
+                self.replay.flush()  # the unfinished episodes, covered by the checkpoint
                 self.save()
             except NonFiniteError as e:
                 self._log(env, log, force=True)
@@ -199,6 +243,7 @@ class Trainer:
             log.bar.close()
         self.logger.close()
         self.envs.close()
+        self._lock.close()
         return code
 
     def _reset_envs(self) -> _EnvSteps:
@@ -309,11 +354,13 @@ class Trainer:
             log.bar.update(c["step"] - log.bar.n)
 
     def _checkpoint_if_due(self) -> None:
-        """A checkpoint whenever the last vector step crossed a multiple of
-        ``run.checkpoint_every`` env steps."""
+        """A checkpoint whenever the env step count crossed a multiple of
+        ``run.checkpoint_every`` since the last one (once: a reset step, which adds no env
+        step, does not repeat it)."""
         step, every = self.counters["step"], self.cfg.run.checkpoint_every
-        if step // every != (step - self.cfg.env_opts.action_repeat * self.n) // every:
+        if step // every > self._checkpointed // every:
             self.save()
+            self._checkpointed = step
 
 
 @dataclasses.dataclass

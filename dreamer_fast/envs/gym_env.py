@@ -24,6 +24,16 @@ def _make_raw(env_id: str, render: bool, time_limit: int) -> gym.Env:
         raise EnvError(f"env 'gym:{env_id}': {e}") from None
 
 
+def is_image_space(space) -> bool:
+    """A uint8 Box shaped ``[H, W]`` or ``[H, W, C]`` with C in 1, 3, 4 (H, W >= 8)."""
+    if not isinstance(space, gym.spaces.Box) or space.dtype != np.uint8:
+        return False
+    shape = tuple(space.shape)
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    return len(shape) == 3 and shape[2] in (1, 3, 4) and min(shape[:2]) >= 8
+
+
 class GymEnv(gym.Env):
     """A gymnasium env with dict observations, normalised or one-hot actions and an action
     repeat (rewards summed, stopping at the end of the episode)."""
@@ -55,15 +65,32 @@ class GymEnv(gym.Env):
         if not self._pixels and not isinstance(raw_obs, gym.spaces.Box):
             raise EnvError(f"env 'gym:{env_id}': observation space {raw_obs} is not a Box; "
                            "use obs=pixels")
-        dim = int(np.prod(raw_obs.shape)) if not self._pixels else 0
-        self.observation_space = obs_space("pixels" if self._pixels else "proprio", dim,
-                                           self._size)
+        # A uint8 [H, W], [H, W, 1|3|4] Box is an image: it goes to the CNN encoder.
+        self._image_obs = not self._pixels and is_image_space(raw_obs)
+        if self._image_obs and obs == "proprio":
+            raise EnvError(f"env 'gym:{env_id}': the observations are images ({raw_obs}); "
+                           "use obs=auto or pixels (--pixels), not proprio")
+        if (not self._pixels and not self._image_obs and raw_obs.dtype == np.uint8
+                and len(raw_obs.shape) >= 2):
+            raise EnvError(f"env 'gym:{env_id}': uint8 observations of shape "
+                           f"{raw_obs.shape} are neither an image [H, W, 1|3|4] nor a "
+                           "vector; wrap the env to give one of them")
+        image = self._pixels or self._image_obs
+        dim = int(np.prod(raw_obs.shape)) if not image else 0
+        self.observation_space = obs_space("pixels" if image else "proprio", dim, self._size)
         self.action_space = act_space(self.act_spec)
         self._seed = seed
 
     def _obs(self, raw) -> dict:
         if self._pixels:
             return {"image": resize_image(self._env.render(), self._size)}
+        if self._image_obs:
+            img = np.asarray(raw, np.uint8)
+            if img.ndim == 2:
+                img = img[..., None]
+            if img.shape[-1] == 1:
+                img = np.repeat(img, 3, axis=-1)
+            return {"image": resize_image(img[..., :3], self._size)}
         return {"vector": np.asarray(raw, np.float32).reshape(-1)}
 
     def _action(self, action: np.ndarray):
@@ -77,8 +104,11 @@ class GymEnv(gym.Env):
         return (self._low + (a + 1.0) * 0.5 * (self._high - self._low)).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options=None):
-        if seed is None and self._seed is not None:
-            seed, self._seed = self._seed, None
+        # the construction seed seeds the first reset only, unless that one is given a
+        # seed itself (an autoreset after it must not replay the first episode's start)
+        if seed is None:
+            seed = self._seed
+        self._seed = None
         raw, info = self._env.reset(seed=seed)
         return self._obs(raw), {}
 
