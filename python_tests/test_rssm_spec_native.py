@@ -123,3 +123,38 @@ def test_actor_spec_fields():
         imagine(good.replace("actions=2", "actions=3"))
     with pytest.raises(RuntimeError, match="spec field 'max_std' is missing"):
         imagine(good.replace("max_std=1.0;", ""))
+
+
+@pytest.mark.parametrize("cell", ["gru", "ln_gru", "block_gru"])
+@pytest.mark.parametrize("arg,embed_size,action_size", [
+    ("embed", 9, 2), ("embed", 7, 2), ("action", 8, 3), ("action", 8, 1)])
+def test_observe_input_sizes_checked_by_the_op(cell, arg, embed_size, action_size):
+    """Called directly, the op checks embed and action against the parameters (a short
+    embed was read as garbage; a long one hit an internal assert)."""
+    from dreamer_fast.nn import RSSM
+    from dreamer_fast.ops._native_spec import native_rssm_spec
+    rssm = RSSM(stoch=4, classes=4, deter=16, hidden=16, action_size=2, embed_size=8,
+                cell=cell, blocks=4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=f"rssm_observe: `{arg}` has"):
+        torch.ops.dreamer_fast.rssm_observe(
+            rssm.spec_params(), *native_rssm_spec(rssm.spec()),
+            torch.zeros(B, T, embed_size, dtype=torch.float64),
+            torch.zeros(B, T, action_size, dtype=torch.float64),
+            torch.ones(B, T, dtype=torch.float64), torch.zeros(B, 16, dtype=torch.float64),
+            torch.zeros(B, 16, dtype=torch.float64), torch.rand(B, T, 4, dtype=torch.float64),
+            torch.rand(B, T, 4, dtype=torch.float64), False)
+
+
+@pytest.mark.parametrize("cell", ["gru", "ln_gru", "block_gru"])
+@pytest.mark.parametrize("action_size", [1, 3])
+def test_imagine_action_size_checked_by_the_op(cell, action_size):
+    from dreamer_fast.nn import RSSM
+    from dreamer_fast.ops._native_spec import native_rssm_spec
+    rssm = RSSM(stoch=4, classes=4, deter=16, hidden=16, action_size=2, embed_size=8,
+                cell=cell, blocks=4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="rssm_imagine: `actions` has"):
+        torch.ops.dreamer_fast.rssm_imagine(
+            rssm.spec_params(), *native_rssm_spec(rssm.spec()), [], "",
+            torch.zeros(B, 16, dtype=torch.float64), torch.zeros(B, 16, dtype=torch.float64),
+            torch.zeros(B, 3, action_size, dtype=torch.float64), torch.empty(0),
+            torch.rand(B, 3, 4, dtype=torch.float64), 3, False, False, False)

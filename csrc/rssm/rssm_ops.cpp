@@ -133,6 +133,23 @@ void pack_cell(gemm::PackedWeights& pk, at::TensorList P, const Spec& s, bool ba
   // block_gru: block-diagonal products (bmm) and a per-call weight copy, not packed
 }
 
+// The sizes the parameters fix (parse_rssm has checked that the layers agree with each
+// other): the deter, action and embed sizes the inputs must have.
+struct ModelSizes {
+  int64_t deter, action, embed;
+};
+ModelSizes model_sizes(at::TensorList P, const Spec& s) {
+  const int64_t D = P[s.img_out[0].w].size(1);
+  // block_gru: the action input layer's W [U, A] is the cell's 7th tensor (cells.h)
+  const int64_t A = s.block_gru() ? P[s.cell.first + 6].size(1)
+                                  : P[s.img_in[0].w].size(1) - s.flat_stoch();
+  return {D, A, P[s.obs_out[0].w].size(1) - D};
+}
+void check_size(const char* op, const char* name, int64_t got, int64_t want, const char* what) {
+  TORCH_CHECK(got == want, op, ": `", name, "` has ", got, " features in its last dimension, "
+              "but the parameters take ", want, " (", what, ")");
+}
+
 void check_seq(const char* op, const char* name, const Tensor& t, const Tensor& like,
                at::IntArrayRef shape) {
   TORCH_CHECK(t.sizes() == shape, op, ": `", name, "` must have shape ", shape, ", got ",
@@ -158,6 +175,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
   const int64_t B = embed.size(0), T = embed.size(1), E = embed.size(2), A = action.size(2);
   const int64_t D = deter0.size(1), SF = s.flat_stoch(), S = s.stoch;
   TORCH_CHECK(T >= 1, kObserve, ": the sequence must have T >= 1 steps");
+  TORCH_CHECK(deter0.dim() == 2, kObserve, ": `deter` must be [B, D], got ", deter0.sizes());
+  const ModelSizes m = model_sizes(P, s);
+  check_size(kObserve, "embed", E, m.embed, "the posterior MLP's input is cat(deter, embed)");
+  check_size(kObserve, "action", A, m.action, "the RSSM's action size");
+  check_size(kObserve, "deter", D, m.deter, "the deter size");
   check_seq(kObserve, "action", action, embed, {B, T, A});
   check_seq(kObserve, "keep", keep, embed, {B, T});
   check_seq(kObserve, "deter", deter0, embed, {B, D});
@@ -370,11 +392,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
   TORCH_CHECK(deter0.dim() == 2, kImagine, ": `deter` must be [N, D], got ", deter0.sizes());
   const int64_t N = deter0.size(0), D = deter0.size(1), SF = s.flat_stoch(), S = s.stoch,
                 H = horizon;
+  const ModelSizes m = model_sizes(P, s);
+  check_size(kImagine, "deter", D, m.deter, "the deter size");
   check_seq(kImagine, "stoch", stoch0, deter0, {N, SF});
   check_seq(kImagine, "stoch_noise", stoch_noise, deter0, {N, H, S});
   int64_t A;
   if (use_actor) {
     A = as.actions;
+    check_size(kImagine, "actor_spec", A, m.action, "the RSSM's action size; `actor_spec` "
+               "field 'actions'");
     check_seq(kImagine, "action_noise", action_noise, deter0,
               {N, H, as.head == kCategorical ? 1 : A});
     TORCH_CHECK(AP[as.layers[0].w].size(1) == SF + D, kImagine, ": the actor takes features of ",
@@ -382,6 +408,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
   } else {
     TORCH_CHECK(actions.dim() == 3, kImagine, ": `actions` must be [N, H, A]");
     A = actions.size(2);
+    check_size(kImagine, "actions", A, m.action, "the RSSM's action size");
     check_seq(kImagine, "actions", actions, deter0, {N, H, A});
   }
   TORCH_CHECK(P[0].scalar_type() == deter0.scalar_type() && P[0].device() == deter0.device(),
