@@ -706,3 +706,36 @@ def test_medium_matmul_precision_rollout_stays_within_float32_tolerance(classes)
     torch.testing.assert_close(got["action"], want["action"], rtol=1e-4, atol=1e-4)
     if classes:
         assert torch.equal(got["stoch"].argmax(-1), want["stoch"].argmax(-1))
+
+
+@pytest.mark.parametrize("backend", ["fused", "ref"])
+@pytest.mark.parametrize("cell", ["gru", "ln_gru", "block_gru"])
+def test_module_transitions_reject_wrong_input_sizes(backend, cell):
+    """observe / obs_step / img_step / imagine_with_action on both backends: an embed or
+    action of the wrong size, or embed and action of different B or T, is an error naming
+    the argument (the fused path read a short embed as garbage, the reference truncated
+    to the shorter T)."""
+    rssm = RSSM(stoch=4, classes=4, deter=16, hidden=16, action_size=2, embed_size=8,
+                cell=cell, blocks=4, backend=backend, dtype=torch.float64)
+    B, T = 3, 5
+    f64 = dict(dtype=torch.float64)
+    first = torch.zeros(B, T, dtype=torch.bool)
+    bad_observe = {
+        "embed": [(torch.zeros(B, T, 7, **f64), torch.zeros(B, T, 2, **f64)),
+                  (torch.zeros(B, T, 9, **f64), torch.zeros(B, T, 2, **f64))],
+        "action": [(torch.zeros(B, T, 8, **f64), torch.zeros(B, T, 3, **f64)),
+                   (torch.zeros(B, T, 8, **f64), torch.zeros(B, T - 1, 2, **f64)),
+                   (torch.zeros(B, T, 8, **f64), torch.zeros(B + 1, T, 2, **f64))],
+    }
+    for arg, cases in bad_observe.items():
+        for embed, action in cases:
+            with pytest.raises(ValueError, match=f"`{arg}`"):
+                rssm.observe(embed, action, first)
+            if action.shape[1] != T:
+                continue  # one step has no T
+            with pytest.raises(ValueError, match=f"`{arg}`"):
+                rssm.obs_step(rssm.initial(B), action[:, 0], embed[:, 0], first[:, 0])
+    with pytest.raises(ValueError, match="`actions?`"):
+        rssm.img_step(rssm.initial(B), torch.zeros(B, 3, **f64))
+    with pytest.raises(ValueError, match="`actions?`"):
+        rssm.imagine_with_action(torch.zeros(B, 4, 1, **f64), rssm.initial(B))
