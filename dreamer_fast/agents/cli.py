@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from dreamer_fast.agents.config import (ALGOS, RESUMABLE, SIZES, ConfigError, load_config,
+from dreamer_fast.agents.config import (ALGOS, RESUMABLE, SIZES, ConfigError, flatten, load_config,
                                         parse_override)
 
 
@@ -89,17 +89,7 @@ def resolve_train_config(args: argparse.Namespace):
             raise ConfigError(f"{logdir} holds a run with {key}={old!r}; it cannot resume "
                               f"with {key}={value!r} (use a new --logdir)")
     keep = {k: cfg.get_path(k) for k in flat if k in RESUMABLE}
-    return load_config(overrides={**_flatten(saved.to_dict()), **keep}), logdir
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    return load_config(overrides={**flatten(saved.to_dict()), **keep}), logdir
 
 
 def run_train(args: argparse.Namespace) -> int:

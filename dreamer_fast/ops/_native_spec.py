@@ -22,6 +22,8 @@ double), bools as ``0`` / ``1``::
 
 from __future__ import annotations
 
+import functools
+
 from dreamer_fast.ops.dense import ACTS, NORMS
 from dreamer_fast.ops.rssm_spec import ActorSpec, DenseSpec, RSSMSpec
 
@@ -40,6 +42,8 @@ def _join(fields: dict[str, str]) -> str:
     return ";".join(f"{k}={v}" for k, v in fields.items())
 
 
+# Specs are frozen (hashable) and fixed per module: each one's string is built once.
+@functools.lru_cache(maxsize=256)
 def native_rssm_spec(spec: RSSMSpec) -> tuple:
     """The RSSM spec argument of the native ops (see the module docstring)."""
     assert spec.cell_act in ACTS, spec.cell_act
@@ -54,6 +58,7 @@ def native_rssm_spec(spec: RSSMSpec) -> tuple:
     }),)
 
 
+@functools.lru_cache(maxsize=256)
 def native_actor_spec(spec: ActorSpec | None) -> tuple:
     """The actor spec argument of the native ops; ``None``: no actor."""
     if spec is None:
