@@ -361,13 +361,13 @@ def test_sigkill_between_checkpoints_resumes_the_checkpoints_replay(tmp_path):
 # ---- soak: random SIGKILLs and resumes ------------------------------------------------
 
 def test_soak_random_sigkills_then_resume(tmp_path):
-    """A 2,000-step run killed with SIGKILL at random points five times (resumed each
+    """A 1,500-step run killed with SIGKILL at random points four times (resumed each
     time), then run to the end: the target step count, a replay holding exactly the
     checkpoint's fragments with no duplicated step, finite weights."""
-    logdir, steps, every, repeat = tmp_path / "run", 2000, 200, 2
+    logdir, steps, every, repeat = tmp_path / "run", 1500, 200, 2
     rng = np.random.default_rng(0)
     segments = 0
-    for _ in range(5):
+    for _ in range(4):
         proc = _spawn(logdir, steps, every)
         segments += 1
         try:
