@@ -296,12 +296,12 @@ class Trainer:
         with _Stop() as stop:
             try:
                 while c["step"] < self.cfg.steps:
-                    finished = self._record(env)
+                    self._record(env)
                     action = self._act(env)
                     agent_steps = self._step_envs(env, action)
                     # data-parallel: the ranks' totals, so every rank takes the same
                     # decisions below (a single process: its own values)
-                    sync = self.dist.step_sync(agent_steps, finished,
+                    sync = self.dist.step_sync(agent_steps, env.finished,
                                                len(self.replay) >= self.cfg.run.batch_length,
                                                int(stop.signal or 0))
                     self._count(env, sync)
@@ -342,10 +342,10 @@ class Trainer:
                          policy_state=self.agent.initial_state(n), ep_return=np.zeros(n),
                          ep_length=np.zeros(n, int), recent=collections.deque(maxlen=10))
 
-    def _record(self, env: _EnvSteps) -> list[tuple[float, int]]:
-        """The newest step of every environment into the replay; returns the episodes
-        that finished (``(return, length)``; :meth:`_count` logs them)."""
-        finished = []
+    def _record(self, env: _EnvSteps) -> None:
+        """The newest step of every environment into the replay; the episodes that
+        finished into ``env.finished`` (``(return, length)``; :meth:`_count` logs them)."""
+        env.finished = finished = []
         for i in range(self.n):
             self.replay.add(_step_record(self.agent.obs_key, env.obs, i, env.prev_action,
                                          env.reward, env.is_first, env.is_last, env.is_term), i)
@@ -355,7 +355,6 @@ class Trainer:
             if env.is_last[i]:
                 finished.append((float(env.ep_return[i]), int(env.ep_length[i])))
                 env.ep_return[i], env.ep_length[i] = 0.0, 0
-        return finished
 
     def _count(self, env: _EnvSteps, sync: distributed.StepSync) -> None:
         """The vector step's finished episodes (of every rank) into the log and the
@@ -479,6 +478,8 @@ class _EnvSteps:
     ep_return: np.ndarray
     ep_length: np.ndarray
     recent: collections.deque  # the returns of the last 10 episodes
+    # the episodes this rank finished in the current vector step: (return, length)
+    finished: list = dataclasses.field(default_factory=list)
 
 
 class _NoLogger:
