@@ -187,6 +187,11 @@ def test_first_update_equals_a_single_process_on_the_concatenated_batch(tmp_path
     grads = dist_worker.record_grads(agent)
     torch.manual_seed(1234)
     metrics = agent.update(batch)
+    # every parameter of every optimiser got a gradient, the actor's and the critic's
+    # through the fused imagination op: what DDP without find_unused_parameters needs
+    assert set(grads) == {"wm_opt", "actor_opt", "critic_opt"}
+    for name, ref in grads.items():
+        assert ref and all(g is not None for g in ref), name
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     for r in ranks:
         for name, ref in grads.items():
