@@ -2,7 +2,7 @@
 
 Each test starts ``torch.distributed.run --standalone --nproc_per_node=2`` in a subprocess:
 the real CLI (a short run; SIGKILL of the whole job then resume; a world-size mismatch
-refused) or ``dist_worker.py`` for the checks that need hooks inside the ranks (weights
+refused; SIGTERM of the launcher saving every rank) or ``dist_worker.py`` for the checks that need hooks inside the ranks (weights
 equal after every update; the first update against a single process on the concatenated
 batch; the non-finite guard agreeing; the world model under DDP).
 """
@@ -262,3 +262,42 @@ def test_sigkill_of_the_job_then_resume(tmp_path):
     for r in range(2):
         files = saved["ranks"][r]["replay"]["files"]
         assert final["ranks"][r]["replay"]["files"][:len(files)] == files
+
+
+def test_sigterm_of_the_launcher_saves_every_rank(tmp_path):
+    # torchrun passes SIGTERM on to the ranks; they agree on it at the next vector step
+    # and write one checkpoint (no periodic one is due) holding both ranks' state
+    logdir = tmp_path / "run"
+    proc = subprocess.Popen(_torchrun(*_train_args(logdir, 100000)), env=_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def training() -> bool:
+        try:
+            return any(r.get("train/updates", 0) > 0 for r in read_metrics(logdir))
+        except FileNotFoundError:
+            return False
+
+    t0 = time.time()
+    try:
+        while not training():
+            assert proc.poll() is None, proc.communicate()[0][-4000:]
+            assert time.time() - t0 < TIMEOUT, "timed out"
+            time.sleep(0.1)
+        assert not (logdir / CHECKPOINT).exists()
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=TIMEOUT)[0]
+    finally:
+        if proc.poll() is None:  # a failed test: leave no rank behind
+            for pid in _children(proc.pid) + [proc.pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
+    saved = checkpoint.load(logdir / CHECKPOINT)
+    assert saved["world_size"] == 2 and len(saved["ranks"]) == 2, out[-4000:]
+    assert 0 < saved["counters"]["step"] < 100000 and saved["counters"]["updates"] > 0
+    for r in range(2):
+        files = saved["ranks"][r]["replay"]["files"]
+        shard = logdir / "replay" / f"rank{r}"
+        assert files and {f for f, _ in files} <= {p.name for p in shard.glob("*.npz")}
