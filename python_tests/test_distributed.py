@@ -2,9 +2,10 @@
 
 Each test starts ``torch.distributed.run --standalone --nproc_per_node=2`` in a subprocess:
 the real CLI (a short run; SIGKILL of the whole job then resume; a world-size mismatch
-refused; SIGTERM of the launcher saving every rank) or ``dist_worker.py`` for the checks that need hooks inside the ranks (weights
-equal after every update; the first update against a single process on the concatenated
-batch; the non-finite guard agreeing; the world model under DDP).
+refused; SIGTERM of the launcher saving every rank) or ``dist_worker.py`` for the checks
+that need hooks inside the ranks (weights equal after every update; the first update
+against a single process on the concatenated batch; the non-finite guard agreeing; the
+world model under DDP).
 """
 
 from __future__ import annotations
