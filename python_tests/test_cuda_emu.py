@@ -384,21 +384,27 @@ def dense_epilogue_ref(z, w, b, norm, act, eps):
     return ACTS[act](y), torch.cat([mean, rstd], 1), y, xhat
 
 
-# (B, N, norm, affine, act, eps): norm 0 none / 1 layer / 2 rms; affine "wb" / "w" / ""
+# (B, N, norm, affine, act, eps, sums): norm 0 none / 1 layer / 2 rms; affine "wb" / "w" /
+# ""; sums: the column sums the backward is asked for ("dy" Σ dy, "dyx" Σ dy ⊙ x̂), which
+# with the affine parameters selects the row function's compile-time or run-time variant
 DENSE_CASES = [
-    (1, 1, 1, "wb", 1, 1e-3), (1, 33, 1, "wb", 2, 1e-3), (9, 255, 1, "wb", 1, 1e-5),
-    (13, 17, 1, "wb", 3, 0.1), (5, 64, 1, "wb", 4, 1e-3), (7, 31, 1, "wb", 5, 1e-3),
-    (6, 40, 1, "wb", 0, 1e-3), (11, 19, 1, "w", 1, 1e-3), (4, 23, 1, "", 2, 1e-3),
-    (9, 45, 2, "w", 1, 1e-4), (3, 7, 2, "", 3, 1e-3), (17, 5, 0, "", 1, 1e-3),
-    (8, 50, 0, "", 4, 1e-3), (0, 5, 1, "wb", 1, 1e-3),
+    (1, 1, 1, "wb", 1, 1e-3, "dy,dyx"), (1, 33, 1, "wb", 2, 1e-3, "dy,dyx"),
+    (9, 255, 1, "wb", 1, 1e-5, "dy,dyx"), (13, 17, 1, "wb", 3, 0.1, "dyx"),
+    (5, 64, 1, "wb", 4, 1e-3, "dy,dyx"), (7, 31, 1, "wb", 5, 1e-3, "dy"),
+    (6, 40, 1, "wb", 0, 1e-3, "dy,dyx"), (11, 19, 1, "w", 1, 1e-3, "dy,dyx"),
+    (4, 23, 1, "", 2, 1e-3, "dy,dyx"), (9, 45, 2, "w", 1, 1e-4, "dy,dyx"),
+    (10, 9, 2, "w", 3, 1e-3, "dyx"), (3, 7, 2, "", 3, 1e-3, "dy,dyx"),
+    (17, 5, 0, "", 1, 1e-3, ""), (8, 50, 0, "", 4, 1e-3, ""), (0, 5, 1, "wb", 1, 1e-3, "dy,dyx"),
+    (3, 0, 1, "wb", 1, 1e-3, "dy,dyx"),
 ]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", dtype_params())
-@pytest.mark.parametrize("B,N,norm,affine,act,eps", DENSE_CASES, ids=[
-    f"B{b}N{n}norm{nm}{af}-{ACT_NAMES[a]}-eps{e:g}" for b, n, nm, af, a, e in DENSE_CASES])
-def test_dense_epilogue(backend, dtype, B, N, norm, affine, act, eps):
+@pytest.mark.parametrize("B,N,norm,affine,act,eps,sums", DENSE_CASES, ids=[
+    f"B{b}N{n}norm{nm}{af}-{ACT_NAMES[a]}-eps{e:g}-sums[{sm}]"
+    for b, n, nm, af, a, e, sm in DENSE_CASES])
+def test_dense_epilogue(backend, dtype, B, N, norm, affine, act, eps, sums):
     gen = make_generator("dense", B, N, norm, affine, act, dtype)
     f = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
     z = stored(f(B, N) * 2 + 0.3, dtype)
@@ -406,13 +412,13 @@ def test_dense_epilogue(backend, dtype, B, N, norm, affine, act, eps):
     bias = stored(0.2 * f(N), dtype) if "b" in affine else None
     dout = stored(f(B, N), dtype)
     acc = acc_dtype(dtype)
-    sums = norm != 0  # the norm parameters' gradients (what a layer with a norm asks for)
+    sums = set(filter(None, sums.split(",")))
 
     def case(b):
         out, stats = b.nan((B, N), dtype), b.nan((B, 2), acc)
         b.launchers.epilogue_forward(b.to(z), b.to(w), b.to(bias), norm, act, eps, out, stats)
-        dys = b.nan((N,), acc) if sums else None
-        dyxs = b.nan((N,), acc) if sums else None
+        dys = b.nan((N,), acc) if "dy" in sums else None
+        dyxs = b.nan((N,), acc) if "dyx" in sums else None
         dz = b.nan((B, N), dtype)
         b.launchers.epilogue_backward(b.to(dout), b.to(z), stats, b.to(w), b.to(bias), norm, act,
                                       eps, dys, dyxs, dz)
@@ -426,8 +432,10 @@ def test_dense_epilogue(backend, dtype, B, N, norm, affine, act, eps):
         dz, dy = torch.autograd.grad(out, [zr, y], up(dout, dtype))
         refs["dz"] = dz
         scales = {"dz": norm_grad_scale(dz, dy, up(w, dtype), stats.detach())}
-        if sums:
-            refs.update(dy_sum=dy.sum(0), dy_xhat_sum=(dy * xhat.detach()).sum(0))
+        if "dy" in sums:
+            refs["dy_sum"] = dy.sum(0)
+        if "dyx" in sums:
+            refs["dy_xhat_sum"] = (dy * xhat.detach()).sum(0)
     else:
         scales = {}
     check(o, refs, dtype, acc_names=("stats", "dy_sum", "dy_xhat_sum"), scales=scales)
@@ -898,3 +906,34 @@ def test_half_accumulation_is_rejected():
     with pytest.raises(AssertionError, match="ulps of torch.float16"):
         assert_ulp_close(e / _half_sequential_sum(e).unsqueeze(1), ref, h,
                          "softmax (float16 normaliser)")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="f32"),
+                                   pytest.param(torch.float16, id="f16")])
+@pytest.mark.parametrize("K", [5, 40, 300], ids=["thread-row", "warp-row", "warp-reread"])
+def test_categorical_special_values(backend, dtype, K):
+    """A NaN logit makes its row NaN; -inf logits get only the unimix floor; large logits
+    do not overflow (the row max is taken first) — in every categorical kernel."""
+    gen = make_generator("categorical_special", K, dtype)
+    R = 11  # rows of two blocks of the warp kernel (8 per block)
+    logits = torch.randn(R, K, generator=gen, dtype=torch.float64)
+    logits[0, K // 2] = float("nan")
+    logits[1, : K // 2] = float("-inf")
+    logits[2] *= 30
+    logits = stored(logits, dtype)
+    uniform = stored(torch.rand(R, generator=gen, dtype=torch.float64) * 0.999, dtype)
+    g = stored(torch.randn(R, K, generator=gen, dtype=torch.float64), dtype)
+
+    def case(b):
+        probs, sample, gl = (b.nan((R, K), dtype) for _ in range(3))
+        b.launchers.categorical_forward(b.to(logits), b.to(uniform), 0.01, probs, sample)
+        b.launchers.categorical_backward(b.to(g), None, b.to(logits), 0.01, gl)
+        return {"probs": probs, "sample": sample, "g_logits": gl}
+
+    o = run(backend, case)
+    lr = up(logits, dtype).requires_grad_()
+    sample, probs = ops.categorical_sample_ref(lr, up(uniform, dtype), 0.01)
+    (gl,) = torch.autograd.grad(sample, lr, up(g, dtype))
+    assert torch.isnan(o["probs"][0]).all()
+    check(o, {"probs": probs.detach(), "sample": sample.detach(), "g_logits": gl}, dtype)
