@@ -46,14 +46,14 @@ def _load_emu():
         else:
             from dreamer_fast import _cuda_emu as mod
         return mod, None
-    except ImportError as exc:
+    except (ImportError, OSError) as exc:  # not built, or EMU_MODULE_ENV names no file
         return None, exc
 
 
 EMU, EMU_ERROR = _load_emu()
 EMU_MISSING_REASON = (
-    "dreamer_fast._cuda_emu is not built (the build found no CUDA headers: cuda_fp16.h / "
-    f"cuda_bf16.h; see CMakeLists.txt, DREAMER_FAST_CUDA_EMU): {EMU_ERROR}")
+    "dreamer_fast._cuda_emu is not available (it is built only where the CUDA headers "
+    f"cuda_fp16.h / cuda_bf16.h are found; see CMakeLists.txt, DREAMER_FAST_CUDA_EMU): {EMU_ERROR}")
 
 
 def _device_launchers():
@@ -124,13 +124,14 @@ def ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.ldexp(torch.ones_like(a), (e - 1 - _MANTISSA[dtype]).to(torch.int64))
 
 
-#: storage dtype -> (n_store, n_acc) of assert_ulp_close (calibrated on the cases of
-#: test_cuda_emu.py: the largest errors seen are a few times smaller).
+#: storage dtype -> (n_store, n_acc) of assert_ulp_close. Measured on the cases of
+#: test_cuda_emu.py: the largest float64 / float32 error is 4.8 eps x max|ref|, and every
+#: case still passes with n_acc = 6; a float16 accumulator is thousands of ulps out.
 ULP_TOLERANCE = {
-    torch.float64: (4, 64),
-    torch.float32: (4, 64),
-    torch.float16: (1, 64),
-    torch.bfloat16: (1, 64),
+    torch.float64: (4, 16),
+    torch.float32: (4, 16),
+    torch.float16: (1, 16),
+    torch.bfloat16: (1, 16),
 }
 
 

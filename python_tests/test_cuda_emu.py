@@ -833,7 +833,7 @@ def test_every_launcher_and_kernel_file_is_emulated():
     declared = set()
     for header in CSRC.glob("*/*.h"):
         declared |= set(re.findall(r"void (\w+)_cuda\(", header.read_text()))
-    assert len(declared) == 18
+    assert len(declared) >= 18  # the 18 launchers of scan, cells, dense, heads
     missing = sorted(n for n in declared if not hasattr(emu, n))
     assert not missing, f"launchers without an emulated binding: {missing}"
     source = pathlib.Path(__file__).read_text()

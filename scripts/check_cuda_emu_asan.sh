@@ -11,17 +11,22 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 build="build/cuda-emu-asan"
 echo "[asan] configuring ${build}"
+# Debug: no link-time optimisation (pybind11 adds it to optimised builds; with the
+# sanitizers it doubles the build time); the sanitized target itself is built with -O1 -g.
 cmake -S . -B "$build" -G Ninja -DPython_EXECUTABLE="$(command -v python)" \
-  -DDREAMER_FAST_CUDA=OFF -DDREAMER_FAST_CUDA_EMU=ON \
+  -DCMAKE_BUILD_TYPE=Debug -DDREAMER_FAST_CUDA=OFF -DDREAMER_FAST_CUDA_EMU=ON \
   -DDREAMER_FAST_CUDA_EMU_SANITIZE=address,undefined >/dev/null
 echo "[asan] building _cuda_emu with -fsanitize=address,undefined"
 cmake --build "$build" --target _cuda_emu
 module="$(ls "$PWD/$build"/_cuda_emu*.so)"
 asan_rt="$(g++ -print-file-name=libasan.so)"
 [[ -f "$asan_rt" ]] || { echo "[asan] libasan.so not found (g++ -print-file-name)" >&2; exit 1; }
-echo "[asan] pytest -m cuda_emu with ${module##*/} (LD_PRELOAD ${asan_rt})"
+# libstdc++ preloaded too: the interpreter does not link it, and ASan's __cxa_throw
+# interceptor must find the real one when it starts (else the first C++ exception aborts)
+preload="$asan_rt $(g++ -print-file-name=libstdc++.so)"
+echo "[asan] pytest -m cuda_emu with ${module##*/} (LD_PRELOAD ${preload})"
 # detect_leaks=0: the interpreter's own allocations at exit are not ours to judge
-LD_PRELOAD="$asan_rt" \
+LD_PRELOAD="$preload" \
   ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1" \
   UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
   DREAMER_FAST_CUDA_EMU_MODULE="$module" DREAMER_FAST_REQUIRE_CUDA_EMU=1 \
@@ -31,7 +36,7 @@ LD_PRELOAD="$asan_rt" \
 # their ends, which ASan must report (in a child process: the report aborts it).
 echo "[asan] an out-of-bounds launch must be reported"
 set +e
-report="$(LD_PRELOAD="$asan_rt" ASAN_OPTIONS="detect_leaks=0" DREAMER_FAST_CUDA_EMU_MODULE="$module" \
+report="$(LD_PRELOAD="$preload" ASAN_OPTIONS="detect_leaks=0" DREAMER_FAST_CUDA_EMU_MODULE="$module" \
   python -c '
 import importlib.util, os, torch
 spec = importlib.util.spec_from_file_location("dreamer_fast._cuda_emu", os.environ["DREAMER_FAST_CUDA_EMU_MODULE"])
