@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/cpu_vector_math.h"  // before any shared math header
+#include "common/parallel_grain.h"
 
 namespace dreamer_fast {
 
@@ -20,9 +21,9 @@ struct CpuCvt {
   static inline scalar_t store(acc_t x) { return static_cast<scalar_t>(x); }
 };
 
-// Rows per at::parallel_for task so that a task has ~16k elements of work.
+// Rows per at::parallel_for task so that a task has >= kMinTaskElements elements of work.
 inline int64_t row_grain(int64_t cols) {
-  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, cols));
+  return std::max<int64_t>(1, kMinTaskElements / std::max<int64_t>(1, cols));
 }
 
 // Column sums over the rows of an at::parallel_for (the norm-parameter gradients of a

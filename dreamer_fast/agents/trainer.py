@@ -174,9 +174,12 @@ class Trainer:
         if ckpt.exists() or checkpoint.prev_path(ckpt).exists():
             self._restore(ckpt)
         else:
+            self._discard_uncheckpointed()
             (self.logdir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(),
                                                                     sort_keys=False))
-        self.logger = Logger(self.logdir)
+        # TensorBoard hides a killed run's events after the step resumed from
+        self.logger = Logger(self.logdir, purge_step=self.counters["step"] + 1
+                             if self.resumed else 0)
         self._checkpointed = self.counters["step"]  # env step of the last checkpoint
 
     # ---- checkpoints -------------------------------------------------------------------
@@ -208,6 +211,18 @@ class Trainer:
         _truncate_metrics(self.logdir, self.counters["step"])
         print(f"[train] resumed {self.logdir} at env step {self.counters['step']} "
               f"({self.counters['updates']} updates, {loaded} replay steps)", flush=True)
+
+    def _discard_uncheckpointed(self) -> None:
+        """A fresh start on a logdir that a run stopped before its first checkpoint left
+        behind: that run's replay fragments and metric records cover steps this run
+        collects again from step 0, so they go (otherwise the replay would hold those
+        steps twice and no checkpoint would ever list them)."""
+        removed = self.replay.discard_after(-1)
+        if removed:
+            print(f"[train] removed {removed} replay fragment(s) that no checkpoint "
+                  f"covers (a run stopped before its first checkpoint); starting at "
+                  f"env step 0", flush=True)
+        _truncate_metrics(self.logdir, -1)
 
     # ---- loop --------------------------------------------------------------------------
 
