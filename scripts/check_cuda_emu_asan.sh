@@ -3,13 +3,14 @@
 # AddressSanitizer and UndefinedBehaviorSanitizer: our CPU-side stand-in for
 # compute-sanitizer memcheck over the real CUDA kernel files. Any report fails: ASan
 # aborts at its first error, UBSan is built without recovery (-fno-sanitize-recover=all).
-# Builds only the _cuda_emu target, into build/cuda-emu-asan (the installed extension is
-# left alone; the tests load the sanitized module through DREAMER_FAST_CUDA_EMU_MODULE).
+# Builds only the _cuda_emu target, into build/cuda-emu-asan (or DREAMER_FAST_ASAN_BUILD_DIR;
+# the installed extension is left alone: the tests load the sanitized module through
+# DREAMER_FAST_CUDA_EMU_MODULE).
 # Run inside the project venv; extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-build="build/cuda-emu-asan"
+build="${DREAMER_FAST_ASAN_BUILD_DIR:-build/cuda-emu-asan}"
 echo "[asan] configuring ${build}"
 # Debug: no link-time optimisation (pybind11 adds it to optimised builds; with the
 # sanitizers it doubles the build time); the sanitized target itself is built with -O1 -g.
