@@ -567,8 +567,9 @@ def test_categorical_sample(backend, dtype, R, K):
         if b.name == "emu":
             b.launchers.reset_counters()
         b.launchers.categorical_forward(b.to(logits), b.to(uniform), unimix, probs, sample)
-        if b.name == "emu" and R and K > 8:  # the warp kernel: 32-lane shuffles
-            assert b.launchers.counters()["max_exchange_lanes"] == 32
+        if b.name == "emu" and R:  # K > 8: the warp kernel (32-lane shuffles), else a thread
+            c = b.launchers.counters()
+            assert (c["max_exchange_lanes"] == 32) if K > 8 else (c["exchanges"] == 0)
         gl = b.nan((R, K), dtype)
         b.launchers.categorical_backward(b.to(g_sample) if "sample" in grads else None,
                                          b.to(g_probs) if "probs" in grads else None,
@@ -914,7 +915,8 @@ def test_half_accumulation_is_rejected():
 @pytest.mark.parametrize("K", [5, 40, 300], ids=["thread-row", "warp-row", "warp-reread"])
 def test_categorical_special_values(backend, dtype, K):
     """A NaN logit makes its row NaN; -inf logits get only the unimix floor; large logits
-    do not overflow (the row max is taken first) — in every categorical kernel."""
+    do not overflow (the row max is taken first); a uniform just below 1 takes the last
+    class — in every categorical kernel."""
     gen = make_generator("categorical_special", K, dtype)
     R = 11  # rows of two blocks of the warp kernel (8 per block)
     logits = torch.randn(R, K, generator=gen, dtype=torch.float64)
@@ -923,6 +925,8 @@ def test_categorical_special_values(backend, dtype, K):
     logits[2] *= 30
     logits = stored(logits, dtype)
     uniform = stored(torch.rand(R, generator=gen, dtype=torch.float64) * 0.999, dtype)
+    one = torch.ones((), dtype=dtype)
+    uniform[3] = torch.nextafter(one, torch.zeros_like(one))  # past every searched sum
     g = stored(torch.randn(R, K, generator=gen, dtype=torch.float64), dtype)
 
     def case(b):
@@ -936,4 +940,5 @@ def test_categorical_special_values(backend, dtype, K):
     sample, probs = ops.categorical_sample_ref(lr, up(uniform, dtype), 0.01)
     (gl,) = torch.autograd.grad(sample, lr, up(g, dtype))
     assert torch.isnan(o["probs"][0]).all()
+    assert o["sample"][3].argmax().item() == K - 1
     check(o, {"probs": probs.detach(), "sample": sample.detach(), "g_logits": gl}, dtype)
