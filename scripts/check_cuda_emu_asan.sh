@@ -11,10 +11,13 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 build="${DREAMER_FAST_ASAN_BUILD_DIR:-build/cuda-emu-asan}"
+command -v cmake >/dev/null 2>&1 || { echo "[asan] cmake not found on PATH" >&2; exit 1; }
+generator=()
+if command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
 echo "[asan] configuring ${build}"
 # Debug: no link-time optimisation (pybind11 adds it to optimised builds; with the
 # sanitizers it doubles the build time); the sanitized target itself is built with -O1 -g.
-cmake -S . -B "$build" -G Ninja -DPython_EXECUTABLE="$(command -v python)" \
+cmake -S . -B "$build" "${generator[@]}" -DPython_EXECUTABLE="$(command -v python)" \
   -DCMAKE_BUILD_TYPE=Debug -DDREAMER_FAST_CUDA=OFF -DDREAMER_FAST_CUDA_EMU=ON \
   -DDREAMER_FAST_CUDA_EMU_SANITIZE=address,undefined >/dev/null
 echo "[asan] building _cuda_emu with -fsanitize=address,undefined"
