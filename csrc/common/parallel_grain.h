@@ -2,6 +2,7 @@
 // the CPU launchers).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 namespace dreamer_fast {
@@ -15,5 +16,11 @@ namespace dreamer_fast {
 // of microseconds of work) leave the small per-step kernels (B=16 rows) serial and still
 // split the imagination's B=1024+ rows.
 constexpr int64_t kMinTaskElements = int64_t(1) << 16;
+
+// The at::parallel_for grain (items per task) for items of `work_per_item` elements each,
+// so that a task has >= kMinTaskElements elements of work.
+inline int64_t task_grain(int64_t work_per_item) {
+  return std::max<int64_t>(1, kMinTaskElements / std::max<int64_t>(1, work_per_item));
+}
 
 }  // namespace dreamer_fast

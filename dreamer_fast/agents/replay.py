@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -211,7 +212,7 @@ class Replay:
         self.discard_after(max((_index(name) for name in names), default=-1), names)
         return loaded
 
-    def discard_after(self, newest: int, keep: set[str] = frozenset()) -> int:
+    def discard_after(self, newest: int, keep: Collection[str] = ()) -> int:
         """Remove every fragment file numbered above ``newest`` that is not in ``keep``
         (written after the checkpoint being resumed, or, with ``newest=-1``, by a run
         stopped before its first checkpoint: their steps are collected again) and every
