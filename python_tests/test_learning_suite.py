@@ -41,3 +41,14 @@ def test_report_summarises_a_partial_run_and_writes_its_files(tmp_path):
     assert "12000 of 20000" in md and "not met" in md
     table = learning.table(out)
     assert "| v1 | gym:Pendulum-v1 | 0 | 12,000 of 20,000 | -850.0 | -850.0 | ≥ -250 not met | 11 | 0.18 |" in table
+
+
+def test_a_pause_between_records_is_left_out_of_the_wall_time(tmp_path):
+    row = learning.ROWS["v3-pendulum"]
+    _write_metrics(tmp_path / "run", [-1000.0, -900.0], dt=60.0)
+    path = tmp_path / "run" / "metrics.jsonl"
+    later = json.dumps({"step": 3000, "time": 1060.0 + 3600.0, "episode/return": -800.0})
+    path.write_text(path.read_text() + later + "\n")
+    s = learning.summarize(tmp_path / "run", row, 0)
+    assert s["paused_s"] == pytest.approx(3600.0)
+    assert s["wall_s"] == pytest.approx(60.0)

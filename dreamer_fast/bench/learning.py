@@ -11,7 +11,8 @@ a run that has not reached its step count: the summary says how far it got);
 ``scripts/learning_suite.sh`` is ``run`` with ``nice -n 10``.
 
 Per run: ``wall`` = the time from the first to the last record of ``metrics.jsonl``
-(prefill included), ``updates/s`` = learner updates / that time (environment stepping,
+(prefill included, pauses longer than ``PAUSE_S`` between two records left out and
+stated), ``updates/s`` = learner updates / that time (environment stepping,
 acting and logging included, so it is the whole loop's rate per update); ``final`` = the
 mean return of the last 10 training episodes; ``best`` = the best such running mean.
 """
@@ -30,6 +31,9 @@ from pathlib import Path
 
 #: The device tag in result names: the 2-core CPU this suite was sized for.
 DEFAULT_DEVICE = "amd-epyc-2-threads"
+#: A silence longer than this between two consecutive metric records is a pause (the
+#: run stopped and resumed), left out of the wall time.
+PAUSE_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,12 @@ def summarize(logdir: Path, row: LearningRow, seed: int, window: int = 10) -> di
                for i in range(len(rets))]
     step = max(r["step"] for r in records)
     updates = max((r.get("train/updates", 0.0) for r in records), default=0.0)
-    wall = records[-1]["time"] - records[0]["time"]
+    # a run paused or stopped and resumed shows as a long silence between two records
+    # (they come every `run.log_every` env steps, a minute or two here): not counted
+    times = sorted(r["time"] for r in records)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    paused = sum(g for g in gaps if g > PAUSE_S)
+    wall = times[-1] - times[0] - paused
     final = running[-1] if running else None
     return {
         "row": row.name, "algo": row.algo, "env": row.env, "seed": seed,
@@ -86,7 +95,7 @@ def summarize(logdir: Path, row: LearningRow, seed: int, window: int = 10) -> di
         "episodes": len(eps), "final_mean_last10": final,
         "best_running_mean": max(running) if running else None, "goal": row.goal,
         "goal_met": (final is not None and row.goal is not None and final >= row.goal),
-        "wall_s": round(wall, 1), "updates": int(updates),
+        "wall_s": round(wall, 1), "paused_s": round(paused, 1), "updates": int(updates),
         "updates_per_s": round(updates / wall, 3) if wall > 0 else None,
         "command": " ".join(["dreamer-fast", *row.command(seed, Path("<logdir>"), 1)[3:]]),
         "running_mean": [[int(s), round(float(r), 2)] for (s, _), r in zip(eps, running)],
@@ -122,7 +131,9 @@ def write_report(logdir: Path, row: LearningRow, seed: int, out: Path, device: s
           f"- mean return of the last 10 episodes: {_fmt(s['final_mean_last10'])}",
           f"- best running mean (10 episodes): {_fmt(s['best_running_mean'])}",
           f"- goal {goal}",
-          f"- wall time: {s['wall_s'] / 60:.1f} min; learner updates: {s['updates']} "
+          f"- wall time: {s['wall_s'] / 60:.1f} min"
+          + (f" (not counting {s['paused_s'] / 60:.0f} min paused)" if s["paused_s"] else "")
+          + f"; learner updates: {s['updates']} "
           f"({_fmt(s['updates_per_s'], '.2f')} updates/s over the whole run)",
           f"- curve: `{stem.with_suffix('.png').name}`, running means: "
           f"`{stem.with_suffix('.json').name}`", ""]
