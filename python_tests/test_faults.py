@@ -360,6 +360,7 @@ def test_sigkill_between_checkpoints_resumes_the_checkpoints_replay(tmp_path):
 
 # ---- soak: random SIGKILLs and resumes ------------------------------------------------
 
+@pytest.mark.soak
 def test_soak_random_sigkills_then_resume(tmp_path):
     """A 2,000-step run killed with SIGKILL at random points five times (resumed each
     time), then run to the end: the target step count, a replay holding exactly the
