@@ -9,10 +9,20 @@
 // TORCH_LIBRARY_FRAGMENT next to its implementation (scan/, cells/, dense/, heads/, rssm/).
 TORCH_LIBRARY(dreamer_fast, m) {}
 
+#ifdef DREAMER_FAST_WITH_CUDA
+namespace dreamer_fast {
+void bind_cuda_launchers(pybind11::module_& m);  // cuda_launchers.cpp
+}
+#endif
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "dreamer_fast native kernels (operators live in torch.ops.dreamer_fast)";
 #ifdef DREAMER_FAST_WITH_CUDA
   m.attr("cuda_kernels_built") = true;
+  // every CUDA launcher on its own, for the tests that compare the device with the host
+  // emulation of the same kernels (python_tests/test_cuda_emu.py)
+  pybind11::module_ launchers = m.def_submodule("cuda_launchers", "the CUDA launchers, one by one");
+  dreamer_fast::bind_cuda_launchers(launchers);
 #else
   m.attr("cuda_kernels_built") = false;
 #endif

@@ -146,7 +146,10 @@ DETERS = [96, 200, 512]
 INPUT_SIZE = 45  # not a multiple of 8 on purpose
 SIZES = {f"B{B}-H{H}": Case(B, INPUT_SIZE, H) for B in BATCHES for H in DETERS}
 SIZES_CPU_LOW = {k: SIZES[k] for k in ("B37-H96",)}
-CELL_MISC = {"no-bias-no-state": Case(5, 7, 16, bias=False, state=False),
+# B=160, H=128: two or more CPU parallel_for tasks of the row kernels (>= 64k elements
+# each, csrc/common/parallel_grain.h) in the forward and the backward.
+CELL_MISC = {"parallel-B160-H128": Case(160, 13, 128),
+             "no-bias-no-state": Case(5, 7, 16, bias=False, state=False),
              "lead-2x3": Case(6, 9, 12, lead=(2, 3)), "unbatched": Case(1, 9, 12, lead=())}
 
 globals().update(contract_tests(

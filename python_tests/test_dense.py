@@ -118,7 +118,11 @@ LINEAR_NORM_ACT = OpContract(
 )
 
 _SIZES = [(1, 7, 5), (37, 45, 200), (256, 30, 96)]
-_MISC = {"lead-2x3-no-bias": Case(6, 9, 12, "layer", "silu", bias=False, lead=(2, 3)),
+# 160 rows of 1024: several CPU parallel_for tasks (>= 64k elements each,
+# csrc/common/parallel_grain.h) forward and backward.
+_MISC = {"parallel-160x45x1024-layer": Case(160, 45, 1024, "layer", "silu"),
+         "parallel-160x45x1024-rms": Case(160, 45, 1024, "rms", "gelu"),
+         "lead-2x3-no-bias": Case(6, 9, 12, "layer", "silu", bias=False, lead=(2, 3)),
          "rms-tanh-no-bias": Case(6, 9, 12, "rms", "tanh", bias=False),
          "layer-no-affine": Case(6, 9, 12, "layer", "elu", affine=False),
          "rms-no-affine": Case(6, 9, 12, "rms", "gelu", bias=False, affine=False)}

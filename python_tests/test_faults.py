@@ -360,14 +360,15 @@ def test_sigkill_between_checkpoints_resumes_the_checkpoints_replay(tmp_path):
 
 # ---- soak: random SIGKILLs and resumes ------------------------------------------------
 
+@pytest.mark.soak
 def test_soak_random_sigkills_then_resume(tmp_path):
-    """A 1,500-step run killed with SIGKILL at random points four times (resumed each
+    """A 2,000-step run killed with SIGKILL at random points five times (resumed each
     time), then run to the end: the target step count, a replay holding exactly the
     checkpoint's fragments with no duplicated step, finite weights."""
-    logdir, steps, every, repeat = tmp_path / "run", 1500, 200, 2
+    logdir, steps, every, repeat = tmp_path / "run", 2000, 200, 2
     rng = np.random.default_rng(0)
     segments = 0
-    for _ in range(4):
+    for _ in range(5):
         proc = _spawn(logdir, steps, every)
         segments += 1
         try:
@@ -399,6 +400,30 @@ def test_soak_random_sigkills_then_resume(tmp_path):
     # checkpoint
     assert counted <= steps
     assert counted >= steps - repeat * segments
+
+
+def test_run_killed_before_its_first_checkpoint_leaves_nothing_behind(tmp_path):
+    """SIGKILL before the first checkpoint: the next start begins at step 0, so the killed
+    run's replay fragments and metric records (steps it collects again) are removed;
+    before, they stayed on disk and no checkpoint ever listed them."""
+    logdir = tmp_path / "run"
+    proc = _spawn(logdir, 100000, 100000)
+    try:
+        _wait(lambda: len(list((logdir / "replay").glob("*.npz"))) >= 2
+              and (logdir / "metrics.jsonl").exists(), proc, 240)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (logdir / CHECKPOINT).exists()
+    proc = _spawn(logdir, 300, 100000)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    state = checkpoint.load(logdir / CHECKPOINT)
+    files = [name for name, _ in state["replay"]["files"]]
+    assert sorted(p.name for p in (logdir / "replay").glob("*.npz")) == sorted(files)
+    steps = [r["step"] for r in read_metrics(logdir)]
+    assert steps == sorted(steps) and steps[-1] <= 300, steps
+    assert "no checkpoint covers" in out
 
 
 def test_sigterm_writes_the_unfinished_episode(tmp_path):

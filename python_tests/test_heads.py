@@ -406,7 +406,8 @@ globals().update(contract_tests(
     devices_grid={**{f"unimix{u}": CategoricalCase((5,), 3, 32, u) for u in
                      (0.0, 0.01, 0.5, 0.999)},
                   **{f"wide-G{G}K{K}": CategoricalCase((2,), G, K) for G, K in
-                     [(700, 3), (64, 32), (8, 64), (4, 129), (3, 300), (2, 1000)]}},
+                     [(700, 3), (64, 32), (8, 64), (4, 129), (3, 300), (2, 1000),
+                                      (1100, 32)]}},
     noncontig={"b5x3-G4K33": CategoricalCase((5, 3), 4, 33)},
     empty={"b0-G4K32": CategoricalCase((0,), 4, 32)},
     gradcheck={f"{_bid(b)}-G{G}K{K}-unimix{u}": CategoricalCase(b, G, K, u)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Compile checks of the CUDA code on a machine without a GPU or a CUDA build of torch:
-#  1. nvcc -c of every kernel file (csrc/<family>/*.cu) for sm_80 and sm_90;
+#  1. nvcc -c of every kernel file (csrc/<family>/*.cu) for sm_80 and sm_90, and that no
+#     kernel file launches with <<<>>> (every launch goes through cuda::launch_kernel, which
+#     the host emulation of csrc/emu/ replaces);
 #  2. g++ -fsyntax-only of every C++ file with DREAMER_FAST_WITH_CUDA defined, against
 #     the installed torch's headers and the CUDA toolkit's. A CPU-only torch wheel lacks
 #     one generated header (c10/cuda/impl/cuda_cmake_macros.h); an empty stand-in is
@@ -17,7 +19,13 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
 mapfile -t cu_files < <(find csrc -name '*.cu' | sort)
-mapfile -t cpp_files < <(find csrc -name '*.cpp' | sort)
+# csrc/emu/ is the host emulation of the kernels: C++ built against emu/cuda_emu.h (the
+# normal build compiles it whenever the CUDA headers are found), not against CUDA.
+mapfile -t cpp_files < <(find csrc -name '*.cpp' -not -path 'csrc/emu/*' | sort)
+if grep -n '<<<' "${cu_files[@]}"; then
+  echo "[cuda-check] launch through cuda::launch_kernel (common/cuda_common.cuh), not <<<>>>" >&2
+  exit 1
+fi
 for cu in "${cu_files[@]}"; do
   for arch in 80 90; do
     echo "[cuda-check] nvcc -c ${cu} (sm_${arch})"

@@ -98,7 +98,7 @@ cudaError_t block_gru_forward(Dtype dtype, const void* parts, const void* hx, do
   return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     using acc_t = typename CudaCvt<s>::acc_t;
-    block_gru_forward_kernel<s><<<blocks_for(B * D, kThreads), kThreads, 0, stream>>>(
+    launch_kernel(block_gru_forward_kernel<s>, blocks_for(B * D, kThreads), kThreads, stream,
         static_cast<const s*>(parts), static_cast<const s*>(hx), static_cast<acc_t>(update_bias),
         static_cast<s*>(hy), B, D, Dg);
   });
@@ -112,7 +112,7 @@ cudaError_t block_gru_backward(Dtype dtype, const void* grad_hy, const void* par
   return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     using acc_t = typename CudaCvt<s>::acc_t;
-    block_gru_backward_kernel<s><<<blocks_for(B * D, kThreads), kThreads, 0, stream>>>(
+    launch_kernel(block_gru_backward_kernel<s>, blocks_for(B * D, kThreads), kThreads, stream,
         static_cast<const s*>(grad_hy), static_cast<const s*>(parts), static_cast<const s*>(hx),
         static_cast<acc_t>(update_bias), static_cast<s*>(dparts), static_cast<s*>(dh_direct), B,
         D, Dg);
@@ -124,7 +124,7 @@ cudaError_t gru_forward(Dtype dtype, const void* gi, const void* gh, const void*
   if (B * H == 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
-    gru_forward_kernel<s><<<blocks_for(B * H, kThreads), kThreads, 0, stream>>>(
+    launch_kernel(gru_forward_kernel<s>, blocks_for(B * H, kThreads), kThreads, stream,
         static_cast<const s*>(gi), static_cast<const s*>(gh), static_cast<const s*>(hx),
         static_cast<s*>(hy), static_cast<s*>(workspace), B, H);
   });
@@ -136,7 +136,7 @@ cudaError_t gru_backward(Dtype dtype, const void* grad_hy, const void* workspace
   if (B * H == 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
-    gru_backward_kernel<s><<<blocks_for(B * H, kThreads), kThreads, 0, stream>>>(
+    launch_kernel(gru_backward_kernel<s>, blocks_for(B * H, kThreads), kThreads, stream,
         static_cast<const s*>(grad_hy), static_cast<const s*>(workspace),
         static_cast<const s*>(hx), static_cast<s*>(dgi), static_cast<s*>(dgh),
         static_cast<s*>(dh_direct), B, H);
@@ -150,7 +150,7 @@ cudaError_t ln_gru_forward(Dtype dtype, const void* parts, const void* hx, const
   return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     using acc_t = typename CudaCvt<s>::acc_t;
-    ln_gru_forward_kernel<s><<<blocks_for(B, kWarpsPerBlock), kThreads, 0, stream>>>(
+    launch_kernel(ln_gru_forward_kernel<s>, blocks_for(B, kWarpsPerBlock), kThreads, stream,
         static_cast<const s*>(parts), static_cast<const s*>(hx), static_cast<const s*>(gamma),
         static_cast<const s*>(beta), static_cast<acc_t>(eps), static_cast<acc_t>(update_bias),
         static_cast<s*>(hy), static_cast<acc_t*>(stats), B, H);
@@ -166,7 +166,7 @@ cudaError_t ln_gru_backward(Dtype dtype, const void* grad_hy, const void* parts,
   return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     using acc_t = typename CudaCvt<s>::acc_t;
-    ln_gru_backward_kernel<s><<<blocks_for(B, kWarpsPerBlock), kThreads, 0, stream>>>(
+    launch_kernel(ln_gru_backward_kernel<s>, blocks_for(B, kWarpsPerBlock), kThreads, stream,
         static_cast<const s*>(grad_hy), static_cast<const s*>(parts),
         static_cast<const s*>(hx), static_cast<const s*>(gamma), static_cast<const s*>(beta),
         static_cast<const acc_t*>(stats), static_cast<acc_t>(update_bias),

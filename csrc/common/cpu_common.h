@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/cpu_vector_math.h"  // before any shared math header
+#include "common/parallel_grain.h"
 
 namespace dreamer_fast {
 
@@ -20,10 +21,8 @@ struct CpuCvt {
   static inline scalar_t store(acc_t x) { return static_cast<scalar_t>(x); }
 };
 
-// Rows per at::parallel_for task so that a task has ~16k elements of work.
-inline int64_t row_grain(int64_t cols) {
-  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, cols));
-}
+// Rows per at::parallel_for task for rows of `cols` elements (see parallel_grain.h).
+inline int64_t row_grain(int64_t cols) { return task_grain(cols); }
 
 // Column sums over the rows of an at::parallel_for (the norm-parameter gradients of a
 // backward row kernel): every task adds its rows' values into task-local sums and

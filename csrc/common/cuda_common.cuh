@@ -1,9 +1,20 @@
 // Helpers shared by the .cu kernel files (CUDA headers only, no torch).
+//
+// The kernel files also compile with the C++ compiler against a host emulation of the
+// CUDA subset they use (emu/cuda_emu.h, when DREAMER_FAST_CUDA_EMU is defined; the
+// test-only module dreamer_fast._cuda_emu), so every launch goes through launch_kernel
+// below instead of the <<<>>> syntax.
 #pragma once
 
+#if defined(DREAMER_FAST_CUDA_EMU)
+#include "emu/cuda_emu.h"
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
+
+#include <utility>
 
 #include "common/cuda_dtype.h"
 
@@ -52,6 +63,31 @@ struct WarpLanes {
   }
   __device__ __forceinline__ void sync() const { __syncwarp(); }
 };
+
+// Launches `kernel` over `grid` x `block` threads on `stream` with `args` converted to
+// its parameters: under nvcc the ordinary launch (kernel<<<grid, block, 0, stream>>>);
+// in the host emulation the grid runs on the calling thread before this returns
+// (emu::run_grid). Either way the launch's error is left for cudaGetLastError().
+template <typename... Params, typename... Args>
+inline void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
+                          Args&&... args) {
+#if defined(DREAMER_FAST_CUDA_EMU)
+  (void)stream;
+  // kernel parameters are copies, as on the device; each emulated thread gets its own
+  using Kernel = void (*)(Params...);
+  struct Payload {
+    Kernel kernel;
+    std::tuple<std::decay_t<Params>...> params;
+  };
+  const Payload payload{kernel, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)};
+  emu::run_grid(grid, block, [](const void* p) {
+    const auto* pl = static_cast<const Payload*>(p);
+    std::apply(pl->kernel, pl->params);
+  }, &payload);
+#else
+  kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
+#endif
+}
 
 // Calls fn(scalar_t{}) with the C++ type matching `dtype`; returns the launch error.
 template <typename Fn>

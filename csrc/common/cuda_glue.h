@@ -3,7 +3,11 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#if defined(DREAMER_FAST_CUDA_EMU)
+#include <cuda_runtime_api.h>
+#else
 #include <c10/cuda/CUDAStream.h>
+#endif
 
 #include "common/cuda_dtype.h"
 
@@ -25,7 +29,12 @@ inline void check_launch(const char* op, cudaError_t err) {
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
 }
 
-// Kernels run on the caller's current stream (CUDA-graph capture safe).
+// Kernels run on the caller's current stream (CUDA-graph capture safe). The host
+// emulation (emu/cuda_emu.h) has no streams: it runs each launch before returning.
+#if defined(DREAMER_FAST_CUDA_EMU)
+inline cudaStream_t current_stream() { return nullptr; }
+#else
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+#endif
 
 }  // namespace dreamer_fast

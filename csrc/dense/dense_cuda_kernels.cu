@@ -47,7 +47,7 @@ cudaError_t norm_act_forward(Dtype dtype, const void* z, const void* w, const vo
   return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     using acc_t = typename CudaCvt<s>::acc_t;
-    norm_act_forward_kernel<s><<<blocks_for(B, kWarpsPerBlock), kThreads, 0, stream>>>(
+    launch_kernel(norm_act_forward_kernel<s>, blocks_for(B, kWarpsPerBlock), kThreads, stream,
         static_cast<const s*>(z), static_cast<const s*>(w), static_cast<const s*>(b), B, N, norm,
         act, static_cast<acc_t>(eps), static_cast<s*>(out), static_cast<acc_t*>(stats));
   });
@@ -60,7 +60,7 @@ cudaError_t norm_act_backward(Dtype dtype, const void* dout, const void* z, cons
   return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     using acc_t = typename CudaCvt<s>::acc_t;
-    norm_act_backward_kernel<s><<<blocks_for(B, kWarpsPerBlock), kThreads, 0, stream>>>(
+    launch_kernel(norm_act_backward_kernel<s>, blocks_for(B, kWarpsPerBlock), kThreads, stream,
         static_cast<const s*>(dout), static_cast<const s*>(z), static_cast<const s*>(w),
         static_cast<const s*>(b), static_cast<const acc_t*>(stats), B, N, norm, act,
         static_cast<acc_t*>(dy), static_cast<acc_t*>(dy_xhat), static_cast<s*>(dz));

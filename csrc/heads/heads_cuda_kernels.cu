@@ -348,7 +348,8 @@ cudaError_t gaussian_sample_forward(Dtype dtype, const void* stats, const void* 
     using acc_t = acc_of<s>;
     const auto launch = [&](auto index_tag) {
       using index_t = decltype(index_tag);
-      gaussian_forward_kernel<s, index_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      launch_kernel(gaussian_forward_kernel<s, index_t>, static_cast<unsigned>(blocks), kThreads,
+          stream,
           static_cast<const s*>(stats), static_cast<const s*>(noise), static_cast<s*>(sample),
           static_cast<s*>(mean), static_cast<s*>(std), static_cast<acc_t>(min_std),
           static_cast<index_t>(total), static_cast<index_t>(S));
@@ -370,7 +371,8 @@ cudaError_t gaussian_sample_backward(Dtype dtype, const void* g_sample, const vo
     using acc_t = acc_of<s>;
     const auto launch = [&](auto index_tag) {
       using index_t = decltype(index_tag);
-      gaussian_backward_kernel<s, index_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      launch_kernel(gaussian_backward_kernel<s, index_t>, static_cast<unsigned>(blocks), kThreads,
+          stream,
           static_cast<const s*>(g_sample), static_cast<const s*>(g_mean),
           static_cast<const s*>(g_std), static_cast<const s*>(stats),
           static_cast<const s*>(noise), static_cast<s*>(g_stats), static_cast<s*>(g_noise),
@@ -413,7 +415,7 @@ cudaError_t normal_action_forward(Dtype dtype, const void* raw, const void* nois
         using index_t = decltype(index_tag);
         const auto kernel = tanh_normal ? normal_action_forward_kernel<true, s, index_t>
                                         : normal_action_forward_kernel<false, s, index_t>;
-        kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        launch_kernel(kernel, static_cast<unsigned>(blocks), kThreads, stream,
             static_cast<const s*>(raw), static_cast<const s*>(noise), static_cast<s*>(action),
             h, static_cast<index_t>(R * A), static_cast<index_t>(A));
       });
@@ -431,7 +433,7 @@ cudaError_t normal_action_backward(Dtype dtype, const void* raw, const void* noi
         using index_t = decltype(index_tag);
         const auto kernel = tanh_normal ? normal_action_backward_kernel<true, s, index_t>
                                         : normal_action_backward_kernel<false, s, index_t>;
-        kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        launch_kernel(kernel, static_cast<unsigned>(blocks), kThreads, stream,
             static_cast<const s*>(raw), static_cast<const s*>(noise),
             static_cast<const s*>(g_action), static_cast<s*>(g_raw), h,
             static_cast<index_t>(R * A), static_cast<index_t>(A));
@@ -458,12 +460,12 @@ cudaError_t categorical_sample_forward(Dtype dtype, const void* logits, const vo
     auto* pp = static_cast<s*>(probs);
     auto* ps = static_cast<s*>(sample);
     if (per_thread) {
-      categorical_forward_thread_kernel<s><<<grid, kThreads, 0, stream>>>(pl, pu, pp, ps, keep,
-                                                                          floor, R, k);
+      launch_kernel(categorical_forward_thread_kernel<s>, grid, kThreads, stream, pl, pu, pp, ps,
+                    keep, floor, R, k);
     } else {
       dispatch_chunks(K, [&](auto chunks) {
-        categorical_forward_warp_kernel<s, decltype(chunks)::value>
-            <<<grid, kThreads, 0, stream>>>(pl, pu, pp, ps, keep, floor, R, k);
+        launch_kernel(categorical_forward_warp_kernel<s, decltype(chunks)::value>, grid, kThreads,
+                      stream, pl, pu, pp, ps, keep, floor, R, k);
       });
     }
   });
@@ -488,12 +490,12 @@ cudaError_t categorical_sample_backward(Dtype dtype, const void* g_sample, const
     const auto* pl = static_cast<const s*>(logits);
     auto* pg = static_cast<s*>(g_logits);
     if (per_thread) {
-      categorical_backward_thread_kernel<s><<<grid, kThreads, 0, stream>>>(pgs, pgp, pl, pg,
-                                                                           keep, R, k);
+      launch_kernel(categorical_backward_thread_kernel<s>, grid, kThreads, stream, pgs, pgp, pl,
+                    pg, keep, R, k);
     } else {
       dispatch_chunks(K, [&](auto chunks) {
-        categorical_backward_warp_kernel<s, decltype(chunks)::value>
-            <<<grid, kThreads, 0, stream>>>(pgs, pgp, pl, pg, keep, R, k);
+        launch_kernel(categorical_backward_warp_kernel<s, decltype(chunks)::value>, grid, kThreads,
+                      stream, pgs, pgp, pl, pg, keep, R, k);
       });
     }
   });

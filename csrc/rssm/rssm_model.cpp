@@ -9,6 +9,7 @@
 
 #include "common/device_launch.h"
 #include "common/gemm.h"
+#include "common/parallel_grain.h"
 #include "dense/dense_math.h"
 #include "heads/heads_launch.h"
 
@@ -36,7 +37,7 @@ void copy_transposed(const Tensor& dst, const Tensor& src) {
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "copy_transposed", [&] {
     const scalar_t* s = src.const_data_ptr<scalar_t>();
     scalar_t* d = dst.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, (R + kTile - 1) / kTile, 16, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, (R + kTile - 1) / kTile, task_grain(kTile * C), [&](int64_t t0, int64_t t1) {
       for (int64_t r0 = t0 * kTile; r0 < std::min(R, t1 * kTile); r0 += kTile) {
         const int64_t r1 = std::min(R, r0 + kTile);
         for (int64_t c0 = 0; c0 < C; c0 += kTile) {

@@ -15,12 +15,12 @@ namespace {
 constexpr int kTile = 256;
 
 // Calls fn(n0, width) for every tile of columns, in parallel when the work is big
-// enough to pay for waking the thread pool (~32k element-steps per task).
+// enough to pay for a parallel region (>= kMinTaskElements element-steps per task; see
+// parallel_grain.h).
 template <typename Fn>
 void for_each_tile(int64_t T, int64_t N, const Fn& fn) {
   const int64_t tiles = (N + kTile - 1) / kTile;
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, T * kTile));
-  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tiles, task_grain(T * kTile), [&](int64_t begin, int64_t end) {
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t n0 = tile * kTile;
       fn(n0, static_cast<int>(std::min<int64_t>(kTile, N - n0)));

@@ -77,7 +77,7 @@ cudaError_t reverse_scan_forward(Dtype dtype, const void* inputs, const void* de
   if (N == 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
-    reverse_scan_forward_kernel<s><<<grid_for(N), kThreads, 0, stream>>>(
+    launch_kernel(reverse_scan_forward_kernel<s>, grid_for(N), kThreads, stream,
         static_cast<const s*>(inputs), static_cast<const s*>(decay),
         static_cast<const s*>(init), static_cast<s*>(out), T, N);
   });
@@ -90,7 +90,7 @@ cudaError_t reverse_scan_backward(Dtype dtype, const void* gout, const void* dec
   if (N == 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
-    reverse_scan_backward_kernel<s><<<grid_for(N), kThreads, 0, stream>>>(
+    launch_kernel(reverse_scan_backward_kernel<s>, grid_for(N), kThreads, stream,
         static_cast<const s*>(gout), static_cast<const s*>(decay),
         static_cast<const s*>(init), static_cast<const s*>(out), static_cast<s*>(ginputs),
         static_cast<s*>(gdecay), static_cast<s*>(ginit), T, N);
@@ -104,7 +104,7 @@ cudaError_t lambda_return_forward(Dtype dtype, const void* reward, const void* v
   return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     using acc_t = typename CudaCvt<s>::acc_t;
-    lambda_return_forward_kernel<s><<<grid_for(N), kThreads, 0, stream>>>(
+    launch_kernel(lambda_return_forward_kernel<s>, grid_for(N), kThreads, stream,
         static_cast<const s*>(reward), static_cast<const s*>(value),
         static_cast<const s*>(pcont), static_cast<const s*>(bootstrap), static_cast<s*>(out),
         static_cast<acc_t>(lambda), T, N);
@@ -120,7 +120,7 @@ cudaError_t lambda_return_backward(Dtype dtype, const void* gout, const void* va
   return dispatch_dtype(dtype, [&](auto tag) {
     using s = decltype(tag);
     using acc_t = typename CudaCvt<s>::acc_t;
-    lambda_return_backward_kernel<s><<<grid_for(N), kThreads, 0, stream>>>(
+    launch_kernel(lambda_return_backward_kernel<s>, grid_for(N), kThreads, stream,
         static_cast<const s*>(gout), static_cast<const s*>(value),
         static_cast<const s*>(pcont), static_cast<const s*>(bootstrap),
         static_cast<const s*>(out), static_cast<s*>(greward), static_cast<s*>(gvalue),

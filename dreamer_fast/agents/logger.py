@@ -13,7 +13,11 @@ from pathlib import Path
 
 
 class Logger:
-    def __init__(self, logdir: str | Path, tensorboard: bool = True) -> None:
+    def __init__(self, logdir: str | Path, tensorboard: bool = True,
+                 purge_step: int | None = None) -> None:
+        """``purge_step``: TensorBoard hides the events at that step and later already
+        in ``<logdir>/tb`` (a killed run's tail; metrics.jsonl is truncated by the
+        trainer)."""
         self.path = Path(logdir) / "metrics.jsonl"
         self._file = open(self.path, "a", buffering=1)
         self._tb = None
@@ -23,7 +27,7 @@ class Logger:
             except ImportError:  # tensorboard is optional at runtime; jsonl is not
                 SummaryWriter = None
             if SummaryWriter is not None:
-                self._tb = SummaryWriter(str(Path(logdir) / "tb"))
+                self._tb = SummaryWriter(str(Path(logdir) / "tb"), purge_step=purge_step)
 
     def write(self, step: int, values: dict[str, float]) -> None:
         record = {"step": int(step), "time": round(time.time(), 3)}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -208,15 +209,24 @@ class Replay:
                                   f"to resume without it")
             self._insert(frag, save=False, name=name)
             loaded += n
-        newest = max((_index(name) for name in names), default=-1)
+        self.discard_after(max((_index(name) for name in names), default=-1), names)
+        return loaded
+
+    def discard_after(self, newest: int, keep: Collection[str] = ()) -> int:
+        """Remove every fragment file numbered above ``newest`` that is not in ``keep``
+        (written after the checkpoint being resumed, or, with ``newest=-1``, by a run
+        stopped before its first checkpoint: their steps are collected again) and every
+        torn ``.tmp``; returns the number of fragments removed."""
+        removed = 0
         for p in self.directory.glob("*.npz"):
             i = _index(p.name)
-            if i is not None and i > newest and p.name not in names:
-                p.unlink()  # written after the checkpoint: its steps are collected again
+            if i is not None and i > newest and p.name not in keep:
+                p.unlink()
+                removed += 1
         for p in self.directory.glob("*.tmp"):
             p.unlink()
         self._files = self._next_file_index()
-        return loaded
+        return removed
 
     def state_dict(self) -> dict:
         """The sampling RNG, the fragments the ring holds (``files``: ``(name, steps)``

@@ -182,7 +182,10 @@ class Trainer:
                 self.dist.broadcast_module(self.agent)
             self.dist.check_same(self._fingerprint(), "the agent's weights after setup")
             self.agent.set_grad_sync(distributed.GradSync(self.dist))
-        self.logger = Logger(self.logdir) if self.dist.is_main else _NoLogger()
+        # TensorBoard hides a killed run's events after the step resumed from
+        self.logger = (Logger(self.logdir, purge_step=self.counters["step"] + 1
+                              if self.resumed else 0)
+                       if self.dist.is_main else _NoLogger())
         self._checkpointed = self.counters["step"]  # env step of the last checkpoint
 
     def _setup_local(self) -> None:
@@ -213,9 +216,12 @@ class Trainer:
         ckpt = self.logdir / CHECKPOINT
         if ckpt.exists() or checkpoint.prev_path(ckpt).exists():
             self._restore(ckpt)
-        elif d.is_main:
-            (self.logdir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(),
-                                                                    sort_keys=False))
+        else:
+            # every rank clears its own shard; rank 0 the metrics and writes the config
+            self._discard_uncheckpointed()
+            if d.is_main:
+                (self.logdir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(),
+                                                                        sort_keys=False))
 
     def _fingerprint(self) -> torch.Tensor:
         return distributed.fingerprint(_tensors(self.agent.full_state_dict()))
@@ -282,6 +288,20 @@ class Trainer:
         where = f" (rank {self.dist.rank})" if world > 1 else ""
         print(f"[train] resumed {self.logdir}{where} at env step {self.counters['step']} "
               f"({self.counters['updates']} updates, {loaded} replay steps)", flush=True)
+
+    def _discard_uncheckpointed(self) -> None:
+        """A fresh start on a logdir that a run stopped before its first checkpoint left
+        behind: that run's replay fragments and metric records cover steps this run
+        collects again from step 0, so they go (otherwise the replay would hold those
+        steps twice and no checkpoint would ever list them)."""
+        removed = self.replay.discard_after(-1)
+        if removed:
+            where = f" (rank {self.dist.rank})" if self.dist.enabled else ""
+            print(f"[train] removed {removed} replay fragment(s){where} that no checkpoint "
+                  f"covers (a run stopped before its first checkpoint); starting at "
+                  f"env step 0", flush=True)
+        if self.dist.is_main:
+            _truncate_metrics(self.logdir, -1)
 
     # ---- loop --------------------------------------------------------------------------
 
