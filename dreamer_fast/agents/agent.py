@@ -61,6 +61,15 @@ class Agent(nn.Module):
         self.actor_opt = _adam(self.ac.actor.parameters(), b.actor_lr, b.eps)
         self.critic_opt = _adam(self.ac.critic.parameters(), b.critic_lr, b.eps)
         self.skipped: list[str] = []  # non-finite terms of the last update
+        # data-parallel runs (.distributed): averages gradients and loss terms over the
+        # ranks after each backward; None in a single process
+        self.grad_sync = None
+
+    def set_grad_sync(self, sync) -> None:
+        """Average gradients, loss terms and the return percentiles over the ranks of
+        ``sync`` (a :class:`.distributed.GradSync`; None: a single process)."""
+        self.grad_sync = sync
+        self.ac.sync = sync
 
     # ---- acting ------------------------------------------------------------------------
 
@@ -121,6 +130,8 @@ class Agent(nn.Module):
         preds = self.wm(data)
         loss, metrics = losses.world_model_loss(preds, data, self.cfg, self.obs_key)
         loss.backward()
+        if self.grad_sync is not None:  # before clipping: every rank clips the same mean
+            self.grad_sync.reduce(self.wm.parameters(), metrics, "wm/")
         metrics["wm/grad_norm"] = nn.utils.clip_grad_norm_(self.wm.parameters(),
                                                             self.cfg.model.grad_clip)
         bad = nonfinite_terms(metrics, "wm/")
@@ -159,6 +170,9 @@ class Agent(nn.Module):
         # actor loss also reaches the world model, reward head and critic).
         actor_loss.backward(inputs=actor_params)
         critic_loss.backward(inputs=critic_params)
+        if self.grad_sync is not None:
+            self.grad_sync.reduce(actor_params + critic_params, metrics,
+                                  ("actor/", "critic/", "imag/"))
         metrics["actor/grad_norm"] = nn.utils.clip_grad_norm_(actor_params, b.grad_clip)
         metrics["critic/grad_norm"] = nn.utils.clip_grad_norm_(critic_params, b.grad_clip)
         bad = nonfinite_terms(metrics, ("actor/", "critic/", "imag/"))

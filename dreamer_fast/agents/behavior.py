@@ -66,6 +66,7 @@ class ActorCritic(nn.Module):
         # it from a list every update would be a blocking host-to-device copy
         self.register_buffer("ret_q", torch.tensor([b.return_norm_low, b.return_norm_high]),
                              persistent=False)
+        self.sync = None  # data-parallel: percentiles over every rank's returns
 
     # ---- values ------------------------------------------------------------------------
 
@@ -90,8 +91,14 @@ class ActorCritic(nn.Module):
         if not b.return_norm:
             return torch.ones((), device=ret.device)
         flat = ret.detach().flatten().float()
-        if flat.numel() > 1 << 16:  # quantile of a subsample: the exact one sorts everything
-            flat = flat[torch.randperm(flat.numel(), device=flat.device)[: 1 << 16]]
+        ranks = 1 if self.sync is None else self.sync.d.world
+        cap = max(1, (1 << 16) // ranks)
+        if flat.numel() > cap:  # quantile of a subsample: the exact one sorts everything
+            flat = flat[torch.randperm(flat.numel(), device=flat.device)[:cap]]
+        if self.sync is not None:
+            # every rank's returns (each subsampled with its own RNG): all ranks then take
+            # the same percentiles and keep the same EMA buffers
+            flat = self.sync.gather(flat)
         lo, hi = torch.quantile(flat, self.ret_q)
         d = b.return_norm_decay
         # EMA, the first update taking the percentiles as they are; chosen on the device

@@ -94,18 +94,31 @@ def resolve_train_config(args: argparse.Namespace):
 
 def run_train(args: argparse.Namespace) -> int:
     from dreamer_fast.agents.checkpoint import CheckpointError
+    from dreamer_fast.agents.distributed import DistError, from_env
     from dreamer_fast.agents.replay import ReplayError
     from dreamer_fast.agents.trainer import Trainer
     from dreamer_fast.envs import EnvError
 
+    rank, world = 0, 1
     try:
+        rank, world, _ = from_env()  # torchrun's environment: data-parallel when world > 1
         cfg, logdir = resolve_train_config(args)
         trainer = Trainer(cfg, logdir)
-    except (ConfigError, EnvError, CheckpointError, ReplayError) as e:
-        print(f"dreamer-fast train: {e}", file=sys.stderr)
+    except (ConfigError, EnvError, CheckpointError, ReplayError, DistError) as e:
+        where = f" (rank {rank} of {world})" if world > 1 else ""
+        print(f"dreamer-fast train{where}: {e}", file=sys.stderr)
         return 2
+    d = trainer.dist
+    if not d.is_main:
+        return trainer.run()
+    r = cfg.run
     print(f"[train] {cfg.algo} size {cfg.size} on {cfg.env}, {cfg.steps} env steps, device "
           f"{trainer.device}, backend {cfg.backend}, logdir {logdir}", flush=True)
+    print(f"[train] world size {d.world}" + (
+        f" ({d.backend}): batch {r.batch_size} per rank x {d.world} ranks = global batch "
+        f"{r.batch_size * d.world} of length {r.batch_length}; {cfg.envs} env(s) per rank, "
+        f"{cfg.envs * d.world} in all; replay shards in {logdir / 'replay'}/rank<r>"
+        if d.enabled else f": batch {r.batch_size} of length {r.batch_length}"), flush=True)
     code = trainer.run()
     if code == 0:
         from dreamer_fast.agents.plot import plot, summary

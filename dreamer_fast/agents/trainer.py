@@ -25,6 +25,13 @@ environments start new episodes, the replay holds exactly the checkpoint's fragm
 An update whose loss terms or gradient norms are not finite skips the optimiser step
 concerned (:meth:`.agent.Agent.update`); ``run.max_nonfinite`` such updates in a row
 stop the run (:data:`NONFINITE_EXIT`) without writing a checkpoint.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) the ranks train one agent data-parallel
+(:mod:`.distributed`): each rank its own environments and replay shard
+(``<logdir>/replay/rank<r>``), gradients averaged over the ranks; env steps, episodes and
+updates count over all ranks; rank 0 alone writes the metrics, the progress bar and the
+checkpoint, which holds every rank's RNG states and replay listing (``ranks``) and the
+world size, and resumes only on as many ranks (re-sharding is not implemented).
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import numpy as np
 import torch
 import yaml
 
-from dreamer_fast.agents import checkpoint
+from dreamer_fast.agents import checkpoint, distributed
 from dreamer_fast.agents.agent import Agent
 from dreamer_fast.agents.config import Config, ConfigError, from_dict, resume_differences
 from dreamer_fast.agents.logger import Logger, read_metrics
@@ -58,7 +65,9 @@ class NonFiniteError(RuntimeError):
     """``run.max_nonfinite`` consecutive updates had a non-finite loss or gradient norm."""
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, dist: distributed.Dist | None = None) -> torch.device:
+    if dist is not None and dist.enabled:  # one device per rank, chosen by distributed.setup
+        return dist.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
@@ -151,21 +160,55 @@ class Trainer:
     def __init__(self, cfg: Config, logdir: str | os.PathLike) -> None:
         self.cfg = cfg
         self.logdir = Path(logdir)
+        self.dist = distributed.setup(cfg.device, cfg.envs)
+        self._lock = None
+        try:  # everything a rank can fail at alone, before the ranks' first collective
+            self._setup_local()
+            error = None
+        except Exception as e:
+            error = e
+        try:
+            seen = self.dist.agree(error, resume=getattr(self, "resumed", False))
+        except BaseException:
+            self.dist.close()
+            raise
+        if len(set(seen["resume"])) > 1:
+            raise distributed.DistError(
+                f"ranks {[r for r, x in enumerate(seen['resume']) if x]} found a checkpoint in "
+                f"{self.logdir}, others did not: on several machines the logdir must be on a "
+                f"filesystem all of them share")
+        if self.dist.enabled:
+            if not self.resumed:  # rank 0's initial weights (a resumed rank loaded them)
+                self.dist.broadcast_module(self.agent)
+            self.dist.check_same(self._fingerprint(), "the agent's weights after setup")
+            self.agent.set_grad_sync(distributed.GradSync(self.dist))
+        # TensorBoard hides a killed run's events after the step resumed from
+        self.logger = (Logger(self.logdir, purge_step=self.counters["step"] + 1
+                              if self.resumed else 0)
+                       if self.dist.is_main else _NoLogger())
+        self._checkpointed = self.counters["step"]  # env step of the last checkpoint
+
+    def _setup_local(self) -> None:
+        cfg, d = self.cfg, self.dist
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         # one process-wide setting: the fused kernels' GEMMs and the reference follow it
         torch.set_float32_matmul_precision(cfg.matmul_precision)
-        seed_everything(cfg.seed)
-        self.device = resolve_device(cfg.device)
-        self.envs = make_vector_env(cfg.env, cfg.envs, cfg.seed, **env_kwargs(cfg))
+        seed = d.seed(cfg.seed)  # cfg.seed on rank 0 (and in a single process)
+        seed_everything(seed)
+        self.device = resolve_device(cfg.device, d)
+        self.envs = make_vector_env(cfg.env, cfg.envs, seed, **env_kwargs(cfg))
         self.n = cfg.envs
         self.logdir.mkdir(parents=True, exist_ok=True)  # after the env id proved valid
-        self._lock = lock_logdir(self.logdir)
+        if d.is_main:  # one lock per run: a second run's rank 0 is refused
+            self._lock = lock_logdir(self.logdir)
         self.agent = build_agent(cfg, self.envs.single_observation_space, self.envs.act_spec,
                                  self.device)
-        self.replay = Replay(cfg.replay.capacity, self.logdir / "replay", cfg.replay.chunk,
-                             seed=cfg.seed)
-        self.rng = np.random.default_rng(cfg.seed)
+        shard = self.logdir / "replay"
+        if d.enabled:
+            shard = shard / f"rank{d.rank}"
+        self.replay = Replay(cfg.replay.capacity, shard, cfg.replay.chunk, seed=seed)
+        self.rng = np.random.default_rng(seed)
         self.counters = {"step": 0, "updates": 0, "episodes": 0, "owed": 0.0,
                          "pretrained": False, "nonfinite": 0}
         self.nonfinite_run = 0  # consecutive updates with a non-finite term
@@ -174,25 +217,48 @@ class Trainer:
         if ckpt.exists() or checkpoint.prev_path(ckpt).exists():
             self._restore(ckpt)
         else:
+            # every rank clears its own shard; rank 0 the metrics and writes the config
             self._discard_uncheckpointed()
-            (self.logdir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(),
-                                                                    sort_keys=False))
-        # TensorBoard hides a killed run's events after the step resumed from
-        self.logger = Logger(self.logdir, purge_step=self.counters["step"] + 1
-                             if self.resumed else 0)
-        self._checkpointed = self.counters["step"]  # env step of the last checkpoint
+            if d.is_main:
+                (self.logdir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(),
+                                                                        sort_keys=False))
+
+    def _fingerprint(self) -> torch.Tensor:
+        return distributed.fingerprint(_tensors(self.agent.full_state_dict()))
 
     # ---- checkpoints -------------------------------------------------------------------
 
-    def state(self) -> dict:
-        return {"agent": self.agent.full_state_dict(), "counters": dict(self.counters),
-                "rng": checkpoint.rng_state(), "env_rng": self.rng.bit_generator.state,
-                "replay": self.replay.state_dict(), "config": self.cfg.to_dict()}
+    def _rank_state(self) -> dict:
+        return {"rng": checkpoint.rng_state(), "env_rng": self.rng.bit_generator.state,
+                "replay": self.replay.state_dict()}
+
+    def state(self, ranks: list[dict] | None = None) -> dict:
+        """The checkpoint's content; ``ranks``: every rank's :meth:`_rank_state` (a
+        data-parallel run), whose rank 0 entry is also at the top level."""
+        out = {"agent": self.agent.full_state_dict(), "counters": dict(self.counters),
+               **(ranks[0] if ranks else self._rank_state()), "config": self.cfg.to_dict(),
+               "world_size": self.dist.world}
+        if ranks is not None and len(ranks) > 1:
+            out["ranks"] = ranks
+        return out
 
     def save(self) -> None:
         """The checkpoint (the previous one kept as ``checkpoint.prev.pt``); refused when
-        any tensor of the state is non-finite."""
-        checkpoint.save_atomic(self.state(), self.logdir / CHECKPOINT, keep_prev=True)
+        any tensor of the state is non-finite. Data-parallel: called on every rank, rank 0
+        writes every rank's state and checks that the ranks' weights agree."""
+        if not self.dist.enabled:
+            checkpoint.save_atomic(self.state(), self.logdir / CHECKPOINT, keep_prev=True)
+            return
+        mine = {**self._rank_state(), "fingerprint": self._fingerprint()}
+        ranks = self.dist.gather_to_main(mine)
+        if ranks is None:
+            return
+        fps = [r.pop("fingerprint") for r in ranks]
+        bad = [r for r in range(1, len(fps)) if not torch.equal(fps[r], fps[0])]
+        if bad:
+            raise distributed.DistError(f"refusing to write {self.logdir / CHECKPOINT}: the "
+                                        f"weights of rank(s) {bad} differ from rank 0's")
+        checkpoint.save_atomic(self.state(ranks), self.logdir / CHECKPOINT, keep_prev=True)
 
     def _restore(self, path: Path) -> None:
         state, path = checkpoint.load_with_fallback(
@@ -202,14 +268,25 @@ class Trainer:
             key, old, new = diff[0]
             raise ConfigError(f"{path} holds a run with {key}={old!r}; it cannot resume with "
                               f"{key}={new!r} ({len(diff)} key(s) differ; use a new --logdir)")
+        world, saved = self.dist.world, int(state.get("world_size", 1))
+        if saved != world:
+            raise ConfigError(
+                f"{path} was written by a run on {saved} rank(s) (one replay shard each); it "
+                f"cannot resume on {world} (re-sharding is not implemented): resume it "
+                + ("without torchrun" if saved == 1 else
+                   f"under torchrun with {saved} processes in all (WORLD_SIZE={saved})")
+                + ", or use a new --logdir")
+        mine = state["ranks"][self.dist.rank] if world > 1 else state
         self.agent.load_full_state_dict(state["agent"])
         self.counters.update(state["counters"])
-        checkpoint.set_rng_state(state["rng"])
-        self.rng.bit_generator.state = state["env_rng"]
-        loaded = self.replay.load_state_dict(state["replay"], load=True)
+        checkpoint.set_rng_state(mine["rng"])
+        self.rng.bit_generator.state = mine["env_rng"]
+        loaded = self.replay.load_state_dict(mine["replay"], load=True)
         self.resumed = True
-        _truncate_metrics(self.logdir, self.counters["step"])
-        print(f"[train] resumed {self.logdir} at env step {self.counters['step']} "
+        if self.dist.is_main:
+            _truncate_metrics(self.logdir, self.counters["step"])
+        where = f" (rank {self.dist.rank})" if world > 1 else ""
+        print(f"[train] resumed {self.logdir}{where} at env step {self.counters['step']} "
               f"({self.counters['updates']} updates, {loaded} replay steps)", flush=True)
 
     def _discard_uncheckpointed(self) -> None:
@@ -219,10 +296,12 @@ class Trainer:
         steps twice and no checkpoint would ever list them)."""
         removed = self.replay.discard_after(-1)
         if removed:
-            print(f"[train] removed {removed} replay fragment(s) that no checkpoint "
+            where = f" (rank {self.dist.rank})" if self.dist.enabled else ""
+            print(f"[train] removed {removed} replay fragment(s){where} that no checkpoint "
                   f"covers (a run stopped before its first checkpoint); starting at "
                   f"env step 0", flush=True)
-        _truncate_metrics(self.logdir, -1)
+        if self.dist.is_main:
+            _truncate_metrics(self.logdir, -1)
 
     # ---- loop --------------------------------------------------------------------------
 
@@ -231,22 +310,31 @@ class Trainer:
         stopped by SIGINT/SIGTERM (after saving a checkpoint)."""
         c = self.counters
         env = self._reset_envs()
-        log = _LogWindow(c["step"], c["updates"], _progress(self.cfg, c["step"]))
+        bar = _progress(self.cfg, c["step"]) if self.dist.is_main else None
+        log = _LogWindow(c["step"], c["updates"], bar)
         code = 0
         with _Stop() as stop:
             try:
                 while c["step"] < self.cfg.steps:
                     self._record(env)
                     action = self._act(env)
-                    resets = self._step_envs(env, action)
-                    self._train(resets, log, stop)
+                    agent_steps = self._step_envs(env, action)
+                    # data-parallel: the ranks' totals, so every rank takes the same
+                    # decisions below (a single process: its own values)
+                    sync = self.dist.step_sync(agent_steps, env.finished,
+                                               len(self.replay) >= self.cfg.run.batch_length,
+                                               int(stop.signal or 0))
+                    self._count(env, sync)
+                    self._train(sync, log, stop)
                     self._log(env, log)
                     self._checkpoint_if_due()
-                    if stop.signal is not None:
-                        code = 128 + int(stop.signal)
-                        print(f"\n[train] stopped by signal {stop.signal} at env step "
-                              f"{c['step']}; checkpoint saved, run the same command to "
-                              f"resume", flush=True)
+                    signum = sync.signal if self.dist.enabled else stop.signal
+                    if signum:
+                        code = 128 + int(signum)
+                        if self.dist.is_main:
+                            print(f"\n[train] stopped by signal {signum} at env step "
+                                  f"{c['step']}; checkpoint saved, run the same command to "
+                                  f"resume", flush=True)
                         break
                 self.replay.flush()  # the unfinished episodes, covered by the checkpoint
                 self.save()
@@ -258,13 +346,16 @@ class Trainer:
             log.bar.close()
         self.logger.close()
         self.envs.close()
-        self._lock.close()
+        if self._lock is not None:
+            self._lock.close()
+        self.dist.close()
         return code
 
     def _reset_envs(self) -> _EnvSteps:
         """New episodes in every environment (also on resume)."""
         n, A = self.n, self.agent.action_size
-        obs, _ = self.envs.reset(seed=self.cfg.seed + 1000 * self.counters["episodes"])
+        obs, _ = self.envs.reset(seed=self.dist.seed(self.cfg.seed)
+                                 + 1000 * self.counters["episodes"])
         return _EnvSteps(obs=obs, reward=np.zeros(n, np.float32), is_first=np.ones(n, bool),
                          is_last=np.zeros(n, bool), is_term=np.zeros(n, bool),
                          prev_action=np.zeros((n, A), np.float32),
@@ -272,9 +363,9 @@ class Trainer:
                          ep_length=np.zeros(n, int), recent=collections.deque(maxlen=10))
 
     def _record(self, env: _EnvSteps) -> None:
-        """The newest step of every environment into the replay; finished episodes into
-        the log."""
-        c = self.counters
+        """The newest step of every environment into the replay; the episodes that
+        finished into ``env.finished`` (``(return, length)``; :meth:`_count` logs them)."""
+        env.finished = finished = []
         for i in range(self.n):
             self.replay.add(_step_record(self.agent.obs_key, env.obs, i, env.prev_action,
                                          env.reward, env.is_first, env.is_last, env.is_term), i)
@@ -282,11 +373,19 @@ class Trainer:
                 env.ep_return[i] += env.reward[i]
                 env.ep_length[i] += 1
             if env.is_last[i]:
-                c["episodes"] += 1
-                env.recent.append(float(env.ep_return[i]))
-                self.logger.write(c["step"], {"episode/return": env.ep_return[i],
-                                              "episode/length": env.ep_length[i]})
+                finished.append((float(env.ep_return[i]), int(env.ep_length[i])))
                 env.ep_return[i], env.ep_length[i] = 0.0, 0
+
+    def _count(self, env: _EnvSteps, sync: distributed.StepSync) -> None:
+        """The vector step's finished episodes (of every rank) into the log and the
+        counters; the env step count advances by the agent steps of every rank times the
+        action repeat."""
+        c = self.counters
+        for ret, length in sync.episodes:
+            c["episodes"] += 1
+            env.recent.append(ret)
+            self.logger.write(c["step"], {"episode/return": ret, "episode/length": length})
+        c["step"] += self.cfg.env_opts.action_repeat * sync.agent_steps
 
     def _act(self, env: _EnvSteps) -> np.ndarray:
         """Uniform random actions until ``run.prefill`` env steps, then the policy's."""
@@ -296,7 +395,8 @@ class Trainer:
         return action
 
     def _step_envs(self, env: _EnvSteps, action: np.ndarray) -> int:
-        """One vector step; returns how many environments spent it on a reset."""
+        """One vector step; returns the agent steps taken (the environments that did not
+        spend it on a reset)."""
         resets = int(env.is_last.sum())
         obs, reward, term, trunc, _ = self.envs.step(action)
         env.obs = obs
@@ -305,21 +405,22 @@ class Trainer:
         env.reward[env.is_first] = 0.0
         env.is_term, env.is_last = np.asarray(term, bool), np.asarray(term, bool) | trunc
         env.prev_action = np.where(env.is_first[:, None], 0.0, action).astype(np.float32)
-        self.counters["step"] += self.cfg.env_opts.action_repeat * (self.n - resets)
-        return resets
+        return self.n - resets
 
-    def _train(self, resets: int, log: _LogWindow, stop: _Stop) -> None:
+    def _train(self, sync: distributed.StepSync, log: _LogWindow, stop: _Stop) -> None:
         """The updates owed for the agent steps just taken (plus ``run.pretrain`` once),
-        once the prefill is done; their metrics go to ``log``."""
+        once the prefill is done (and every rank's replay can give a batch); their metrics
+        go to ``log``. Data-parallel: an update replays ``W·B·T`` steps, for the agent
+        steps of all ranks."""
         cfg, c = self.cfg, self.counters
-        if c["step"] < cfg.run.prefill or len(self.replay) < cfg.run.batch_length:
+        if c["step"] < cfg.run.prefill or not sync.ready:
             return
         todo = 0
         if not c["pretrained"]:
             c["pretrained"] = True
             todo += cfg.run.pretrain
-        c["owed"] += ((self.n - resets) * cfg.run.train_ratio
-                      / (cfg.run.batch_size * cfg.run.batch_length))
+        c["owed"] += (sync.agent_steps * cfg.run.train_ratio
+                      / (self.dist.world * cfg.run.batch_size * cfg.run.batch_length))
         todo += int(c["owed"])
         c["owed"] -= int(c["owed"])
         for _ in range(todo):
@@ -340,7 +441,9 @@ class Trainer:
                         f"environment's rewards/observations or lower the learning rates")
             else:
                 self.nonfinite_run = 0
-            if stop.signal is not None:
+            # data-parallel: every rank must run the same updates (each is a collective);
+            # the ranks agree on a signal at the next vector step instead
+            if stop.signal is not None and not self.dist.enabled:
                 break
 
     def _log(self, env: _EnvSteps, log: _LogWindow, force: bool = False) -> None:
@@ -358,6 +461,8 @@ class Trainer:
                            "train/episodes": c["episodes"]})
             if env.recent:
                 values["episode/return_last10"] = float(np.mean(env.recent))
+            if self.dist.enabled:
+                values["train/world_size"] = self.dist.world
             self.logger.write(c["step"], values)
             self.logger.flush()
             log.restart(c["step"], c["updates"], now)
@@ -393,6 +498,33 @@ class _EnvSteps:
     ep_return: np.ndarray
     ep_length: np.ndarray
     recent: collections.deque  # the returns of the last 10 episodes
+    # the episodes this rank finished in the current vector step: (return, length)
+    finished: list = dataclasses.field(default_factory=list)
+
+
+class _NoLogger:
+    """The logger of ranks other than 0: metrics come from rank 0 alone."""
+
+    def write(self, step: int, values: dict) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _tensors(obj):
+    """The tensors of a nested state, in a fixed order."""
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, dict):
+        for k in obj:
+            yield from _tensors(obj[k])
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
 
 
 class _LogWindow:
