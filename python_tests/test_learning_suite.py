@@ -40,7 +40,7 @@ def test_report_summarises_a_partial_run_and_writes_its_files(tmp_path):
     md = (out / (stem + ".md")).read_text()
     assert "12000 of 20000" in md and "not met" in md
     table = learning.table(out)
-    assert "| v1 | gym:Pendulum-v1 | 0 | 12,000 of 20,000 | -850.0 | -850.0 | ≥ -250 not met | 11 | 0.18 |" in table
+    assert "| v1-pendulum | gym:Pendulum-v1 | 0 | 12,000 of 20,000 | -850.0 | -850.0 | ≥ -250 not met | 11 | 0.18 |" in table
 
 
 def test_a_pause_between_records_is_left_out_of_the_wall_time(tmp_path):

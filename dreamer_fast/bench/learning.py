@@ -157,7 +157,8 @@ def table(out: Path) -> str:
         steps = f"{s['steps']:,}" + ("" if s["complete"] else f" of {s['target_steps']:,}")
         goal = "–" if s["goal"] is None else (
             f"≥ {s['goal']:g} {'met' if s['goal_met'] else 'not met'}")
-        lines.append(f"| {s['algo']} | {s['env']} | {s['seed']} | {steps} | "
+        # the row name, not the algorithm alone: it tells proprio from pixel runs apart
+        lines.append(f"| {s['row']} | {s['env']} | {s['seed']} | {steps} | "
                      f"{_fmt(s['final_mean_last10'])} | {_fmt(s['best_running_mean'])} | "
                      f"{goal} | {s['wall_s'] / 60:.0f} | {_fmt(s['updates_per_s'], '.2f')} | "
                      f"{s['device']}, {s['date']} |")
