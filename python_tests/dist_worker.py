@@ -39,9 +39,9 @@ def tiny(steps: int, **extra):
 
 
 def flat_state(agent: Agent) -> torch.Tensor:
-    from dreamer_fast.agents.trainer import _tensors
+    from dreamer_fast.agents.checkpoint import named_tensors
     return torch.cat([t.detach().double().reshape(-1).cpu()
-                      for t in _tensors(agent.full_state_dict())])
+                      for _, t in named_tensors(agent.full_state_dict())])
 
 
 def all_equal(x: torch.Tensor) -> bool:

@@ -40,20 +40,23 @@ def prev_path(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
-def nonfinite_tensors(obj, where: str = "") -> list[str]:
-    """The paths of the floating-point tensors holding a NaN or inf in a nested state."""
-    out: list[str] = []
+def named_tensors(obj, where: str = ""):
+    """Yields ``(path, tensor)`` for every tensor of a nested state (dicts, lists, tuples),
+    in a fixed order: dict order, then index order; ``path`` as ``agent.wm.weight[0]``."""
     if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point() or obj.is_complex():
-            if not bool(torch.isfinite(obj).all()):
-                out.append(where or "<root>")
+        yield where or "<root>", obj
     elif isinstance(obj, dict):
         for k, v in obj.items():
-            out += nonfinite_tensors(v, f"{where}.{k}" if where else str(k))
+            yield from named_tensors(v, f"{where}.{k}" if where else str(k))
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
-            out += nonfinite_tensors(v, f"{where}[{i}]")
-    return out
+            yield from named_tensors(v, f"{where}[{i}]")
+
+
+def nonfinite_tensors(obj, where: str = "") -> list[str]:
+    """The paths of the floating-point tensors holding a NaN or inf in a nested state."""
+    return [path for path, t in named_tensors(obj, where)
+            if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
 
 
 def save_atomic(obj, path: str | os.PathLike, keep_prev: bool = False) -> None:

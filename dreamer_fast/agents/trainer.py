@@ -224,7 +224,8 @@ class Trainer:
                                                                         sort_keys=False))
 
     def _fingerprint(self) -> torch.Tensor:
-        return distributed.fingerprint(_tensors(self.agent.full_state_dict()))
+        return distributed.fingerprint(
+            t for _, t in checkpoint.named_tensors(self.agent.full_state_dict()))
 
     # ---- checkpoints -------------------------------------------------------------------
 
@@ -513,18 +514,6 @@ class _NoLogger:
 
     def close(self) -> None:
         pass
-
-
-def _tensors(obj):
-    """The tensors of a nested state, in a fixed order."""
-    if torch.is_tensor(obj):
-        yield obj
-    elif isinstance(obj, dict):
-        for k in obj:
-            yield from _tensors(obj[k])
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _tensors(v)
 
 
 class _LogWindow:
