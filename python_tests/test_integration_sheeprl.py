@@ -101,6 +101,7 @@ class RSSMLike(nn.Module):
         return F.one_hot(idx, self.discrete).to(p) + p - p.detach()
 
     def get_initial_states(self, batch_shape):
+        assert len(batch_shape) == 2   # sheeprl's _uniform_mix takes 3-D logits only
         h = torch.tanh(self.initial_recurrent_state).expand(*batch_shape, -1)
         return h, self._stoch(self._uniform_mix(self.transition_model(h)))
 

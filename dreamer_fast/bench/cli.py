@@ -44,7 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated: scan (λ-return), rssm (image step per cell at "
                         "B=1024, observe B16xT64), imagine (1024 starts x H=15, debug and S "
                         "sizes), learner (one full Dreamer update, world model + actor-critic, "
-                        "per algo); default scan")
+                        "per algo), integrations (a peer codebase's own module eager vs "
+                        "accelerated, needs --peer and --path); default scan")
+    p.add_argument("--peer", default=None, choices=["nm512"],
+                   help="integrations suite: the peer codebase (nm512: NM512/dreamerv3-torch)")
+    p.add_argument("--path", type=Path, default=None,
+                   help="integrations suite: the peer's checkout to import its modules from")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for the Markdown table (default benchmarks/results for a full "
                         "run, nothing for --quick)")
@@ -126,10 +131,13 @@ def run(args: argparse.Namespace) -> int:
     torch._dynamo.config.recompile_limit = 64  # one compiled graph per shape and mode
 
     suites = [x.strip() for x in args.suite.split(",") if x.strip()]
-    unknown = set(suites) - {"scan", "rssm", "imagine", "learner"}
+    unknown = set(suites) - {"scan", "rssm", "imagine", "learner", "integrations"}
     if unknown:
         raise SystemExit(f"dreamer-fast bench: unknown --suite {sorted(unknown)}; "
-                         "expected scan, rssm, imagine and/or learner")
+                         "expected scan, rssm, imagine, learner and/or integrations")
+    if "integrations" in suites and (args.peer is None or args.path is None):
+        raise SystemExit("dreamer-fast bench: --suite integrations needs --peer and --path "
+                         "(the peer's checkout)")
     precisions = args.matmul_precision
     if precisions != ["highest"] and not set(suites) & set(PRECISION_SUITES):
         print("dreamer-fast bench: note: --matmul-precision applies to the "
@@ -154,8 +162,15 @@ def run(args: argparse.Namespace) -> int:
                                  "reference backend (float32)", precisions))
         _run_learner(args, device, max(3, repeats // 5), sections[-1])
 
+    if "integrations" in suites:
+        sections.append(_Section(f"Integration {args.peer}: the peer's own module, eager vs "
+                                 f"accelerated ({args.dtype})"))
+        _run_integrations(args, device, dtype, max(3, repeats // 3), sections[-1])
+
     command = "dreamer-fast bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"]
                                                 else [])
+    if args.path is not None:  # a checkout's location is the user's, not a result
+        command = command.replace(str(args.path), "CHECKOUT")
     text = "\n".join(sec.text(dev_name, command.strip()) for sec in sections)
     print()
     print(text)
@@ -269,3 +284,12 @@ def _run_learner(args, device, repeats, sec: _Section) -> None:
         case = (f"{algo} size {size} B{cfg.run.batch_size}xT{cfg.run.batch_length} "
                 f"H{cfg.behavior.horizon}")
         _measure(cands, device, repeats, case, "update", sec)
+
+
+def _run_integrations(args, device, dtype, repeats, sec: _Section) -> None:
+    from dreamer_fast.bench import integration_cases
+
+    sec.notes.append(f"peer {args.peer}; module built from its checkout "
+                     "(the path is not recorded); see dreamer_fast/bench/integration_cases.py")
+    for case, mode, cands in integration_cases.cases(args.peer, args.path, device, dtype):
+        _measure(cands, device, repeats, case, mode, sec)

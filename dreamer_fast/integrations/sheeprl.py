@@ -200,9 +200,11 @@ def _mixed_logits(spec: RSSMSpec, raw: torch.Tensor) -> torch.Tensor:
     return logits.reshape(raw.shape)
 
 
-def _initial(rssm, batch_shape, like):
-    h0, z0 = rssm.get_initial_states(batch_shape)
-    return h0.to(like.dtype), z0.reshape(*batch_shape, -1).to(like.dtype)
+def _initial(rssm, B: int, like):
+    """sheeprl's own ``get_initial_states`` (time-major ``(1, B)``: its ``_uniform_mix``
+    takes 3-D logits) as ``[B, D]``, ``[B, S·K]``."""
+    h0, z0 = rssm.get_initial_states((1, B))
+    return h0[0].to(like.dtype), z0.reshape(B, -1).to(like.dtype)
 
 
 def _run_observe(rssm, embed, action, deter, stoch, noise):
@@ -251,7 +253,7 @@ def observe(rssm: nn.Module, embedded_obs: torch.Tensor, actions: torch.Tensor,
         act = action_b[:, t0:t1]
         if t0 in resets:
             if h0 is None:
-                h0, z0 = _initial(rssm, (B,), like)
+                h0, z0 = _initial(rssm, B, like)
             f = first[t0][:, None]
             # sheeprl's own expressions and order
             act = torch.cat([((1 - f) * act[:, 0])[:, None], act[:, 1:]], 1)
