@@ -420,3 +420,80 @@ def test_lambda_return_drop_in_and_full_speed_install():
     torch.testing.assert_close(models.torch.stack(x, 1), torch.stack(x, 1))
     nm512.uninstall(tools, models)
     assert tools.lambda_return is _peer_lambda_return and models.torch is torch
+
+
+# --------------------------------------------------------------------------------------
+# The benchmark's cases, on a checkout laid out as the peer's (networks.py, tools.py)
+# --------------------------------------------------------------------------------------
+
+_FAKE_NETWORKS = '''
+import torch
+from torch import nn
+from test_integration_nm512 import PeerRSSM, _noise
+
+
+class RSSM(PeerRSSM):
+    """The peer's constructor signature and its eager methods, over the test's layout."""
+
+    def __init__(self, stoch, deter, hidden, rec_depth, discrete, act, norm, mean_act,
+                 std_act, min_std, unimix_ratio, initial, num_actions, embed, device):
+        super().__init__(stoch=stoch, deter=deter, hidden=hidden, discrete=discrete,
+                         act=getattr(nn, act), norm=norm, mean_act=mean_act,
+                         std_act=std_act, min_std=min_std, unimix=unimix_ratio,
+                         initial=initial, num_actions=num_actions, embed=embed,
+                         rec_depth=rec_depth)
+
+    def observe(self, embed, action, is_first, state=None):
+        B, T = action.shape[:2]
+        return self.eager_observe(embed, action, is_first, state,
+                                  (_noise(self, B, T), _noise(self, B, T)))
+
+    def img_step(self, state, action, sample=True):
+        return self.eager_img_step(state, action, _noise(self, action.shape[0]), sample)
+
+    def imagine_with_action(self, action, state):
+        outs = []
+        for t in range(action.shape[1]):
+            state = self.img_step(state, action[:, t])
+            outs.append(state)
+        return {k: torch.stack([o[k] for o in outs], 1) for k in outs[0]}
+'''
+
+_FAKE_TOOLS = '''
+from test_integration_nm512 import _peer_lambda_return
+
+
+def lambda_return(reward, value, pcont, bootstrap, lambda_, axis):
+    return tuple(_peer_lambda_return(reward, value, pcont, bootstrap, lambda_).unbind(1))
+'''
+
+
+def test_bench_cases_run_on_a_checkout_with_the_peer_layout(tmp_path, capsys):
+    import sys
+
+    from dreamer_fast.bench import integration_cases
+    from dreamer_fast.cli import main
+
+    (tmp_path / "networks.py").write_text(_FAKE_NETWORKS)
+    (tmp_path / "tools.py").write_text(_FAKE_TOOLS)
+    for name in ("networks", "tools"):
+        sys.modules.pop(name, None)
+    try:
+        cases = integration_cases.nm512_cases(
+            tmp_path, torch.device("cpu"), torch.float32, B=2, T=5, N=6, H=3, embed=5,
+            actions=2, deter=8, hidden=6, stoch=3, classes=4)
+        names = [c[0] for c in cases]
+        assert names == ["observe B2xT5", "imagine_with_action N=6 H=3", "img_step x3 N=6",
+                         "lambda_return T=15 N=6"]
+        for _, _, cands in cases:
+            assert "fast" in cands and "eager" in cands
+            for prepare in cands.values():
+                prepare()()
+    finally:
+        for name in ("networks", "tools"):
+            sys.modules.pop(name, None)
+    with pytest.raises(SystemExit, match="--peer and --path"):
+        main(["bench", "--suite", "integrations"])
+    with pytest.raises(SystemExit, match="not a dreamerv3-torch checkout"):
+        main(["bench", "--suite", "integrations", "--peer", "nm512", "--path",
+              str(tmp_path / "nothing")])

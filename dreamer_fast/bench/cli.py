@@ -46,8 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "sizes), learner (one full Dreamer update, world model + actor-critic, "
                         "per algo), integrations (a peer codebase's own module eager vs "
                         "accelerated, needs --peer and --path); default scan")
-    p.add_argument("--peer", default=None, choices=["nm512"],
-                   help="integrations suite: the peer codebase (nm512: NM512/dreamerv3-torch)")
+    p.add_argument("--peer", default=None, choices=["nm512", "sheeprl"],
+                   help="integrations suite: the peer codebase (nm512: NM512/dreamerv3-torch; "
+                        "sheeprl: its dreamer_v3, with sheeprl's dependencies installed)")
     p.add_argument("--path", type=Path, default=None,
                    help="integrations suite: the peer's checkout to import its modules from")
     p.add_argument("--out", type=Path, default=None,
