@@ -14,7 +14,8 @@ nm512 (NM512/dreamerv3-torch, ``networks.RSSM`` with its ``configs.yaml`` defaul
   ``is_first`` set at t = 0 (what ``WorldModel._train`` calls);
 * ``imagine_with_action N=1024 H=15``: the prior rollout with given actions;
 * ``img_step x15 N=1024``: fifteen ``img_step`` calls in a Python loop, as
-  ``ImagBehavior._imagine`` calls them between its policy's samples;
+  ``ImagBehavior._imagine`` calls them between its policy's samples, with the world model
+  frozen and the gradient flowing to the actions (its ``imag_gradient='dynamics'``);
 * ``lambda_return T=15 N=1024``: ``torch.stack(tools.lambda_return(...), dim=1)`` as
   ``models.py`` uses it, eager vs the drop-in ``nm512.lambda_return`` ("drop-in") vs
   ``nm512.install``'s fast path ("fast").
@@ -134,18 +135,27 @@ def nm512_cases(path: Path, device: torch.device, dtype: torch.dtype, *,
         return prepare
 
     def steps_case(model) -> Prepare:
+        # as ImagBehavior._imagine runs under tools.RequiresGrad(actor): the world model
+        # frozen, the gradient flows through the dynamics to the actions
         def prepare():
-            model.zero_grad(set_to_none=True)
+            model.requires_grad_(False)
+            a = acts.clone().requires_grad_()
 
             def run():
                 state, outs = start, []
                 for t in range(H):
-                    state = model.img_step(state, acts[:, t])
+                    state = model.img_step(state, a[:, t])
                     outs.append(state)
                 stacked = {k: torch.stack([o[k] for o in outs], 1) for k in outs[0]}
                 _weighted([stacked], w_img).backward()
             return run
         return prepare
+
+    def with_grads(prepare: Prepare, model) -> Prepare:
+        def wrapped():
+            model.requires_grad_(True)
+            return prepare()
+        return wrapped
 
     Tl = 15
     r, v, c = mk(Tl, N, 1), mk(Tl + 1, N, 1), torch.rand(Tl, N, 1, generator=gen)
@@ -171,10 +181,12 @@ def nm512_cases(path: Path, device: torch.device, dtype: torch.dtype, *,
 
     return [
         (f"observe B{B}xT{T}", "forward+backward",
-         {"fast": observe_case(fast), "eager": observe_case(eager)}),
+         {"fast": with_grads(observe_case(fast), fast),
+          "eager": with_grads(observe_case(eager), eager)}),
         (f"imagine_with_action N={N} H={H}", "forward+backward",
-         {"fast": imagine_case(fast), "eager": imagine_case(eager)}),
-        (f"img_step x{H} N={N}", "forward+backward",
+         {"fast": with_grads(imagine_case(fast), fast),
+          "eager": with_grads(imagine_case(eager), eager)}),
+        (f"img_step x{H} N={N}", "forward+backward to the actions, world model frozen",
          {"fast": steps_case(fast), "eager": steps_case(eager)}),
         (f"lambda_return T={Tl} N={N}", "forward+backward",
          {"fast": lambda_case("fast"), "drop-in": lambda_case("drop-in"),
