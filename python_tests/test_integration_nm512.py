@@ -283,6 +283,14 @@ def test_steps_and_imagination_match_peer_math():
         gp = torch.autograd.grad(f_post["stoch"].sum(), m._obs_stat_layer.weight)[0]
         ge_ = torch.autograd.grad(e_post["stoch"].sum(), m._obs_stat_layer.weight)[0]
         torch.testing.assert_close(gp, ge_)
+    # the peer's policy starts with obs_step(None, None, embed, is_first)
+    n2 = (noise[:, 0], noise[:, 1])
+    e_post, _ = m.eager_obs_step(None, torch.zeros(B, 2), embed, first, n2)
+    f_post, _ = m.obs_step(None, None, embed, first, noise=n2)
+    for k in e_post:
+        torch.testing.assert_close(f_post[k], e_post[k], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="prev_action"):
+        m.obs_step(state, None, embed, first)
     nm512.restore(m)
 
 

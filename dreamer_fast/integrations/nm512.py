@@ -335,6 +335,13 @@ def obs_step(self, prev_state, prev_action, embed, is_first, sample=True, *, noi
     if noise is not None:
         noise = (noise[0][:, None], noise[1][:, None])
     first = is_first.reshape(is_first.shape[0])
+    if prev_action is None:
+        # the peer's policy starts with obs_step(None, None, ...): the action is then
+        # replaced by zeros, as at every all-first step
+        if prev_state is not None and not bool((first == 1).all()):
+            raise ValueError("obs_step: `prev_action` is None but `prev_state` is given and "
+                             "not every `is_first` is set")
+        prev_action = embed.new_zeros(embed.shape[0], _ctx(self).spec.action_size)
     post, prior = observe(self, embed[:, None], prev_action[:, None], first[:, None],
                           prev_state, noise=noise)
     post = {k: v[:, 0] for k, v in post.items()}
