@@ -293,8 +293,8 @@ def observe(self, embed, action, is_first, state=None, *, noise=None):
         out = _run_observe(self, embed, action, keep, state["deter"],
                            _flat_stoch(spec, state["stoch"]), prior_noise, post_noise)
         return _outputs(spec, out)
-    any_first = first.detach().bool().any(0)
-    resets = [t for t in range(T) if bool(any_first[t]) and not (t == 0 and starts_free)]
+    any_first = first.detach().bool().any(0).tolist()   # one device sync, not T
+    resets = [t for t in range(T) if any_first[t] and not (t == 0 and starts_free)]
     bounds = sorted(set([0] + resets)) + [T]
     init = _initial(self, B, embed) if resets else None
     outs = []

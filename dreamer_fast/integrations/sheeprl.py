@@ -244,7 +244,8 @@ def observe(rssm: nn.Module, embedded_obs: torch.Tensor, actions: torch.Tensor,
     first = is_first.reshape(T, B).to(like.dtype)
     # batch-major views for the op
     embed_b, action_b = embedded_obs.transpose(0, 1), actions.transpose(0, 1)
-    resets = [t for t in range(T) if bool(first[t].detach().bool().any())]
+    any_first = first.detach().bool().any(1).tolist()   # one device sync, not T
+    resets = [t for t in range(T) if any_first[t]]
     bounds = sorted(set([0] + resets)) + [T]
     h, z = recurrent_state[0], posterior.reshape(B, -1)
     h0 = z0 = None
