@@ -290,7 +290,11 @@ def _run_learner(args, device, repeats, sec: _Section) -> None:
 def _run_integrations(args, device, dtype, repeats, sec: _Section) -> None:
     from dreamer_fast.bench import integration_cases
 
+    import os
+
     sec.notes.append(f"peer {args.peer}; module built from its checkout "
                      "(the path is not recorded); see dreamer_fast/bench/integration_cases.py")
+    sec.notes.append("OMP_WAIT_POLICY=" + os.environ.get("OMP_WAIT_POLICY", "(unset)")
+                     + f", {torch.get_num_threads()} torch threads")
     for case, mode, cands in integration_cases.cases(args.peer, args.path, device, dtype):
         _measure(cands, device, repeats, case, mode, sec)
