@@ -46,9 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "sizes), learner (one full Dreamer update, world model + actor-critic, "
                         "per algo), integrations (a peer codebase's own module eager vs "
                         "accelerated, needs --peer and --path); default scan")
-    p.add_argument("--peer", default=None, choices=["nm512", "sheeprl"],
+    p.add_argument("--peer", default=None, choices=["nm512", "sheeprl", "torchrl"],
                    help="integrations suite: the peer codebase (nm512: NM512/dreamerv3-torch; "
-                        "sheeprl: its dreamer_v3, with sheeprl's dependencies installed)")
+                        "sheeprl: its dreamer_v3, torchrl: its TD(λ); each with that peer's "
+                        "own dependencies installed)")
     p.add_argument("--path", type=Path, default=None,
                    help="integrations suite: the peer's checkout to import its modules from")
     p.add_argument("--out", type=Path, default=None,
@@ -180,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         slug = re.sub(r"[^a-z0-9]+", "-", dev_name.lower()).strip("-")[:40]
-        path = out_dir / f"{slug}-{_dt.date.today().isoformat()}-{'-'.join(suites)}.md"
+        name = "-".join(suites) + (f"-{args.peer}" if "integrations" in suites else "")
+        path = out_dir / f"{slug}-{_dt.date.today().isoformat()}-{name}.md"
         path.write_text(text)
         print(f"wrote {path}")
     return 0

@@ -30,6 +30,11 @@ sheeprl (its dreamer_v3 ``RSSM`` at the ``dreamer_v3_S`` sizes: deter 512, dense
   ("fast");
 * ``imagination x15 N=1024``: fifteen ``rssm.imagination`` steps with given actions;
 * ``compute_lambda_values T=15 N=1024``.
+
+torchrl (``torchrl.objectives.value.functional`` from ``--path``, with tensordict
+installed): ``td_lambda_return_estimate`` at ``[N=1024, T=15, 1]`` (time at -2, scalar
+γ = 0.99, λ = 0.95, 5% ``done``), TorchRL's loop ("eager") and its vectorised form
+("eager vec") against the fused drop-in ("fast").
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import torch
 
 from dreamer_fast.bench.timing import Prepare
 
-PEERS = ("nm512", "sheeprl")
+PEERS = ("nm512", "sheeprl", "torchrl")
 
 
 @contextlib.contextmanager
@@ -313,7 +318,44 @@ def sheeprl_cases(path: Path, device: torch.device, dtype: torch.dtype, *, B: in
     ]
 
 
+def load_torchrl(path: Path):
+    path = Path(path).resolve()
+    if not (path / "torchrl" / "objectives" / "value" / "functional.py").is_file():
+        raise SystemExit(f"dreamer-fast bench: --path {path} is not a TorchRL checkout "
+                         "(torchrl/objectives/value/functional.py)")
+    with _on_path(path):
+        return importlib.import_module("torchrl.objectives.value.functional")
+
+
+def torchrl_cases(path: Path, device: torch.device, dtype: torch.dtype, *, N: int = 1024,
+                  T: int = 15) -> list[tuple[str, str, dict[str, Prepare]]]:
+    from dreamer_fast.integrations import torchrl as df_torchrl
+
+    functional = load_torchrl(path)
+    gen = torch.Generator().manual_seed(0)
+    mk = lambda *s: torch.randn(*s, generator=gen, dtype=dtype).to(device)  # noqa: E731
+    nv, r, w = mk(N, T, 1), mk(N, T, 1), mk(N, T, 1)
+    done = (torch.rand(N, T, 1, generator=gen) < 0.05).to(device)
+
+    def case(fn) -> Prepare:
+        def prepare():
+            v, rr = nv.clone().requires_grad_(), r.clone().requires_grad_()
+
+            def run():
+                out = fn(0.99, 0.95, v, rr, done, done)
+                torch.autograd.grad((out * w).sum(), [v, rr])
+            return run
+        return prepare
+
+    return [(f"td_lambda_return_estimate N={N} T={T}", "forward+backward",
+             {"fast": case(df_torchrl.td_lambda_return_estimate),
+              "eager": case(functional.td_lambda_return_estimate),
+              "eager vec": case(functional.vec_td_lambda_return_estimate)})]
+
+
 def cases(peer: str, path: Path, device: torch.device, dtype: torch.dtype):
+    if peer == "torchrl":
+        return torchrl_cases(path, device, dtype)
     if peer == "nm512":
         return nm512_cases(path, device, dtype)
     if peer == "sheeprl":
