@@ -68,3 +68,33 @@ def test_refusal_and_install():
     assert mod.vec_td_lambda_return_estimate is tr.vec_td_lambda_return_estimate
     tr.uninstall(mod)
     assert mod.td_lambda_return_estimate is _peer
+
+
+def test_bench_case_runs_on_a_checkout_with_the_peer_layout(tmp_path):
+    import sys
+
+    from dreamer_fast.bench import integration_cases
+
+    value = tmp_path / "torchrl" / "objectives" / "value"
+    value.mkdir(parents=True)
+    for d in (tmp_path / "torchrl", tmp_path / "torchrl" / "objectives", value):
+        (d / "__init__.py").write_text("")
+    (value / "functional.py").write_text(
+        "from test_integration_torchrl import _peer\n"
+        "def td_lambda_return_estimate(g, l, nv, r, done, terminated=None):\n"
+        "    return _peer(g, l, nv, r, done, terminated)\n"
+        "vec_td_lambda_return_estimate = td_lambda_return_estimate\n")
+    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] == "torchrl"}
+    for k in saved:
+        del sys.modules[k]
+    try:
+        (case,) = integration_cases.torchrl_cases(tmp_path, torch.device("cpu"),
+                                                  torch.float32, N=4, T=5)
+        assert case[0] == "td_lambda_return_estimate N=4 T=5"
+        assert set(case[2]) == {"fast", "eager", "eager vec"}
+        for prepare in case[2].values():
+            prepare()()
+    finally:
+        for k in [k for k in sys.modules if k.split(".")[0] == "torchrl"]:
+            del sys.modules[k]
+        sys.modules.update(saved)
