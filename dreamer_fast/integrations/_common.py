@@ -8,7 +8,22 @@ import types
 import torch
 from torch import nn
 
+from dreamer_fast.ops._dispatch import use_fused
 from dreamer_fast.ops.rssm_spec import RSSMSpec
+
+#: Below this many rows a single step (``T = 1``) runs our reference ops under
+#: ``backend='auto'``: the fused sequence ops reorder every weight into oneDNN's blocked
+#: layout on each call, which for one step of a few rows costs more than the step itself
+#: (sheeprl's step at B=16, S size, 2-core CPU: 45-65 ms fused, 18-35 ms reference,
+#: 31-45 ms the peer's eager; the reference ops are the same math, tested equal).
+SMALL_STEP_ROWS = 64
+
+
+def fused_for(backend: str, like: torch.Tensor, rows: int, steps: int) -> bool:
+    """Whether a call of ``steps`` steps over ``rows`` rows runs the fused op."""
+    if backend == "auto" and steps == 1 and rows < SMALL_STEP_ROWS:
+        return False
+    return use_fused(backend, like)
 
 
 class UnsupportedPeerConfig(NotImplementedError):

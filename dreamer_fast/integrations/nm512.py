@@ -76,9 +76,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamer_fast.integrations._common import (
-    act_name, layer_norm_eps, need_spec_field, patch_methods, refuse, unimix_log_probs,
+    act_name, fused_for, layer_norm_eps, need_spec_field, patch_methods, refuse, unimix_log_probs,
     unpatch_methods)
-from dreamer_fast.ops._dispatch import check_backend, use_fused
+from dreamer_fast.ops._dispatch import check_backend
 from dreamer_fast.ops.rssm import (_imagine_ref, _observe_ref, rssm_imagine, rssm_observe)
 from dreamer_fast.ops.rssm_spec import DenseSpec, RSSMSpec
 from dreamer_fast.ops.scan import lambda_return as _lambda_return_op
@@ -247,7 +247,7 @@ def _initial(self, batch: int, like: torch.Tensor) -> dict:
 def _run_observe(self, embed, action, keep, deter, stoch, prior_noise, post_noise):
     c = _ctx(self)
     params = params_of(self, c.spec)
-    fused = use_fused(c.backend, embed)
+    fused = fused_for(c.backend, embed, *embed.shape[:2])
     fn = rssm_observe if fused else _observe_ref
     return fn(params, c.spec, embed, action, keep, deter, stoch, prior_noise, post_noise)
 
@@ -365,7 +365,7 @@ def _imagine(self, action, state, noise, sample):
     if noise is None:
         noise = _draw(spec, (B, H), action)
     params = params_of(self, spec)
-    fused = use_fused(c.backend, action)
+    fused = fused_for(c.backend, action, B, H)
     fn = rssm_imagine if fused else _imagine_ref
     deter, stoch, a, b, _, _ = fn(params, spec, state["deter"],
                                   _flat_stoch(spec, state["stoch"]), action, None, noise, H)
@@ -390,8 +390,10 @@ _METHODS = {"observe": observe, "obs_step": obs_step, "img_step": img_step,
 def accelerate(rssm: nn.Module, backend: str = "auto") -> nn.Module:
     """Runs this dreamerv3-torch ``networks.RSSM`` instance on the fused ops, its own
     parameters in place (see the module docstring); returns it. ``backend``: ``'auto'``
-    (fused where the extension has kernels for the tensors' device), ``'fused'`` or
-    ``'ref'`` (our pure-PyTorch references of the same ops)."""
+    (fused where the extension has kernels for the tensors' device, except single steps
+    of fewer than :data:`~dreamer_fast.integrations._common.SMALL_STEP_ROWS` rows, which
+    run the reference ops: there the fused op's per-call weight packing costs more than
+    the step), ``'fused'`` or ``'ref'`` (our pure-PyTorch references of the same ops)."""
     spec = spec_of(rssm)
     check_backend(backend)
     patch_methods(rssm, _METHODS)

@@ -60,9 +60,9 @@ import torch
 from torch import nn
 
 from dreamer_fast.integrations._common import (
-    act_name, layer_norm_eps, need_spec_field, patch_methods, refuse, spec_supports,
+    act_name, fused_for, layer_norm_eps, need_spec_field, patch_methods, refuse, spec_supports,
     unpatch_methods)
-from dreamer_fast.ops._dispatch import check_backend, use_fused
+from dreamer_fast.ops._dispatch import check_backend
 from dreamer_fast.ops.rssm import _imagine_ref, _observe_ref, rssm_imagine, rssm_observe
 from dreamer_fast.ops.rssm_spec import DenseSpec, RSSMSpec
 from dreamer_fast.ops.scan import reverse_scan
@@ -93,7 +93,8 @@ def _mlp(where: str, mlp: nn.Module, with_out: bool):
     if seq is None:
         refuse(PEER, where, type(mlp).__name__, "expected sheeprl's MLP (with `_model`)")
     n = 4 if with_out else 3
-    if len(seq) != n or type(seq[0]) is not nn.Linear or (with_out and type(seq[3]) is not nn.Linear):
+    linears = [seq[0]] + ([seq[3]] if with_out and len(seq) == n else [])
+    if len(seq) != n or any(type(x) is not nn.Linear for x in linears):
         refuse(PEER, f"{where} layers", [type(x).__name__ for x in seq],
                "expected [Linear, norm, act" + (", Linear]" if with_out else "]")
                + " (one hidden layer, no dropout)")
@@ -210,8 +211,8 @@ def _initial(rssm, B: int, like):
 def _run_observe(rssm, embed, action, deter, stoch, noise):
     """``rssm_observe`` over batch-major ``[B, T, ..]`` with no reset inside (``keep`` 1)."""
     c = _ctx(rssm)
-    fn = rssm_observe if use_fused(c.backend, embed) else _observe_ref
     B, T = embed.shape[:2]
+    fn = rssm_observe if fused_for(c.backend, embed, B, T) else _observe_ref
     keep = embed.new_ones(B, T)
     return fn(params_of(rssm, c.spec), c.spec, embed, action, keep, deter, stoch,
               noise[0], noise[1])
@@ -291,7 +292,7 @@ def imagination(self, prior, recurrent_state, actions, *, noise=None):
     N = recurrent_state.shape[1]
     if noise is None:
         noise = torch.rand(N, 1, spec.stoch, dtype=actions.dtype, device=actions.device)
-    fn = rssm_imagine if use_fused(c.backend, actions) else _imagine_ref
+    fn = rssm_imagine if fused_for(c.backend, actions, N, 1) else _imagine_ref
     deter, stoch, _, _, _, _ = fn(params_of(self, spec), spec, recurrent_state[0],
                                   prior.reshape(N, -1), actions.reshape(N, 1, -1), None,
                                   noise, 1)
@@ -301,7 +302,10 @@ def imagination(self, prior, recurrent_state, actions, *, noise=None):
 
 def accelerate(rssm: nn.Module, backend: str = "auto") -> nn.Module:
     """Runs this sheeprl dreamer_v3 ``RSSM`` instance's ``dynamic`` and ``imagination`` on
-    the fused ops, its own parameters in place; returns it (see the module docstring)."""
+    the fused ops, its own parameters in place; returns it (see the module docstring).
+    ``backend`` as in :func:`dreamer_fast.integrations.nm512.accelerate` (``'auto'`` runs
+    single steps of fewer than 64 rows, e.g. ``dynamic`` at B=16, on the reference ops,
+    where they are faster)."""
     spec = spec_of(rssm)
     check_backend(backend)
     patch_methods(rssm, {"dynamic": dynamic, "imagination": imagination})
