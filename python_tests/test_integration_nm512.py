@@ -237,7 +237,8 @@ def test_observe_without_resets_is_one_call():
     _check_observe(m, first=torch.zeros(3, 7))
 
 
-def test_steps_and_imagination_match_peer_math():
+@pytest.mark.parametrize("backend", ["fused", "auto"])   # auto: small single steps on ref
+def test_steps_and_imagination_match_peer_math(backend):
     torch.manual_seed(5)
     m = PeerRSSM()
     B, H = 4, 5
@@ -255,7 +256,7 @@ def test_steps_and_imagination_match_peer_math():
     on = [action, *m.parameters()]
     torch.manual_seed(9)
     ge = _grads([eager], on)
-    nm512.accelerate(m)
+    nm512.accelerate(m, backend=backend)
     fast = m.imagine_with_action(action, state, noise=noise)
     torch.manual_seed(9)
     gf = _grads([fast], on)
