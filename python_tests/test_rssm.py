@@ -30,6 +30,8 @@ from dreamer_fast.nn import RSSM, Actor, draw_imagine_noise, imagine, imagine_re
 from dreamer_fast.ops import (ActorSpec, DenseSpec, RSSMSpec, rssm_imagine, rssm_imagine_ref,
                               rssm_observe, rssm_observe_ref)
 from dreamer_fast.ops._native_spec import native_actor_spec, native_rssm_spec
+from dreamer_fast.ops.rssm import rssm_initial
+from rssm_variants import VARIANTS, variant
 
 CELLS = ("gru", "ln_gru", "block_gru")
 LATENTS = {"cat": 4, "gauss": None}
@@ -299,6 +301,15 @@ def _rssm_spec(**change) -> RSSMSpec:
     (dict(unimix=1.0), ValueError, r"RSSMSpec: `unimix` must be a finite float in \[0, 1\)"),
     (dict(min_std=-1.0), ValueError, "RSSMSpec: `min_std` must be a finite float >= 0"),
     (dict(update_bias="1"), TypeError, "RSSMSpec: `update_bias` must be a float"),
+    (dict(cell_norm=0), TypeError, "RSSMSpec: `cell_norm` must be a bool"),
+    (dict(cell="gru", img_in=(DenseSpec(True),), cell_norm=False), ValueError,
+     "RSSMSpec: `cell_norm` must be True for cell 'gru'"),
+    (dict(cell="gru", cell_state_first=True), ValueError,
+     "RSSMSpec: `cell_state_first` must be False for cell 'gru'"),
+    (dict(std_act="exp"), ValueError, "RSSMSpec: `std_act` must be one of"),
+    (dict(mean_act="tanh"), ValueError, "RSSMSpec: `mean_act` must be one of"),
+    (dict(initial="random"), ValueError, "RSSMSpec: `initial` must be one of"),
+    (dict(initial_stoch_grad=None), TypeError, "RSSMSpec: `initial_stoch_grad` must be a bool"),
 ])
 def test_rssm_spec_errors_name_the_field(change, exc, match):
     with pytest.raises(exc, match=match):
@@ -331,8 +342,13 @@ def test_spec_layout_counts_and_names():
     spec = _rssm_spec()
     counts = spec.param_counts()
     # img_in: weight, norm weight and bias; ln_gru: 3; img_out: 3 + (weight, bias); obs_out: 2
-    assert counts == {"img_in": 3, "cell": 3, "img_out": 5, "obs_out": 2}
+    assert counts == {"img_in": 3, "cell": 3, "img_out": 5, "obs_out": 2, "initial": 0}
     assert spec.param_slices()["obs_out"] == slice(11, 13) and spec.param_count() == 13
+    # the learned initial state: W [D] last; no LayerNorm on the cell: its weight alone
+    learned = _rssm_spec(initial="learned", cell_norm=False)
+    assert learned.param_counts() == {"img_in": 3, "cell": 1, "img_out": 5, "obs_out": 2,
+                                      "initial": 1}
+    assert learned.param_shapes()[-1] == ("initial", (8,)) and learned.param_count() == 12
     assert spec.param_names()[:4] == ["img_in[0].weight", "img_in[0].norm_weight",
                                       "img_in[0].norm_bias", "cell.weight"]
     assert dict(spec.param_shapes())["obs_out[0].weight"] == (6, 12)  # stats 2·3 from D + E
@@ -518,7 +534,7 @@ def raw_observe_args(m: RSSM, B: int, T: int):
     deter = torch.randn(B, 16, dtype=F64)
     stoch = torch.zeros(B, m.stoch * (m.classes or 1), dtype=F64)
     return (m.spec_params(), *native_rssm_spec(m.spec()), embed.requires_grad_(), action, keep,
-            deter, stoch, noise[0], noise[1], True)
+            deter, stoch, noise[0], noise[1], None, None, True)
 
 
 def raw_imagine_args(m: RSSM, actor: Actor, N: int, H: int, feat_out: bool = False):
@@ -618,6 +634,62 @@ def test_opcheck_rssm_observe(cell, classes):
     m = make_rssm(cell, classes)
     torch.library.opcheck(torch.ops.dreamer_fast.rssm_observe.default,
                           raw_observe_args(m, 2, 3), test_utils=OPCHECK_TESTS)
+
+
+@pytest.mark.parametrize("name,cell,classes", [("nm512-gauss", "ln_gru", None),
+                                               ("sheeprl", "ln_gru", 4),
+                                               ("learned", "block_gru", 4)])
+def test_opcheck_rssm_observe_variants(name, cell, classes):
+    """The peers' options, the learned initial state passed to the op (its gradient is
+    one of the op's outputs)."""
+    m = make_rssm(cell, classes)
+    spec, params = variant(m.spec(), m.spec_params(), torch.Generator().manual_seed(3),
+                           **VARIANTS[name])
+    args = list(raw_observe_args(m, 2, 3))
+    deter0, stoch0 = rssm_initial(params, spec)
+    args[0] = params[:-1]  # the op takes the initial state, not W
+    args[1:2] = native_rssm_spec(spec)
+    args[-3:-1] = [deter0.detach().requires_grad_(), stoch0.detach().requires_grad_()]
+    torch.library.opcheck(torch.ops.dreamer_fast.rssm_observe.default, tuple(args),
+                          test_utils=OPCHECK_TESTS)
+
+
+@pytest.mark.parametrize("name,cell,classes", [("nm512-gauss", "ln_gru", None),
+                                               ("learned", "ln_gru", 4),
+                                               ("sheeprl", "ln_gru", 4)])
+def test_compiled_fused_observe_variant_matches_eager(name, cell, classes):
+    """torch.compile(fullgraph=True) of the functional observe with a peer's options,
+    the learned initial state included (no start state: t = 0 starts from it)."""
+    m = make_rssm(cell, classes)
+    spec, params = variant(m.spec(), m.spec_params(), torch.Generator().manual_seed(4),
+                           **VARIANTS[name])
+    params = _leaves(params)
+    embed, action, is_first, noise = observe_inputs(3, 5)
+    if classes is None:
+        noise = tuple(torch.randn_like(n) for n in noise)
+    keep = (~is_first).to(F64)
+
+    weights = [torch.randn(3, 5, 32, generator=torch.Generator().manual_seed(i), dtype=F64)
+               for i in range(7)]
+
+    def loss_fn(embed, action, keep, noise0, noise1):
+        outs = rssm_observe(params, spec, embed, action, keep, None, None, noise0, noise1)
+        # every non-empty output through fixed weights (made outside the compiled region)
+        outs = [o for o in outs if o.numel()]
+        return sum((o * w[..., :o.shape[-1]]).tanh().sum() for o, w in zip(outs, weights))
+
+    eager = loss_fn(embed, action, keep, *noise)
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")(
+        embed, action, keep, *noise)
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+    g_eager, g_compiled = _grads(eager, params), _grads(compiled, params)
+    for ge, gc in zip(g_eager, g_compiled):
+        assert (ge is None) == (gc is None)
+        if ge is not None:
+            torch.testing.assert_close(gc, ge, rtol=1e-12, atol=1e-12)
+    # the learned initial state (t = 0 and the reset at is_first[1, 2]) gets a gradient
+    assert g_eager[-1].abs().sum() > 0
 
 
 @pytest.mark.parametrize("feat_out", [False, True], ids=["states", "feat"])
