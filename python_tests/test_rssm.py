@@ -811,3 +811,74 @@ def test_module_transitions_reject_wrong_input_sizes(backend, cell):
         rssm.img_step(rssm.initial(B), torch.zeros(B, 3, **f64))
     with pytest.raises(ValueError, match="`actions?`"):
         rssm.imagine_with_action(torch.zeros(B, 4, 1, **f64), rssm.initial(B))
+
+
+# ==== the learned initial state against its definition =================================
+
+@pytest.mark.parametrize("classes,stoch_grad,mean_act", [(4, True, "none"), (4, False, "none"),
+                                                        (None, True, "tanh5"),
+                                                        (None, False, "none")])
+def test_rssm_initial_is_tanh_w_and_the_prior_mode(classes, stoch_grad, mean_act):
+    """deter0 = tanh(W); stoch0 = the prior's mode at deter0, computed here from the
+    module's own prior MLP: the Gaussian mean_act(mean), or the one-hot of the argmax
+    whose gradient is that of the normalised unimix log-probs (straight-through) or
+    none."""
+    m = make_rssm("ln_gru", classes)
+    spec, params = variant(m.spec(), m.spec_params(), torch.Generator().manual_seed(5),
+                           initial="learned", initial_stoch_grad=stoch_grad, mean_act=mean_act)
+    params = _leaves(params)
+    deter0, stoch0 = rssm_initial(params, spec)
+    W = params[-1]
+    torch.testing.assert_close(deter0, torch.tanh(W), rtol=0, atol=0)
+    sd = m.img_out.state_dict()
+    stats = torch.func.functional_call(
+        m.img_out, dict(zip(sd, params[spec.param_slices()["img_out"]])), (torch.tanh(W),))
+    w = torch.randn(stoch0.shape, generator=torch.Generator().manual_seed(6), dtype=F64)
+    if classes is None:
+        mean = stats[:4] if mean_act == "none" else 5 * torch.tanh(stats[:4] / 5)
+        torch.testing.assert_close(stoch0, mean, rtol=1e-14, atol=1e-14)
+        target = (mean * w).sum()
+    else:
+        logits = stats.view(4, classes)
+        lp = torch.log(torch.softmax(logits, -1) * 0.99 + 0.01 / classes)
+        lp = lp - torch.logsumexp(lp, -1, keepdim=True)
+        onehot = torch.nn.functional.one_hot(logits.argmax(-1), classes).to(F64).reshape(-1)
+        torch.testing.assert_close(stoch0, onehot, rtol=0, atol=1e-15)
+        target = (lp.reshape(-1) * w).sum()  # the straight-through gradient's
+    if not stoch_grad:
+        assert not stoch0.requires_grad
+        return
+    got = torch.autograd.grad((stoch0 * w).sum(), params, allow_unused=True)
+    want = torch.autograd.grad(target, params, allow_unused=True)
+    for g, e in zip(got, want):
+        assert (g is None) == (e is None)
+        if g is not None:
+            torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("fn", [rssm_observe, rssm_observe_ref], ids=["fused", "ref"])
+@pytest.mark.parametrize("cell,classes", [("ln_gru", 4), ("block_gru", None), ("gru", 4)])
+def test_learned_start_is_the_initial_state_given_as_start(fn, cell, classes):
+    """No start state with initial='learned' (and a reset at t = 0) is the same sequence,
+    values and every gradient (W's included), as the zeros spec started from
+    rssm_initial's state with no reset at t = 0."""
+    m = make_rssm(cell, classes)
+    spec, params = variant(m.spec(), m.spec_params(), torch.Generator().manual_seed(7),
+                           initial="learned")
+    embed, action, _, noise = observe_inputs(3, 4)
+    if classes is None:
+        noise = tuple(torch.randn_like(n) for n in noise)
+    keep = torch.ones(3, 4, dtype=F64)
+    leaves = _leaves(params)
+    a = fn(leaves, spec, embed, action, keep, None, None, *noise)
+    ga = torch.autograd.grad(_weighted_loss(a, 2), leaves, allow_unused=True)
+    leaves = _leaves(params)
+    deter0, stoch0 = rssm_initial(leaves, spec)
+    act0 = action.clone()
+    act0[:, 0] = 0  # a reset masks the action before the first step
+    b = fn(leaves[:-1], m.spec(), embed, act0, keep, deter0.expand(3, -1),
+           stoch0.expand(3, -1), *noise)
+    gb = torch.autograd.grad(_weighted_loss(b, 2), leaves, allow_unused=True)
+    _assert_same(a, b, "outputs", rtol=1e-13, atol=1e-13)
+    _assert_same(ga, gb, "grads", rtol=1e-11, atol=1e-12)
+    assert ga[-1].abs().sum() > 0
