@@ -383,6 +383,12 @@ CONFIGS = {
     "v1-gru-gauss": dict(cell="gru", classes=None, norm="none", act="elu"),
     "v2-lngru-cat": dict(cell="ln_gru", classes=8, norm="layer", act="elu"),
     "v3-block-cat": dict(cell="block_gru", classes=8, norm="rms", act="silu", blocks=4),
+    # dreamerv3-torch with norm: False, its Gaussian options and its learned initial state
+    "nm512-gauss": dict(cell="ln_gru", classes=None, norm="none", act="silu", cell_norm=False,
+                        std_act="sigmoid2", mean_act="tanh5", initial="learned"),
+    # sheeprl: cat(h, x), a learned initial state whose categorical mode has no gradient
+    "sheeprl-cat": dict(cell="ln_gru", classes=8, norm="layer", act="silu",
+                        cell_state_first=True, initial="learned", initial_stoch_grad=False),
 }
 
 
@@ -882,3 +888,33 @@ def test_learned_start_is_the_initial_state_given_as_start(fn, cell, classes):
     _assert_same(a, b, "outputs", rtol=1e-13, atol=1e-13)
     _assert_same(ga, gb, "grads", rtol=1e-11, atol=1e-12)
     assert ga[-1].abs().sum() > 0
+
+
+def test_module_options_reach_the_spec_and_default_to_ours():
+    """The RSSM module's peer options: in its spec and parameters (the learned initial
+    state a parameter ``initial_weight``, last in spec_params); the defaults unchanged."""
+    default = RSSM(stoch=3, deter=8, hidden=6, action_size=2, embed_size=4, cell="ln_gru")
+    spec = default.spec()
+    assert (spec.cell_norm, spec.cell_state_first, spec.std_act, spec.mean_act,
+            spec.initial) == (True, False, "softplus", "none", "zeros")
+    assert default.initial_weight is None and default.cell.norm_weight is not None
+    m = RSSM(stoch=3, deter=8, hidden=6, action_size=2, embed_size=4, cell="ln_gru",
+             cell_norm=False, cell_state_first=True, std_act="abs", mean_act="tanh5",
+             initial="learned")
+    spec = m.spec()
+    assert (spec.cell_norm, spec.cell_state_first, spec.std_act, spec.mean_act,
+            spec.initial) == (False, True, "abs", "tanh5", "learned")
+    assert m.spec_param_names()[-1] == "initial_weight" and m.cell.norm_weight is None
+    assert [tuple(p.shape) for p in m.spec_params()] == [s for _, s in spec.param_shapes()]
+    state = m.initial(5)
+    deter0, stoch0 = rssm_initial(m.spec_params(), spec)
+    torch.testing.assert_close(state["deter"], deter0.expand(5, -1), rtol=0, atol=0)
+    torch.testing.assert_close(state["stoch"], stoch0.expand(5, -1), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="`initial`"):
+        RSSM(stoch=3, deter=8, hidden=6, action_size=2, embed_size=4, initial="random")
+    with pytest.raises(ValueError, match="`cell_norm=False`"):
+        RSSM(stoch=3, deter=8, hidden=6, action_size=2, embed_size=4, cell="gru",
+             cell_norm=False)
+    with pytest.raises(ValueError, match="`std_act`"):
+        RSSM(stoch=3, deter=8, hidden=6, action_size=2, embed_size=4, std_act="exp")
+
