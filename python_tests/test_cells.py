@@ -64,6 +64,8 @@ class Case:
     lead: tuple[int, ...] | None = None
     update_bias: float = -1.0
     eps: float = 1e-3
+    norm: bool = True  # ln_gru_cell: the LayerNorm (False: norm_weight = norm_bias = None)
+    state_first: bool = False  # ln_gru_cell: weight columns for cat(h, x)
 
 
 def _state(case: Case, r):
@@ -207,18 +209,25 @@ def build_ln_gru(case: Case, dtype, device, gen) -> dict:
     H = case.H
     return dict(input=x, hx=h,
                 weight=r(3 * H, case.I + H, scale=1 / math.sqrt(case.I + H), uniform=True),
-                norm_weight=1 + r(3 * H, scale=0.2), norm_bias=r(3 * H, scale=0.2),
-                update_bias=case.update_bias, eps=case.eps)
+                norm_weight=1 + r(3 * H, scale=0.2) if case.norm else None,
+                norm_bias=r(3 * H, scale=0.2) if case.norm else None,
+                update_bias=case.update_bias, eps=case.eps, state_first=case.state_first)
 
 
-def ln_gru_equations(input, hx, weight, norm_weight, norm_bias, update_bias=-1.0, eps=1e-3):
-    """The LN-GRU equations of the issue, written out independently of the package."""
+def ln_gru_equations(input, hx, weight, norm_weight, norm_bias, update_bias=-1.0, eps=1e-3,
+                     state_first=False):
+    """The LN-GRU equations of the issue, written out independently of the package
+    (without the norm when norm_weight is None; the weight's columns for cat(h, x) with
+    state_first)."""
     if hx is None:
         hx = input.new_zeros(*input.shape[:-1], weight.shape[0] // 3)
-    parts = torch.cat([input, hx], -1) @ weight.T
-    mean = parts.mean(-1, keepdim=True)
-    var = ((parts - mean) ** 2).mean(-1, keepdim=True)
-    y = (parts - mean) / torch.sqrt(var + eps) * norm_weight + norm_bias
+    parts = torch.cat([hx, input] if state_first else [input, hx], -1) @ weight.T
+    if norm_weight is None:
+        y = parts
+    else:
+        mean = parts.mean(-1, keepdim=True)
+        var = ((parts - mean) ** 2).mean(-1, keepdim=True)
+        y = (parts - mean) / torch.sqrt(var + eps) * norm_weight + norm_bias
     H = hx.shape[-1]
     reset, cand, update = y[..., :H], y[..., H:2 * H], y[..., 2 * H:]
     reset = 1 / (1 + torch.exp(-reset))
@@ -229,12 +238,12 @@ def ln_gru_equations(input, hx, weight, norm_weight, norm_bias, update_bias=-1.0
 
 def native_ln_gru(kw: dict) -> list:
     args = (kw["input"], kw["hx"], kw["weight"], kw["norm_weight"], kw["norm_bias"],
-            kw["update_bias"], kw["eps"])
-    x, h, W, g, b, ub, eps = _detach(args)
-    hy, parts, stats = torch.ops.dreamer_fast.ln_gru_cell(x, h, W, g, b, ub, eps)
+            kw["update_bias"], kw["eps"], kw["state_first"])
+    x, h, W, g, b, ub, eps, sf = _detach(args)
+    hy, parts, stats = torch.ops.dreamer_fast.ln_gru_cell(x, h, W, g, b, ub, eps, sf)
     return [(torch.ops.dreamer_fast.ln_gru_cell.default, args),
             (torch.ops.dreamer_fast.ln_gru_cell_backward.default,
-             (_grad_like(hy), parts, stats, x, h, W, g, b, ub))]
+             (_grad_like(hy), parts, stats, x, h, W, g, b, ub, sf))]
 
 
 LN_BAD = tuple(Bad(*b) for b in [
@@ -248,11 +257,19 @@ LN_BAD = tuple(Bad(*b) for b in [
     ("dtype-mix", _set(norm_weight=torch.Tensor.double), TypeError, "norm_weight"),
     ("eps", _set(eps=0.0), ValueError, "eps"),
     ("update-bias-str", _set(update_bias="-1"), TypeError, "update_bias"),
+    ("norm-half-given", _set(norm_bias=None), ValueError, "norm_bias"),
+    ("state-first-int", _set(state_first=1), TypeError, "state_first"),
 ])
 LN_DIRECT_BAD = (
     DirectBad("norm-bias-shape", "ln_gru_cell",
               lambda: (_x, _h, torch.randn(18, 11), torch.ones(18), torch.zeros(3), -1.0, 1e-3),
               "norm_bias"),
+    DirectBad("norm-half-given", "ln_gru_cell",
+              lambda: (_x, _h, torch.randn(18, 11), torch.ones(18), None, -1.0, 1e-3),
+              "norm_bias"),
+    DirectBad("no-norm-stats", "ln_gru_cell_backward",  # stats of a normed cell, no norm
+              lambda: (torch.randn(4, 6), torch.randn(4, 18), torch.zeros(4, 2), _x, _h,
+                       torch.randn(18, 11), None, None, -1.0), "stats"),
     DirectBad("all-meta-eps", "ln_gru_cell",
               lambda: (_x.to("meta"), _h.to("meta"), torch.randn(18, 11, device="meta"),
                        torch.ones(18, device="meta"), torch.zeros(18, device="meta"), -1.0, 0.0),
@@ -267,7 +284,12 @@ LN_GRU = OpContract(
 )
 
 LN_OPTIONS = {"ub0-eps1e-5": Case(9, 10, 32, update_bias=0.0, eps=1e-5),
-              "ub-2.5-eps0.1": Case(9, 10, 32, update_bias=-2.5, eps=0.1)}
+              "ub-2.5-eps0.1": Case(9, 10, 32, update_bias=-2.5, eps=0.1),
+              # dreamerv3-torch's GRUCell(norm=False); sheeprl's cat(h, x) column order
+              "no-norm": Case(9, 10, 32, norm=False),
+              "state-first": Case(9, 10, 32, state_first=True),
+              "no-norm-state-first-ub0": Case(9, 10, 32, norm=False, state_first=True,
+                                              update_bias=0.0)}
 LN_OPTIONS_SMALL = {k: dataclasses.replace(v, B=3, I=5, H=4) for k, v in LN_OPTIONS.items()}
 
 globals().update(contract_tests(
@@ -275,13 +297,18 @@ globals().update(contract_tests(
     small_grid_cpu=SIZES_CPU_LOW, noncontig={"B6-H12": Case(6, 9, 12)},
     empty={"B0": Case(0, 5, 6)}, gradcheck={"B3-H4": Case(3, 5, 4), **LN_OPTIONS_SMALL},
     opcheck={"all": (Case(4, 5, 6), torch.float64, "all"),
-             "f32-options-none": (LN_OPTIONS_SMALL["ub-2.5-eps0.1"], torch.float32, "none")},
-    compile={"B8-H6": Case(8, 5, 6)},
+             "f32-options-none": (LN_OPTIONS_SMALL["ub-2.5-eps0.1"], torch.float32, "none"),
+             "no-norm-all": (LN_OPTIONS_SMALL["no-norm"], torch.float64, "all"),
+             "state-first-all": (LN_OPTIONS_SMALL["state-first"], torch.float64, "all")},
+    compile={"B8-H6": Case(8, 5, 6), "no-norm-state-first": Case(8, 5, 6, norm=False,
+                                                                  state_first=True)},
 ))
 
 
 @pytest.mark.parametrize("case", [Case(7, 10, 32), Case(5, 7, 16, state=False),
-                                  LN_OPTIONS["ub-2.5-eps0.1"]], ids=["B7", "no-state", "options"])
+                                  LN_OPTIONS["ub-2.5-eps0.1"], LN_OPTIONS["no-norm"],
+                                  LN_OPTIONS["state-first"]],
+                         ids=["B7", "no-state", "options", "no-norm", "state-first"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_ln_gru_cell_ref_matches_equations(device, case):
     check_matches_ref(dataclasses.replace(LN_GRU, fast=ln_gru_cell_ref), case, torch.float64,

@@ -446,17 +446,26 @@ def test_dense_epilogue(backend, dtype, B, N, norm, affine, act, eps, sums):
 # K <= 8, warp per row above: 1, 2, 4, 8 register chunks and the re-reading kernel)
 # ======================================================================================
 
-GAUSS_CASES = [(1, 1, 0.1), (3, 17, 0.1), (37, 9, 0.0), (300, 3, 0.5), (0, 4, 0.1)]
+# (R, S, min_std, std_act, mean_act): every std_act with and without tanh5
+GAUSS_CASES = [(1, 1, 0.1, "softplus", "none"), (3, 17, 0.1, "softplus", "none"),
+               (37, 9, 0.0, "softplus", "none"), (300, 3, 0.5, "softplus", "none"),
+               (0, 4, 0.1, "softplus", "none"), (37, 9, 0.1, "softplus", "tanh5"),
+               (3, 17, 0.1, "abs", "tanh5"), (37, 9, 0.5, "abs", "none"),
+               (37, 9, 0.0, "sigmoid", "none"), (300, 3, 0.1, "sigmoid", "tanh5"),
+               (300, 3, 0.5, "sigmoid2", "tanh5"), (37, 9, 0.1, "sigmoid2", "none")]
 # which upstream gradients exist: sample / mean / std
 GRAD_SUBSETS = [("sample", "mean", "std"), ("sample",), ("mean", "std"), ()]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", dtype_params())
-@pytest.mark.parametrize("R,S,min_std", GAUSS_CASES,
-                         ids=[f"R{r}S{s}min{m:g}" for r, s, m in GAUSS_CASES])
-def test_gaussian_sample(backend, dtype, R, S, min_std):
-    gen = make_generator("gaussian", R, S, dtype)
+@pytest.mark.parametrize("R,S,min_std,std_act,mean_act", GAUSS_CASES,
+                         ids=[f"R{r}S{s}min{m:g}-{sa}-{ma}" for r, s, m, sa, ma in GAUSS_CASES])
+def test_gaussian_sample(backend, dtype, R, S, min_std, std_act, mean_act):
+    gen = make_generator("gaussian", R, S, dtype, std_act, mean_act)
+    # the kernels' codes: the order of the names (heads_math.h GaussianStdAct / MeanAct)
+    codes = dict(std_act=ops.heads.GAUSSIAN_STD_ACTS.index(std_act),
+                 mean_act=ops.heads.GAUSSIAN_MEAN_ACTS.index(mean_act))
     stats = stored(torch.randn(R, 2 * S, generator=gen, dtype=torch.float64) * 3, dtype)
     noise = stored(torch.randn(R, S, generator=gen, dtype=torch.float64), dtype)
     upstream = {k: stored(torch.randn(R, S, generator=gen, dtype=torch.float64), dtype)
@@ -465,16 +474,17 @@ def test_gaussian_sample(backend, dtype, R, S, min_std):
 
     def case(b):
         sample, mean, std = (b.nan((R, S), dtype) for _ in range(3))
-        b.launchers.gaussian_forward(b.to(stats), b.to(noise), min_std, sample, mean, std)
+        b.launchers.gaussian_forward(b.to(stats), b.to(noise), min_std, sample, mean, std,
+                                     **codes)
         gs, gn = b.nan((R, 2 * S), dtype), b.nan((R, S), dtype)
         g = {k: b.to(upstream[k]) if k in grads else None for k in upstream}
         b.launchers.gaussian_backward(g["sample"], g["mean"], g["std"], b.to(stats), b.to(noise),
-                                      min_std, gs, gn)
+                                      min_std, gs, gn, **codes)
         return {"sample": sample, "mean": mean, "std": std, "g_stats": gs, "g_noise": gn}
 
     o = run(backend, case)
     leaves = [up(t, dtype).requires_grad_() for t in (stats, noise)]
-    refs_out = ops.gaussian_sample_ref(*leaves, min_std)
+    refs_out = ops.gaussian_sample_ref(*leaves, min_std, std_act, mean_act)
     refs = {k: v.detach() for k, v in zip(("sample", "mean", "std"), refs_out)}
     if R * S:
         outs = [v for k, v in zip(("sample", "mean", "std"), refs_out) if k in grads]
@@ -703,10 +713,17 @@ def test_heads_index64_kernels_match(dtype):
         sfx = "_index64" if wide else ""
         getattr(emu, "gaussian_forward" + sfx)(stats, noise, 0.1, *sm)
         getattr(emu, "gaussian_backward" + sfx)(g, g, g, stats, noise, 0.1, gs, gn)
+        # and with activations (codes: sigmoid2, tanh5)
+        sm2 = [torch.full((R, S), float("nan"), dtype=dtype) for _ in range(3)]
+        gs2 = torch.full((R, 2 * S), float("nan"), dtype=dtype)
+        gn2 = torch.full((R, S), float("nan"), dtype=dtype)
+        getattr(emu, "gaussian_forward" + sfx)(stats, noise, 0.1, *sm2, std_act=3, mean_act=1)
+        getattr(emu, "gaussian_backward" + sfx)(g, g, g, stats, noise, 0.1, gs2, gn2,
+                                                std_act=3, mean_act=1)
         getattr(emu, "normal_action_forward" + sfx)(stats, noise, True, 0.1, 0.9, 0.3, 2.0, act)
         getattr(emu, "normal_action_backward" + sfx)(stats, noise, g, False, 0.1, 0.9, 0.0, 1.0,
                                                      graw)
-        outs[wide] = sm + [gs, gn, act, graw]
+        outs[wide] = sm + [gs, gn, act, graw] + sm2 + [gs2, gn2]
     for a, b in zip(outs[False], outs[True]):
         assert not torch.isnan(a).any()
         assert torch.equal(a, b)

@@ -139,6 +139,8 @@ class GaussianCase:
     batch: tuple[int, ...]
     S: int
     min_std: float = 0.1
+    std_act: str = "softplus"
+    mean_act: str = "none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +154,8 @@ class CategoricalCase:
 def build_gaussian(case: GaussianCase, dtype, device, gen) -> dict:
     stats, noise = gaussian_inputs(case.batch, case.S, gen)
     return dict(stats=stats.to(device=device, dtype=dtype),
-                noise=noise.to(device=device, dtype=dtype), min_std=case.min_std)
+                noise=noise.to(device=device, dtype=dtype), min_std=case.min_std,
+                std_act=case.std_act, mean_act=case.mean_act)
 
 
 def build_categorical(case: CategoricalCase, dtype, device, gen) -> dict:
@@ -163,6 +166,9 @@ def build_categorical(case: CategoricalCase, dtype, device, gen) -> dict:
 
 
 def _mean_is_a_copy(outs, refs, kwargs, dtype):
+    """Without a mean activation the mean is the first half of stats, bit for bit."""
+    if kwargs["mean_act"] != "none":
+        return
     S = kwargs["noise"].shape[-1]
     assert torch.equal(outs[1].cpu(), kwargs["stats"][..., :S].cpu()), "mean is not a copy"
 
@@ -199,7 +205,8 @@ def _grad_like(x):
 
 
 def native_gaussian(kw: dict) -> list:
-    args = (kw["stats"], kw["noise"], kw["min_std"])
+    acts = (kw["std_act"], kw["mean_act"])
+    args = (kw["stats"], kw["noise"], kw["min_std"], *acts)
     stats, noise = kw["stats"].detach(), kw["noise"].detach()
     g = _grad_like(noise)
     backward = torch.ops.dreamer_fast.gaussian_sample_backward.default
@@ -207,7 +214,7 @@ def native_gaussian(kw: dict) -> list:
     subsets = [(g, g * 2, g * 3)] + ([(g, None, None), (None, g, None), (None, None, g)]
                                      if g.dtype == torch.float32 else [])
     return [(torch.ops.dreamer_fast.gaussian_sample.default, args)] + [
-        (backward, (*grads, stats, noise, kw["min_std"])) for grads in subsets]
+        (backward, (*grads, stats, noise, kw["min_std"], *acts)) for grads in subsets]
 
 
 def native_categorical(kw: dict) -> list:
@@ -263,6 +270,9 @@ GAUSSIAN_BAD = _bad({
     "min-std-str": (_set(min_std="0.1"), TypeError, "min_std"),
     "min-std-bool": (_set(min_std=True), TypeError, "min_std"),
     "min-std-tensor": (_set(min_std=torch.tensor([0.1, 0.2])), TypeError, "min_std"),
+    "std-act-unknown": (_set(std_act="exp"), ValueError, "std_act"),
+    "std-act-none": (_set(std_act=None), ValueError, "std_act"),
+    "mean-act-unknown": (_set(mean_act="tanh"), ValueError, "mean_act"),
 })
 
 CATEGORICAL_BAD = _bad({
@@ -328,6 +338,10 @@ GAUSSIAN_DIRECT_BAD = _direct("gaussian_sample", {
     "noise-meta": (lambda: (_g()[0], _g()[1].to("meta"), 0.1), "noise"),
     "min-std": (lambda: (*_g(), -1.0), "min_std"),
     "min-std-nan": (lambda: (*_g(), float("nan")), "min_std"),
+    "std-act": (lambda: (*_g(), 0.1, "relu", "none"), "std_act"),
+    "mean-act": (lambda: (*_g(), 0.1, "softplus", "tanh3"), "mean_act"),
+    "all-meta-std-act": (lambda: (torch.zeros(4, 6, **meta), torch.zeros(4, 3, **meta), 0.1,
+                                  "sigmoid3"), "std_act"),
     # All-meta inputs run the fake kernel alone (as torch.compile tracing does).
     "all-meta-noise": (lambda: (torch.zeros(4, 6, **meta), torch.zeros(4, 2, **meta), 0.1),
                        "noise"),
@@ -371,6 +385,10 @@ def _bid(batch):
     return "b" + "x".join(map(str, batch))
 
 
+# dreamerv3-torch's std_act / mean_act options (every std_act with and without tanh5)
+GAUSS_ACTS = {f"{sa}-{ma}": GaussianCase((4, 3), 7, 0.1, sa, ma)
+              for sa in ("softplus", "abs", "sigmoid", "sigmoid2") for ma in ("none", "tanh5")
+              if (sa, ma) != ("softplus", "none")}
 BATCHES = [(1,), (37,), (3, 5)]
 S_VALUES = [1, 30, 32, 33]
 GK_VALUES = [(1, 1), (4, 2), (32, 32), (3, 33), (2, 255)]
@@ -384,16 +402,22 @@ globals().update(contract_tests(
     grid={f"{_bid(b)}-S{S}": GaussianCase(b, S) for b in BATCHES for S in S_VALUES},
     small_grid={f"{_bid(b)}-S{S}": GaussianCase(b, S) for b in BATCHES_SMALL for S in S_SMALL},
     devices_grid={**{f"min_std{m}": GaussianCase((4, 3), 7, m) for m in (0.0, 0.1, 2)},
-                  "wide": GaussianCase((64, 9), 257)},
-    noncontig={"b4x6-S5": GaussianCase((4, 6), 5)},
-    empty={"b0x3-S4": GaussianCase((0, 3), 4), "b5-S0": GaussianCase((5,), 0)},
-    gradcheck={f"{_bid(b)}-S{S}-min_std{m}": GaussianCase(b, S, m)
-               for b, S in [((3,), 1), ((2, 3), 4)] for m in (0.0, 0.1)},
+                  "wide": GaussianCase((64, 9), 257), **GAUSS_ACTS},
+    noncontig={"b4x6-S5": GaussianCase((4, 6), 5),
+               "b4x6-S5-sigmoid2-tanh5": GaussianCase((4, 6), 5, 0.1, "sigmoid2", "tanh5")},
+    empty={"b0x3-S4": GaussianCase((0, 3), 4), "b5-S0": GaussianCase((5,), 0),
+           "b0x3-S4-abs-tanh5": GaussianCase((0, 3), 4, 0.1, "abs", "tanh5")},
+    gradcheck={**{f"{_bid(b)}-S{S}-min_std{m}": GaussianCase(b, S, m)
+                  for b, S in [((3,), 1), ((2, 3), 4)] for m in (0.0, 0.1)},
+               **{k: dataclasses.replace(c, batch=(2, 3), S=4) for k, c in GAUSS_ACTS.items()}},
     opcheck={"f32-none": (GaussianCase((3,), 4), torch.float32, "none"),
              "f32-all": (GaussianCase((3,), 4), torch.float32, "all"),
              "f64-stats": (GaussianCase((2, 3), 1, 0.0), torch.float64, "even"),
-             "bf16-noise": (GaussianCase((5,), 3, 1.0), torch.bfloat16, "odd")},
-    compile={"b8x3-S6": GaussianCase((8, 3), 6)},
+             "bf16-noise": (GaussianCase((5,), 3, 1.0), torch.bfloat16, "odd"),
+             **{f"f64-{k}": (dataclasses.replace(c, batch=(3,), S=4), torch.float64, "all")
+                for k, c in GAUSS_ACTS.items()}},
+    compile={"b8x3-S6": GaussianCase((8, 3), 6),
+             "b8x3-S6-sigmoid-tanh5": GaussianCase((8, 3), 6, 0.1, "sigmoid", "tanh5")},
 ))
 globals().update(contract_tests(
     CATEGORICAL,
@@ -849,12 +873,14 @@ def test_compile_gaussian_sample_inductor(gen):
     """fullgraph compile (inductor) with surrounding ops, forward and backward."""
 
     def wrap(fast):
-        def f(stats, noise, min_std):
-            sample, mean, std = fast(stats * 1.5, noise, min_std)
+        def f(stats, noise, min_std, std_act, mean_act):
+            sample, mean, std = fast(stats * 1.5, noise, min_std, std_act, mean_act)
             return sample.tanh(), (mean - std).square()
         return f
 
     check_compile(GAUSSIAN, GaussianCase((8, 3), 6), gen, backend="inductor", wrap=wrap)
+    check_compile(GAUSSIAN, GaussianCase((8, 3), 6, 0.1, "sigmoid2", "tanh5"), gen,
+                  backend="inductor", wrap=wrap)
 
 
 # --------------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ from dreamer_fast.nn import RSSM, Actor, draw_imagine_noise, imagine, imagine_re
 from dreamer_fast.ops import (ActorSpec, DenseSpec, RSSMSpec, rssm_imagine, rssm_imagine_ref,
                               rssm_observe, rssm_observe_ref)
 from dreamer_fast.ops._native_spec import native_actor_spec, native_rssm_spec
+from dreamer_fast.ops.rssm import rssm_initial
+from rssm_variants import VARIANTS, variant
 
 CELLS = ("gru", "ln_gru", "block_gru")
 LATENTS = {"cat": 4, "gauss": None}
@@ -299,6 +301,15 @@ def _rssm_spec(**change) -> RSSMSpec:
     (dict(unimix=1.0), ValueError, r"RSSMSpec: `unimix` must be a finite float in \[0, 1\)"),
     (dict(min_std=-1.0), ValueError, "RSSMSpec: `min_std` must be a finite float >= 0"),
     (dict(update_bias="1"), TypeError, "RSSMSpec: `update_bias` must be a float"),
+    (dict(cell_norm=0), TypeError, "RSSMSpec: `cell_norm` must be a bool"),
+    (dict(cell="gru", img_in=(DenseSpec(True),), cell_norm=False), ValueError,
+     "RSSMSpec: `cell_norm` must be True for cell 'gru'"),
+    (dict(cell="gru", cell_state_first=True), ValueError,
+     "RSSMSpec: `cell_state_first` must be False for cell 'gru'"),
+    (dict(std_act="exp"), ValueError, "RSSMSpec: `std_act` must be one of"),
+    (dict(mean_act="tanh"), ValueError, "RSSMSpec: `mean_act` must be one of"),
+    (dict(initial="random"), ValueError, "RSSMSpec: `initial` must be one of"),
+    (dict(initial_stoch_grad=None), TypeError, "RSSMSpec: `initial_stoch_grad` must be a bool"),
 ])
 def test_rssm_spec_errors_name_the_field(change, exc, match):
     with pytest.raises(exc, match=match):
@@ -331,8 +342,13 @@ def test_spec_layout_counts_and_names():
     spec = _rssm_spec()
     counts = spec.param_counts()
     # img_in: weight, norm weight and bias; ln_gru: 3; img_out: 3 + (weight, bias); obs_out: 2
-    assert counts == {"img_in": 3, "cell": 3, "img_out": 5, "obs_out": 2}
+    assert counts == {"img_in": 3, "cell": 3, "img_out": 5, "obs_out": 2, "initial": 0}
     assert spec.param_slices()["obs_out"] == slice(11, 13) and spec.param_count() == 13
+    # the learned initial state: W [D] last; no LayerNorm on the cell: its weight alone
+    learned = _rssm_spec(initial="learned", cell_norm=False)
+    assert learned.param_counts() == {"img_in": 3, "cell": 1, "img_out": 5, "obs_out": 2,
+                                      "initial": 1}
+    assert learned.param_shapes()[-1] == ("initial", (8,)) and learned.param_count() == 12
     assert spec.param_names()[:4] == ["img_in[0].weight", "img_in[0].norm_weight",
                                       "img_in[0].norm_bias", "cell.weight"]
     assert dict(spec.param_shapes())["obs_out[0].weight"] == (6, 12)  # stats 2·3 from D + E
@@ -367,6 +383,12 @@ CONFIGS = {
     "v1-gru-gauss": dict(cell="gru", classes=None, norm="none", act="elu"),
     "v2-lngru-cat": dict(cell="ln_gru", classes=8, norm="layer", act="elu"),
     "v3-block-cat": dict(cell="block_gru", classes=8, norm="rms", act="silu", blocks=4),
+    # dreamerv3-torch with norm: False, its Gaussian options and its learned initial state
+    "nm512-gauss": dict(cell="ln_gru", classes=None, norm="none", act="silu", cell_norm=False,
+                        std_act="sigmoid2", mean_act="tanh5", initial="learned"),
+    # sheeprl: cat(h, x), a learned initial state whose categorical mode has no gradient
+    "sheeprl-cat": dict(cell="ln_gru", classes=8, norm="layer", act="silu",
+                        cell_state_first=True, initial="learned", initial_stoch_grad=False),
 }
 
 
@@ -518,7 +540,7 @@ def raw_observe_args(m: RSSM, B: int, T: int):
     deter = torch.randn(B, 16, dtype=F64)
     stoch = torch.zeros(B, m.stoch * (m.classes or 1), dtype=F64)
     return (m.spec_params(), *native_rssm_spec(m.spec()), embed.requires_grad_(), action, keep,
-            deter, stoch, noise[0], noise[1], True)
+            deter, stoch, noise[0], noise[1], None, None, True)
 
 
 def raw_imagine_args(m: RSSM, actor: Actor, N: int, H: int, feat_out: bool = False):
@@ -618,6 +640,62 @@ def test_opcheck_rssm_observe(cell, classes):
     m = make_rssm(cell, classes)
     torch.library.opcheck(torch.ops.dreamer_fast.rssm_observe.default,
                           raw_observe_args(m, 2, 3), test_utils=OPCHECK_TESTS)
+
+
+@pytest.mark.parametrize("name,cell,classes", [("nm512-gauss", "ln_gru", None),
+                                               ("sheeprl", "ln_gru", 4),
+                                               ("learned", "block_gru", 4)])
+def test_opcheck_rssm_observe_variants(name, cell, classes):
+    """The peers' options, the learned initial state passed to the op (its gradient is
+    one of the op's outputs)."""
+    m = make_rssm(cell, classes)
+    spec, params = variant(m.spec(), m.spec_params(), torch.Generator().manual_seed(3),
+                           **VARIANTS[name])
+    args = list(raw_observe_args(m, 2, 3))
+    deter0, stoch0 = rssm_initial(params, spec)
+    args[0] = params[:-1]  # the op takes the initial state, not W
+    args[1:2] = native_rssm_spec(spec)
+    args[-3:-1] = [deter0.detach().requires_grad_(), stoch0.detach().requires_grad_()]
+    torch.library.opcheck(torch.ops.dreamer_fast.rssm_observe.default, tuple(args),
+                          test_utils=OPCHECK_TESTS)
+
+
+@pytest.mark.parametrize("name,cell,classes", [("nm512-gauss", "ln_gru", None),
+                                               ("learned", "ln_gru", 4),
+                                               ("sheeprl", "ln_gru", 4)])
+def test_compiled_fused_observe_variant_matches_eager(name, cell, classes):
+    """torch.compile(fullgraph=True) of the functional observe with a peer's options,
+    the learned initial state included (no start state: t = 0 starts from it)."""
+    m = make_rssm(cell, classes)
+    spec, params = variant(m.spec(), m.spec_params(), torch.Generator().manual_seed(4),
+                           **VARIANTS[name])
+    params = _leaves(params)
+    embed, action, is_first, noise = observe_inputs(3, 5)
+    if classes is None:
+        noise = tuple(torch.randn_like(n) for n in noise)
+    keep = (~is_first).to(F64)
+
+    weights = [torch.randn(3, 5, 32, generator=torch.Generator().manual_seed(i), dtype=F64)
+               for i in range(7)]
+
+    def loss_fn(embed, action, keep, noise0, noise1):
+        outs = rssm_observe(params, spec, embed, action, keep, None, None, noise0, noise1)
+        # every non-empty output through fixed weights (made outside the compiled region)
+        outs = [o for o in outs if o.numel()]
+        return sum((o * w[..., :o.shape[-1]]).tanh().sum() for o, w in zip(outs, weights))
+
+    eager = loss_fn(embed, action, keep, *noise)
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")(
+        embed, action, keep, *noise)
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+    g_eager, g_compiled = _grads(eager, params), _grads(compiled, params)
+    for ge, gc in zip(g_eager, g_compiled):
+        assert (ge is None) == (gc is None)
+        if ge is not None:
+            torch.testing.assert_close(gc, ge, rtol=1e-12, atol=1e-12)
+    # the learned initial state (t = 0 and the reset at is_first[1, 2]) gets a gradient
+    assert g_eager[-1].abs().sum() > 0
 
 
 @pytest.mark.parametrize("feat_out", [False, True], ids=["states", "feat"])
@@ -739,3 +817,104 @@ def test_module_transitions_reject_wrong_input_sizes(backend, cell):
         rssm.img_step(rssm.initial(B), torch.zeros(B, 3, **f64))
     with pytest.raises(ValueError, match="`actions?`"):
         rssm.imagine_with_action(torch.zeros(B, 4, 1, **f64), rssm.initial(B))
+
+
+# ==== the learned initial state against its definition =================================
+
+@pytest.mark.parametrize("classes,stoch_grad,mean_act", [(4, True, "none"), (4, False, "none"),
+                                                        (None, True, "tanh5"),
+                                                        (None, False, "none")])
+def test_rssm_initial_is_tanh_w_and_the_prior_mode(classes, stoch_grad, mean_act):
+    """deter0 = tanh(W); stoch0 = the prior's mode at deter0, computed here from the
+    module's own prior MLP: the Gaussian mean_act(mean), or the one-hot of the argmax
+    whose gradient is that of the normalised unimix log-probs (straight-through) or
+    none."""
+    m = make_rssm("ln_gru", classes)
+    spec, params = variant(m.spec(), m.spec_params(), torch.Generator().manual_seed(5),
+                           initial="learned", initial_stoch_grad=stoch_grad, mean_act=mean_act)
+    params = _leaves(params)
+    deter0, stoch0 = rssm_initial(params, spec)
+    W = params[-1]
+    torch.testing.assert_close(deter0, torch.tanh(W), rtol=0, atol=0)
+    sd = m.img_out.state_dict()
+    stats = torch.func.functional_call(
+        m.img_out, dict(zip(sd, params[spec.param_slices()["img_out"]])), (torch.tanh(W),))
+    w = torch.randn(stoch0.shape, generator=torch.Generator().manual_seed(6), dtype=F64)
+    if classes is None:
+        mean = stats[:4] if mean_act == "none" else 5 * torch.tanh(stats[:4] / 5)
+        torch.testing.assert_close(stoch0, mean, rtol=1e-14, atol=1e-14)
+        target = (mean * w).sum()
+    else:
+        logits = stats.view(4, classes)
+        lp = torch.log(torch.softmax(logits, -1) * 0.99 + 0.01 / classes)
+        lp = lp - torch.logsumexp(lp, -1, keepdim=True)
+        onehot = torch.nn.functional.one_hot(logits.argmax(-1), classes).to(F64).reshape(-1)
+        torch.testing.assert_close(stoch0, onehot, rtol=0, atol=1e-15)
+        target = (lp.reshape(-1) * w).sum()  # the straight-through gradient's
+    if not stoch_grad:
+        assert not stoch0.requires_grad
+        return
+    got = torch.autograd.grad((stoch0 * w).sum(), params, allow_unused=True)
+    want = torch.autograd.grad(target, params, allow_unused=True)
+    for g, e in zip(got, want):
+        assert (g is None) == (e is None)
+        if g is not None:
+            torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("fn", [rssm_observe, rssm_observe_ref], ids=["fused", "ref"])
+@pytest.mark.parametrize("cell,classes", [("ln_gru", 4), ("block_gru", None), ("gru", 4)])
+def test_learned_start_is_the_initial_state_given_as_start(fn, cell, classes):
+    """No start state with initial='learned' (and a reset at t = 0) is the same sequence,
+    values and every gradient (W's included), as the zeros spec started from
+    rssm_initial's state with no reset at t = 0."""
+    m = make_rssm(cell, classes)
+    spec, params = variant(m.spec(), m.spec_params(), torch.Generator().manual_seed(7),
+                           initial="learned")
+    embed, action, _, noise = observe_inputs(3, 4)
+    if classes is None:
+        noise = tuple(torch.randn_like(n) for n in noise)
+    keep = torch.ones(3, 4, dtype=F64)
+    leaves = _leaves(params)
+    a = fn(leaves, spec, embed, action, keep, None, None, *noise)
+    ga = torch.autograd.grad(_weighted_loss(a, 2), leaves, allow_unused=True)
+    leaves = _leaves(params)
+    deter0, stoch0 = rssm_initial(leaves, spec)
+    act0 = action.clone()
+    act0[:, 0] = 0  # a reset masks the action before the first step
+    b = fn(leaves[:-1], m.spec(), embed, act0, keep, deter0.expand(3, -1),
+           stoch0.expand(3, -1), *noise)
+    gb = torch.autograd.grad(_weighted_loss(b, 2), leaves, allow_unused=True)
+    _assert_same(a, b, "outputs", rtol=1e-13, atol=1e-13)
+    _assert_same(ga, gb, "grads", rtol=1e-11, atol=1e-12)
+    assert ga[-1].abs().sum() > 0
+
+
+def test_module_options_reach_the_spec_and_default_to_ours():
+    """The RSSM module's peer options: in its spec and parameters (the learned initial
+    state a parameter ``initial_weight``, last in spec_params); the defaults unchanged."""
+    default = RSSM(stoch=3, deter=8, hidden=6, action_size=2, embed_size=4, cell="ln_gru")
+    spec = default.spec()
+    assert (spec.cell_norm, spec.cell_state_first, spec.std_act, spec.mean_act,
+            spec.initial) == (True, False, "softplus", "none", "zeros")
+    assert default.initial_weight is None and default.cell.norm_weight is not None
+    m = RSSM(stoch=3, deter=8, hidden=6, action_size=2, embed_size=4, cell="ln_gru",
+             cell_norm=False, cell_state_first=True, std_act="abs", mean_act="tanh5",
+             initial="learned")
+    spec = m.spec()
+    assert (spec.cell_norm, spec.cell_state_first, spec.std_act, spec.mean_act,
+            spec.initial) == (False, True, "abs", "tanh5", "learned")
+    assert m.spec_param_names()[-1] == "initial_weight" and m.cell.norm_weight is None
+    assert [tuple(p.shape) for p in m.spec_params()] == [s for _, s in spec.param_shapes()]
+    state = m.initial(5)
+    deter0, stoch0 = rssm_initial(m.spec_params(), spec)
+    torch.testing.assert_close(state["deter"], deter0.expand(5, -1), rtol=0, atol=0)
+    torch.testing.assert_close(state["stoch"], stoch0.expand(5, -1), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="`initial`"):
+        RSSM(stoch=3, deter=8, hidden=6, action_size=2, embed_size=4, initial="random")
+    with pytest.raises(ValueError, match="`cell_norm=False`"):
+        RSSM(stoch=3, deter=8, hidden=6, action_size=2, embed_size=4, cell="gru",
+             cell_norm=False)
+    with pytest.raises(ValueError, match="`std_act`"):
+        RSSM(stoch=3, deter=8, hidden=6, action_size=2, embed_size=4, std_act="exp")
+

@@ -11,7 +11,8 @@ pytestmark = pytest.mark.skipif(not dreamer_fast.has_extension(), reason="no ext
 S, D, U, E, A, B, T = 3, 4, 5, 2, 2, 2, 3
 GOOD = ("cell=gru;classes=0;stoch=3;blocks=1;dynlayers=1;cell_act=silu;cell_bias=1;"
         "img_in=1:layer:silu;img_out=1:none:none;obs_out=0:rms:tanh,1:none:none;eps=0.001;"
-        "cell_eps=0.001;update_bias=-1.0;unimix=0.01;min_std=0.1")
+        "cell_eps=0.001;cell_norm=1;cell_state_first=0;update_bias=-1.0;unimix=0.01;"
+        "min_std=0.1;std_act=softplus;mean_act=none")
 
 
 def _params():
@@ -34,7 +35,8 @@ def _observe(spec, params=None):
         _params() if params is None else params, spec, torch.randn(B, T, E, generator=g, **f64),
         torch.randn(B, T, A, generator=g, **f64), torch.ones(B, T, **f64),
         torch.zeros(B, D, **f64), torch.zeros(B, S, **f64),
-        torch.randn(B, T, S, generator=g, **f64), torch.randn(B, T, S, generator=g, **f64), True)
+        torch.randn(B, T, S, generator=g, **f64), torch.randn(B, T, S, generator=g, **f64),
+        None, None, True)
 
 
 def _with(field, value):
@@ -51,7 +53,8 @@ def test_good_spec_runs():
     assert out[0].shape == (B, T, D)
 
 
-@pytest.mark.parametrize("field", ["cell", "classes", "img_out", "eps", "min_std"])
+@pytest.mark.parametrize("field", ["cell", "classes", "img_out", "eps", "min_std", "cell_norm",
+                                   "std_act"])
 def test_missing_field(field):
     with pytest.raises(RuntimeError, match=f"spec field '{field}' is missing"):
         _observe(_without(field))
@@ -68,7 +71,10 @@ def test_unknown_and_repeated_field():
     ("classes", "-1"), ("classes", "3.5"), ("stoch", "0"), ("stoch", ""), ("cell", "lstm"),
     ("cell_act", "relu"), ("cell_bias", "2"), ("eps", "0"), ("eps", "nan"), ("eps", "1e-3x"),
     ("unimix", "1.5"), ("min_std", "-0.1"), ("img_in", "1:layer"), ("img_in", "1:batch:silu"),
-    ("obs_out", "0:rms:relu,1:none:none"),
+    ("obs_out", "0:rms:relu,1:none:none"), ("cell_norm", "2"), ("cell_state_first", "yes"),
+    ("std_act", "exp"), ("mean_act", "tanh"),
+    # the LayerNorm and the column order are ln_gru's options (this spec is a gru)
+    ("cell_norm", "0"), ("cell_state_first", "1"),
 ])
 def test_bad_value(field, value):
     with pytest.raises(RuntimeError, match=f"spec field '{field}'"):
@@ -142,7 +148,7 @@ def test_observe_input_sizes_checked_by_the_op(cell, arg, embed_size, action_siz
             torch.zeros(B, T, action_size, dtype=torch.float64),
             torch.ones(B, T, dtype=torch.float64), torch.zeros(B, 16, dtype=torch.float64),
             torch.zeros(B, 16, dtype=torch.float64), torch.rand(B, T, 4, dtype=torch.float64),
-            torch.rand(B, T, 4, dtype=torch.float64), False)
+            torch.rand(B, T, 4, dtype=torch.float64), None, None, False)
 
 
 @pytest.mark.parametrize("cell", ["gru", "ln_gru", "block_gru"])
@@ -158,3 +164,25 @@ def test_imagine_action_size_checked_by_the_op(cell, action_size):
             torch.zeros(B, 16, dtype=torch.float64), torch.zeros(B, 16, dtype=torch.float64),
             torch.zeros(B, 3, action_size, dtype=torch.float64), torch.empty(0),
             torch.rand(B, 3, 4, dtype=torch.float64), 3, False, False, False)
+
+
+def test_initial_state_arguments_checked_by_the_op():
+    """The reset state of a learned initial state: both or neither, [D] and [Z]."""
+    def run(init_deter, init_stoch):
+        g = torch.Generator().manual_seed(1)
+        f64 = dict(dtype=torch.float64)
+        return torch.ops.dreamer_fast.rssm_observe(
+            _params(), GOOD, torch.randn(B, T, E, generator=g, **f64),
+            torch.randn(B, T, A, generator=g, **f64), torch.ones(B, T, **f64),
+            torch.zeros(B, D, **f64), torch.zeros(B, S, **f64),
+            torch.randn(B, T, S, generator=g, **f64), torch.randn(B, T, S, generator=g, **f64),
+            init_deter, init_stoch, False)
+
+    f64 = dict(dtype=torch.float64)
+    assert run(torch.zeros(D, **f64), torch.zeros(S, **f64))[0].shape == (B, T, D)
+    with pytest.raises(RuntimeError, match="`init_deter` and `init_stoch` must both be given"):
+        run(torch.zeros(D, **f64), None)
+    with pytest.raises(RuntimeError, match="`init_deter`"):
+        run(torch.zeros(D + 1, **f64), torch.zeros(S, **f64))
+    with pytest.raises(RuntimeError, match="`init_stoch`"):
+        run(torch.zeros(D, **f64), torch.zeros(S, dtype=torch.float32))

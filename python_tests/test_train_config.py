@@ -51,6 +51,12 @@ def test_overrides_apply_with_types():
     ({"size": "XL"}, "'size' must be one of"),
     ({"model": 3}, "'model' is a section"),
     ({"model.cell": "block_gru", "model.blocks": 3}, "'model.blocks'"),
+    ({"model.std_act": "exp"}, "'model.std_act' must be one of"),
+    ({"model.mean_act": "tanh"}, "'model.mean_act' must be one of"),
+    ({"model.initial": "random"}, "'model.initial' must be one of"),
+    ({"model.cell_norm": 0}, "'model.cell_norm' expects true/false"),
+    ({"model.cell": "block_gru", "model.cell_norm": False}, "'model.cell_norm' must be true"),
+    ({"model.cell": "gru", "model.cell_state_first": True}, "'model.cell_state_first'"),
 ])
 def test_bad_config_names_the_key(overrides, needle):
     with pytest.raises(ConfigError) as e:
@@ -117,3 +123,21 @@ def test_issue_cases_are_rejected(overrides, needle):
     with pytest.raises(ConfigError) as e:
         load_config(overrides=overrides)
     assert needle in str(e.value)
+
+
+def test_rssm_options_reach_the_world_model():
+    """The peers' RSSM options as config keys, defaults unchanged (zeros initial state,
+    softplus std, the LayerNorm GRU with cat(x, h))."""
+    from dreamer_fast.agents.world_model import WorldModel
+    spec = WorldModel(load_config("v2", "debug"), "vector", (3,), 2, "ref").rssm.spec()
+    assert (spec.initial, spec.std_act, spec.mean_act, spec.cell_norm,
+            spec.cell_state_first) == ("zeros", "softplus", "none", True, False)
+    cfg = load_config("v2", "debug", {"model.initial": "learned", "model.classes": 0,
+                                      "model.std_act": "sigmoid2", "model.mean_act": "tanh5",
+                                      "model.cell_norm": False, "model.cell_state_first": True})
+    rssm = WorldModel(cfg, "vector", (3,), 2, "ref").rssm
+    spec = rssm.spec()
+    assert (spec.initial, spec.std_act, spec.mean_act, spec.cell_norm,
+            spec.cell_state_first) == ("learned", "sigmoid2", "tanh5", False, True)
+    assert rssm.initial_weight is not None
+

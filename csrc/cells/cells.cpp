@@ -59,7 +59,7 @@ Tensor first_layer_x_weight(const Tensor& W1, int64_t Dg, int64_t U3, int64_t D)
 int64_t Cell::param_count() const {
   switch (kind) {
     case kGru: return 2 + bias_ih + bias_hh;
-    case kLnGru: return 3;
+    case kLnGru: return norm ? 3 : 1;
     case kBlockGru: return 9 + 3 * layers + 2;
   }
   return 0;
@@ -109,10 +109,19 @@ Tensor forward(at::TensorList P, const Cell& c, const Tensor& x, const Tensor& h
     // one GEMM on cat([x, h]) rather than two into the same output: at the small batch
     // of a posterior step the second pass over the output costs as much as the copy of
     // the inputs
-    Tensor parts = gemm::mm(at::cat({x, h}, 1), P[f].t());
-    Tensor stats = at::empty({B, 2}, h.options().dtype(at::toOpMathType(h.scalar_type())));
-    DF_DEVICE_LAUNCH(cells, ln_gru_forward, h, parts, hc, P[f + 1].contiguous(),
-                     P[f + 2].contiguous(), c.eps, c.update_bias, hy, stats);
+    Tensor parts = gemm::mm(c.state_first ? at::cat({h, x}, 1) : at::cat({x, h}, 1), P[f].t());
+    const auto acc = h.options().dtype(at::toOpMathType(h.scalar_type()));
+    Tensor stats;
+    if (c.norm) {
+      stats = at::empty({B, 2}, acc);
+      DF_DEVICE_LAUNCH(cells, ln_gru_forward, h, parts, hc, P[f + 1].contiguous(),
+                       P[f + 2].contiguous(), c.eps, c.update_bias, hy, stats);
+    } else {
+      // Without the norm the gates are the block GRU's with one block, whose layout
+      // (reset, cand, update) is this cell's: the same kernel, this cell's update bias.
+      stats = at::empty({B, 0}, acc);
+      DF_DEVICE_LAUNCH(cells, block_gru_forward, h, parts, hc, 1, c.update_bias, hy);
+    }
     if (saved) saved->insert(saved->end(), {x, h, parts, stats});
     return hy;
   }
@@ -178,26 +187,34 @@ InputGrads backward(at::TensorList P, const Cell& c, const Tensor* sv, const Ten
   }
   if (c.kind == kLnGru) {
     const Tensor &x = sv[slot::kX], &h = sv[slot::kH];
-    const Tensor parts = sv[slot::kParts].contiguous(), stats = sv[slot::kStats].contiguous();
+    const Tensor parts = sv[slot::kParts].contiguous();
     // I from the weight, not from x: x is an empty placeholder when the forward kept no
     // inputs for weight gradients (only the sink reads it)
     const int64_t B = h.size(0), H = h.size(1), I = P[f].size(1) - H;
-    const auto acc = at::toOpMathType(h.scalar_type());
-    Tensor dy_sum = at::empty({3 * H}, h.options().dtype(acc));
-    Tensor dy_xhat_sum = at::empty({3 * H}, h.options().dtype(acc));
     Tensor dparts = at::empty({B, 3 * H}, h.options());
     Tensor dh = at::empty({B, H}, h.options());
-    DF_DEVICE_LAUNCH(cells, ln_gru_backward, h, d_out, parts, h.contiguous(),
-                     P[f + 1].contiguous(), P[f + 2].contiguous(), stats, c.update_bias, dy_sum,
-                     dy_xhat_sum, dparts, dh);
+    if (c.norm) {
+      const Tensor stats = sv[slot::kStats].contiguous();
+      const auto acc = at::toOpMathType(h.scalar_type());
+      Tensor dy_sum = at::empty({3 * H}, h.options().dtype(acc));
+      Tensor dy_xhat_sum = at::empty({3 * H}, h.options().dtype(acc));
+      DF_DEVICE_LAUNCH(cells, ln_gru_backward, h, d_out, parts, h.contiguous(),
+                       P[f + 1].contiguous(), P[f + 2].contiguous(), stats, c.update_bias,
+                       dy_sum, dy_xhat_sum, dparts, dh);
+      g.add(f + 1, dy_xhat_sum.to(h.scalar_type()));
+      g.add(f + 2, dy_sum.to(h.scalar_type()));
+    } else {
+      DF_DEVICE_LAUNCH(cells, block_gru_backward, h, d_out, parts, h.contiguous(), 1,
+                       c.update_bias, dparts, dh);
+    }
     const Tensor d_in = gemm::mm(dparts, P[f]);  // [B, I + H] in one GEMM
-    r.x = d_in.narrow(1, 0, I);
-    dh.add_(d_in.narrow(1, I, H));
+    // the input's and the state's columns: cat(x, h), or cat(h, x) with state_first
+    const int64_t x0 = c.state_first ? H : 0, h0 = c.state_first ? 0 : I;
+    r.x = d_in.narrow(1, x0, I);
+    dh.add_(d_in.narrow(1, h0, H));
     r.h = dh;
-    g.mm(f, dparts, x, 0);
-    g.mm(f, dparts, h, I);
-    g.add(f + 1, dy_xhat_sum.to(h.scalar_type()));
-    g.add(f + 2, dy_sum.to(h.scalar_type()));
+    g.mm(f, dparts, x, x0);
+    g.mm(f, dparts, h, h0);
     return r;
   }
   // block GRU

@@ -6,7 +6,8 @@
 //
 // A cell's tensors are a run of an op's parameter list P starting at `Cell::first`:
 //   gru:       w_ih [3D, I], w_hh [3D, D], then b_ih [3D], b_hh [3D] where present
-//   ln_gru:    weight [3D, I + D], norm_weight [3D], norm_bias [3D]
+//   ln_gru:    weight [3D, I + D] (columns for cat(x, h), or cat(h, x) with
+//              state_first), then norm_weight [3D], norm_bias [3D] unless norm is off
 //   block_gru: W, b, scale of the deter, stoch and action input layers (W [U, D],
 //              [U, S], [U, A]; b, scale [U]); W, b, scale of each hidden block layer
 //              (W [G, Dg + 3U, Dg] for the first, [G, Dg, Dg] after; b, scale [D]);
@@ -36,6 +37,8 @@ struct Cell {
   int act = 1;                         // block_gru: every layer's activation (dense code)
   double eps = 1e-3;                   // ln_gru LayerNorm, block_gru RMSNorm
   double update_bias = -1.0;           // ln_gru (block_gru's is fixed, -1)
+  bool norm = true;                    // ln_gru: the LayerNorm (false: no norm tensors)
+  bool state_first = false;            // ln_gru: weight columns for cat(h, x), not cat(x, h)
 
   int64_t param_count() const;
 };
@@ -43,7 +46,7 @@ struct Cell {
 // What a cell's forward appends to `saved` and its backward reads, slot by slot (the
 // index within the cell's block of cell_saved_count tensors):
 //   gru:       x, h, workspace
-//   ln_gru:    x, h, parts, stats
+//   ln_gru:    x, h, parts, stats (stats [B, 0] without the norm)
 //   block_gru: h, stoch, a = action / max(1, |action|), (z, stats) of the deter, stoch
 //              and action input layers, xcat = their outputs side by side, (out, z,
 //              stats) of each hidden layer, parts

@@ -87,58 +87,86 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward(
 
 // ---- LayerNorm GRU (DreamerV2) ------------------------------------------------------
 
-cells::Cell ln_gru(double eps, double update_bias) {
+cells::Cell ln_gru(double eps, double update_bias, bool norm, bool state_first) {
   cells::Cell c;
   c.kind = cells::kLnGru;
   c.eps = eps;
   c.update_bias = update_bias;
+  c.norm = norm;
+  c.state_first = state_first;
   return c;
 }
 
-void check_ln_gru(const char* op, const Tensor& input, const Tensor& hx, const Tensor& weight,
-                  const Tensor& norm_weight, const Tensor& norm_bias) {
+// Both norm tensors or neither (the GRU without its LayerNorm). Returns whether the
+// cell has the norm.
+bool check_ln_gru(const char* op, const Tensor& input, const Tensor& hx, const Tensor& weight,
+                  const std::optional<Tensor>& norm_weight,
+                  const std::optional<Tensor>& norm_bias) {
   check_input_and_state(op, input, hx);
   const int64_t I = input.size(1), H = hx.size(1);
   check_matrix(op, "weight", weight, input, 3 * H, I + H);
-  check_vector(op, "norm_weight", norm_weight, input, 3 * H);
-  check_vector(op, "norm_bias", norm_bias, input, 3 * H);
+  const bool has_w = norm_weight.has_value() && norm_weight->defined();
+  const bool has_b = norm_bias.has_value() && norm_bias->defined();
+  TORCH_CHECK(has_w == has_b, op, ": `norm_weight` and `norm_bias` must both be given (the "
+              "LayerNorm) or both be None (no norm)");
+  if (has_w) {
+    check_vector(op, "norm_weight", *norm_weight, input, 3 * H);
+    check_vector(op, "norm_bias", *norm_bias, input, 3 * H);
+  }
+  return has_w;
+}
+
+std::vector<Tensor> ln_gru_params(const Tensor& weight, bool norm,
+                                  const std::optional<Tensor>& norm_weight,
+                                  const std::optional<Tensor>& norm_bias) {
+  if (!norm) return {weight};
+  return {weight, *norm_weight, *norm_bias};
 }
 
 std::tuple<Tensor, Tensor, Tensor> ln_gru_cell(const Tensor& input, const Tensor& hx,
-                                               const Tensor& weight, const Tensor& norm_weight,
-                                               const Tensor& norm_bias, double update_bias,
-                                               double eps) {
+                                               const Tensor& weight,
+                                               const std::optional<Tensor>& norm_weight,
+                                               const std::optional<Tensor>& norm_bias,
+                                               double update_bias, double eps,
+                                               bool state_first) {
   const char* op = "ln_gru_cell";
-  check_ln_gru(op, input, hx, weight, norm_weight, norm_bias);
+  const bool norm = check_ln_gru(op, input, hx, weight, norm_weight, norm_bias);
   TORCH_CHECK(eps > 0, op, ": `eps` must be > 0, got ", eps);
   const c10::OptionalDeviceGuard guard(input.device());
-  const std::vector<Tensor> P{weight, norm_weight, norm_bias};
-  const cells::Cell c = ln_gru(eps, update_bias);
+  const std::vector<Tensor> P = ln_gru_params(weight, norm, norm_weight, norm_bias);
+  const cells::Cell c = ln_gru(eps, update_bias, norm, state_first);
   std::vector<Tensor> saved;
   Tensor hy = cells::forward(P, c, input, hx, Tensor(), Tensor(), &saved);
   return {hy, saved[cells::slot::kParts], saved[cells::slot::kStats]};
 }
 
+// Without the norm, the norm gradients are empty [0] tensors (None in Python).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ln_gru_cell_backward(
     const Tensor& grad_hy, const Tensor& parts, const Tensor& stats, const Tensor& input,
-    const Tensor& hx, const Tensor& weight, const Tensor& norm_weight, const Tensor& norm_bias,
-    double update_bias) {
+    const Tensor& hx, const Tensor& weight, const std::optional<Tensor>& norm_weight,
+    const std::optional<Tensor>& norm_bias, double update_bias, bool state_first) {
   const char* op = "ln_gru_cell_backward";
-  check_ln_gru(op, input, hx, weight, norm_weight, norm_bias);
+  const bool norm = check_ln_gru(op, input, hx, weight, norm_weight, norm_bias);
   const int64_t B = input.size(0), H = hx.size(1);
   check_matrix(op, "grad_hy", grad_hy, input, B, H);
   check_matrix(op, "parts", parts, input, B, 3 * H);
   const auto acc = at::toOpMathType(input.scalar_type());
-  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == B && stats.size(1) == 2 &&
+  const int64_t n_stats = norm ? 2 : 0;
+  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == B && stats.size(1) == n_stats &&
                   stats.scalar_type() == acc && stats.device() == input.device(),
-              op, ": `stats` must be [", B, ", 2] of ", acc, " on ", input.device(), ", got ",
-              stats.sizes(), " ", stats.scalar_type());
+              op, ": `stats` must be [", B, ", ", n_stats, "] of ", acc, " on ", input.device(),
+              ", got ", stats.sizes(), " ", stats.scalar_type());
   const c10::OptionalDeviceGuard guard(input.device());
-  const std::vector<Tensor> P{weight, norm_weight, norm_bias};
-  const cells::Cell c = ln_gru(1e-3, update_bias);  // the backward reads no eps (stats hold rstd)
+  const std::vector<Tensor> P = ln_gru_params(weight, norm, norm_weight, norm_bias);
+  // the backward reads no eps (stats hold rstd)
+  const cells::Cell c = ln_gru(1e-3, update_bias, norm, state_first);
   const Tensor saved[4] = {input, hx, parts, stats};
   ImmediateGrads g(P.size());
   const cells::InputGrads d = cells::backward(P, c, saved, grad_hy, g);
+  if (!norm) {
+    const Tensor none = at::empty({0}, input.options());
+    return {d.x.contiguous(), d.h, g.take(0), none, none.clone()};
+  }
   return {d.x.contiguous(), d.h, g.take(0), g.take(1), g.take(2)};
 }
 
@@ -153,13 +181,13 @@ TORCH_LIBRARY_FRAGMENT(dreamer_fast, m) {
       "gru_cell_backward(Tensor grad_hy, Tensor workspace, Tensor input, Tensor hx, "
       "Tensor weight_ih, Tensor weight_hh) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "ln_gru_cell(Tensor input, Tensor hx, Tensor weight, Tensor norm_weight, "
-      "Tensor norm_bias, float update_bias, float eps) -> (Tensor hy, Tensor parts, "
-      "Tensor stats)");
+      "ln_gru_cell(Tensor input, Tensor hx, Tensor weight, Tensor? norm_weight, "
+      "Tensor? norm_bias, float update_bias, float eps, bool state_first=False) -> "
+      "(Tensor hy, Tensor parts, Tensor stats)");
   m.def(
       "ln_gru_cell_backward(Tensor grad_hy, Tensor parts, Tensor stats, Tensor input, "
-      "Tensor hx, Tensor weight, Tensor norm_weight, Tensor norm_bias, float update_bias) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor hx, Tensor weight, Tensor? norm_weight, Tensor? norm_bias, float update_bias, "
+      "bool state_first=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(dreamer_fast, CPU, m) {

@@ -146,8 +146,9 @@ void categorical_backward_block(const scalar_t* DF_RESTRICT g_sample,
 
 }  // namespace
 
-void gaussian_forward_cpu(const at::Tensor& stats, const at::Tensor& noise, double min_std,
-                          at::Tensor& sample, at::Tensor& mean, at::Tensor& std_) {
+void gaussian_forward_cpu(const at::Tensor& stats, const at::Tensor& noise,
+                          const GaussianSpec& h, at::Tensor& sample, at::Tensor& mean,
+                          at::Tensor& std_) {
   const auto [R, S] = rows_of(noise);
   DF_DISPATCH_FLOATS(stats.scalar_type(), "gaussian_sample_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -155,19 +156,19 @@ void gaussian_forward_cpu(const at::Tensor& stats, const at::Tensor& noise, doub
     const scalar_t *ps = stats.const_data_ptr<scalar_t>(), *pn = noise.const_data_ptr<scalar_t>();
     scalar_t *po = sample.mutable_data_ptr<scalar_t>(), *pm = mean.mutable_data_ptr<scalar_t>(),
              *pd = std_.mutable_data_ptr<scalar_t>();
-    const acc_t ms = static_cast<acc_t>(min_std);
+    const GaussianHead<acc_t> g{static_cast<acc_t>(h.min_std), h.std_act, h.mean_act};
     for_each_row_range(R, 3 * S, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r)
         DF_SIMD
         for (int64_t j = 0; j < S; ++j)
-          gaussian_forward_element<Cvt, scalar_t, acc_t>(ps, pn, po, pm, pd, ms, S, r, j);
+          gaussian_forward_element<Cvt, scalar_t, acc_t>(ps, pn, po, pm, pd, g, S, r, j);
     });
   });
 }
 
 void gaussian_backward_cpu(const at::Tensor& g_sample, const at::Tensor& g_mean,
                            const at::Tensor& g_std, const at::Tensor& stats,
-                           const at::Tensor& noise, double min_std, at::Tensor& g_stats,
+                           const at::Tensor& noise, const GaussianSpec& h, at::Tensor& g_stats,
                            at::Tensor& g_noise) {
   const auto [R, S] = rows_of(noise);
   DF_DISPATCH_FLOATS(stats.scalar_type(), "gaussian_sample_backward_cpu", [&] {
@@ -178,12 +179,12 @@ void gaussian_backward_cpu(const at::Tensor& g_sample, const at::Tensor& g_mean,
                    *pgd = optional_ptr<scalar_t>(g_std);
     scalar_t *pgst = g_stats.mutable_data_ptr<scalar_t>(),
              *pgn = g_noise.mutable_data_ptr<scalar_t>();
-    const acc_t ms = static_cast<acc_t>(min_std);
+    const GaussianHead<acc_t> g{static_cast<acc_t>(h.min_std), h.std_act, h.mean_act};
     for_each_row_range(R, 3 * S, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r)
         DF_SIMD
         for (int64_t j = 0; j < S; ++j)
-          gaussian_backward_element<Cvt, scalar_t, acc_t>(pgs, pgm, pgd, ps, pn, pgst, pgn, ms,
+          gaussian_backward_element<Cvt, scalar_t, acc_t>(pgs, pgm, pgd, ps, pn, pgst, pgn, g,
                                                           S, r, j);
     });
   });

@@ -16,19 +16,21 @@ const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.const_data
 
 }  // namespace
 
-void gaussian_forward_cuda(const at::Tensor& stats, const at::Tensor& noise, double min_std,
-                           at::Tensor& sample, at::Tensor& mean, at::Tensor& std_) {
+void gaussian_forward_cuda(const at::Tensor& stats, const at::Tensor& noise,
+                           const GaussianSpec& h, at::Tensor& sample, at::Tensor& mean,
+                           at::Tensor& std_) {
   const char* op = "gaussian_sample";
   const auto [R, S] = rows_of(noise);
   check_launch(op, kh::gaussian_sample_forward(
                        kernel_dtype(op, stats.scalar_type()), stats.const_data_ptr(),
                        noise.const_data_ptr(), sample.mutable_data_ptr(), mean.mutable_data_ptr(),
-                       std_.mutable_data_ptr(), min_std, R, S, current_stream()));
+                       std_.mutable_data_ptr(), h.min_std, h.std_act, h.mean_act, R, S,
+                       current_stream()));
 }
 
 void gaussian_backward_cuda(const at::Tensor& g_sample, const at::Tensor& g_mean,
                             const at::Tensor& g_std, const at::Tensor& stats,
-                            const at::Tensor& noise, double min_std, at::Tensor& g_stats,
+                            const at::Tensor& noise, const GaussianSpec& h, at::Tensor& g_stats,
                             at::Tensor& g_noise) {
   const char* op = "gaussian_sample_backward";
   const auto [R, S] = rows_of(noise);
@@ -36,7 +38,8 @@ void gaussian_backward_cuda(const at::Tensor& g_sample, const at::Tensor& g_mean
                        kernel_dtype(op, stats.scalar_type()), ptr_or_null(g_sample),
                        ptr_or_null(g_mean), ptr_or_null(g_std), stats.const_data_ptr(),
                        noise.const_data_ptr(), g_stats.mutable_data_ptr(),
-                       g_noise.mutable_data_ptr(), min_std, R, S, current_stream()));
+                       g_noise.mutable_data_ptr(), h.min_std, h.std_act, h.mean_act, R, S,
+                       current_stream()));
 }
 
 void normal_action_forward_cuda(const at::Tensor& raw, const at::Tensor& noise,

@@ -40,14 +40,15 @@ template <typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
     gaussian_forward_kernel(const scalar_t* __restrict__ stats, const scalar_t* __restrict__ noise,
                             scalar_t* __restrict__ sample, scalar_t* __restrict__ mean,
-                            scalar_t* __restrict__ std, acc_of<scalar_t> min_std, index_t total,
+                            scalar_t* __restrict__ std,
+                            dreamer_fast::heads::GaussianHead<acc_of<scalar_t>> h, index_t total,
                             index_t S) {
   using Cvt = CudaCvt<scalar_t>;
   const index_t i = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (i >= total) return;
   const index_t r = i / S;
   dreamer_fast::heads::gaussian_forward_element<Cvt, scalar_t, acc_of<scalar_t>>(
-      stats, noise, sample, mean, std, min_std, S, r, i - r * S);
+      stats, noise, sample, mean, std, h, S, r, i - r * S);
 }
 
 template <typename scalar_t, typename index_t>
@@ -55,13 +56,14 @@ __global__ void __launch_bounds__(kThreads) gaussian_backward_kernel(
     const scalar_t* __restrict__ g_sample, const scalar_t* __restrict__ g_mean,
     const scalar_t* __restrict__ g_std, const scalar_t* __restrict__ stats,
     const scalar_t* __restrict__ noise, scalar_t* __restrict__ g_stats,
-    scalar_t* __restrict__ g_noise, acc_of<scalar_t> min_std, index_t total, index_t S) {
+    scalar_t* __restrict__ g_noise, dreamer_fast::heads::GaussianHead<acc_of<scalar_t>> h,
+    index_t total, index_t S) {
   using Cvt = CudaCvt<scalar_t>;
   const index_t i = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (i >= total) return;
   const index_t r = i / S;
   dreamer_fast::heads::gaussian_backward_element<Cvt, scalar_t, acc_of<scalar_t>>(
-      g_sample, g_mean, g_std, stats, noise, g_stats, g_noise, min_std, S, r, i - r * S);
+      g_sample, g_mean, g_std, stats, noise, g_stats, g_noise, h, S, r, i - r * S);
 }
 
 // ---- Normal action heads: one thread per element ------------------------------------
@@ -338,7 +340,8 @@ void dispatch_chunks(int64_t K, const Fn& fn) {
 
 cudaError_t gaussian_sample_forward(Dtype dtype, const void* stats, const void* noise,
                                     void* sample, void* mean, void* std, double min_std,
-                                    int64_t R, int64_t S, cudaStream_t stream) {
+                                    int std_act, int mean_act, int64_t R, int64_t S,
+                                    cudaStream_t stream) {
   const int64_t total = R * S;
   if (total == 0) return cudaSuccess;
   const int64_t blocks = blocks_for(total, kThreads);
@@ -351,7 +354,8 @@ cudaError_t gaussian_sample_forward(Dtype dtype, const void* stats, const void* 
       launch_kernel(gaussian_forward_kernel<s, index_t>, static_cast<unsigned>(blocks), kThreads,
           stream,
           static_cast<const s*>(stats), static_cast<const s*>(noise), static_cast<s*>(sample),
-          static_cast<s*>(mean), static_cast<s*>(std), static_cast<acc_t>(min_std),
+          static_cast<s*>(mean), static_cast<s*>(std),
+          dreamer_fast::heads::GaussianHead<acc_t>{static_cast<acc_t>(min_std), std_act, mean_act},
           static_cast<index_t>(total), static_cast<index_t>(S));
     };
     dispatch_index(total, launch);
@@ -360,8 +364,8 @@ cudaError_t gaussian_sample_forward(Dtype dtype, const void* stats, const void* 
 
 cudaError_t gaussian_sample_backward(Dtype dtype, const void* g_sample, const void* g_mean,
                                      const void* g_std, const void* stats, const void* noise,
-                                     void* g_stats, void* g_noise, double min_std, int64_t R,
-                                     int64_t S, cudaStream_t stream) {
+                                     void* g_stats, void* g_noise, double min_std, int std_act,
+                                     int mean_act, int64_t R, int64_t S, cudaStream_t stream) {
   const int64_t total = R * S;
   if (total == 0) return cudaSuccess;
   const int64_t blocks = blocks_for(total, kThreads);
@@ -376,7 +380,8 @@ cudaError_t gaussian_sample_backward(Dtype dtype, const void* g_sample, const vo
           static_cast<const s*>(g_sample), static_cast<const s*>(g_mean),
           static_cast<const s*>(g_std), static_cast<const s*>(stats),
           static_cast<const s*>(noise), static_cast<s*>(g_stats), static_cast<s*>(g_noise),
-          static_cast<acc_t>(min_std), static_cast<index_t>(total), static_cast<index_t>(S));
+          dreamer_fast::heads::GaussianHead<acc_t>{static_cast<acc_t>(min_std), std_act, mean_act},
+          static_cast<index_t>(total), static_cast<index_t>(S));
     };
     dispatch_index(total, launch);
   });

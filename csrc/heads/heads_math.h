@@ -70,9 +70,20 @@ DF_HOST_DEVICE double add_rn(double a, double b) {
 }
 
 // ---------------------------------------------------------------------------
-// Gaussian head:  mean, raw = stats.chunk(2, -1);  std = softplus(raw) + min_std;
+// Gaussian head:  m, raw = stats.chunk(2, -1);
+//                 mean = mean_act(m);  std = std_act(raw) + min_std;
 //                 sample = mean + std * noise.
+// with (the options of dreamerv3-torch's RSSM, `mean_act` / `std_act`):
+//   mean_act   kMeanNone:      m
+//              kMeanTanh5:     5 · tanh(m / 5)
+//   std_act    kStdSoftplus:   softplus(raw)            (DreamerV1/V2, our default)
+//              kStdAbs:        |raw + 1|
+//              kStdSigmoid:    σ(raw)
+//              kStdSigmoid2:   2 · σ(raw / 2)
 // ---------------------------------------------------------------------------
+
+enum GaussianStdAct : int { kStdSoftplus = 0, kStdAbs = 1, kStdSigmoid = 2, kStdSigmoid2 = 3 };
+enum GaussianMeanAct : int { kMeanNone = 0, kMeanTanh5 = 1 };
 
 // torch.nn.functional.softplus with beta = 1, threshold = 20: the identity above
 // the threshold, log1p(exp(x)) otherwise.
@@ -90,39 +101,109 @@ DF_HOST_DEVICE acc_t softplus_grad(acc_t x) {
   return z / (z + acc_t(1));
 }
 
+DF_HOST_DEVICE float tanh_acc(float x) { return ::tanhf(x); }
+DF_HOST_DEVICE double tanh_acc(double x) { return ::tanh(x); }
+
 template <typename acc_t>
-DF_HOST_DEVICE acc_t gaussian_std(acc_t raw, acc_t min_std) {
-  return softplus(raw) + min_std;
+DF_HOST_DEVICE acc_t sigmoid_acc(acc_t x) {
+  return acc_t(1) / (acc_t(1) + exp_acc(-x));
 }
 
-// Element (r, j), r < R, j < S: writes sample, mean (an exact copy) and std.
+// The head's constants in the accumulation type.
+template <typename acc_t>
+struct GaussianHead {
+  acc_t min_std;
+  int std_act, mean_act;
+};
+
+// std = std_act(raw) + min_std, each step rounded as the reference's PyTorch ops round it.
+template <typename acc_t>
+DF_HOST_DEVICE acc_t gaussian_std(acc_t raw, const GaussianHead<acc_t>& h) {
+  acc_t s;
+  switch (h.std_act) {
+    case kStdAbs: {
+      const acc_t x = add_rn(raw, acc_t(1));
+      s = x < acc_t(0) ? -x : x;
+      break;
+    }
+    case kStdSigmoid: s = sigmoid_acc(raw); break;
+    case kStdSigmoid2: s = mul_rn(acc_t(2), sigmoid_acc(raw / acc_t(2))); break;
+    default: s = softplus(raw);
+  }
+  return add_rn(s, h.min_std);
+}
+
+// d std / d raw. abs: torch's sign(raw + 1), 0 at the kink.
+template <typename acc_t>
+DF_HOST_DEVICE acc_t gaussian_std_grad(acc_t raw, const GaussianHead<acc_t>& h) {
+  switch (h.std_act) {
+    case kStdAbs: {
+      const acc_t x = add_rn(raw, acc_t(1));
+      return x > acc_t(0) ? acc_t(1) : (x < acc_t(0) ? acc_t(-1) : acc_t(0));
+    }
+    case kStdSigmoid: {
+      const acc_t s = sigmoid_acc(raw);
+      return s * (acc_t(1) - s);
+    }
+    case kStdSigmoid2: {  // 2 · σ'(raw / 2) · 1/2
+      const acc_t s = sigmoid_acc(raw / acc_t(2));
+      return s * (acc_t(1) - s);
+    }
+    default: return softplus_grad(raw);
+  }
+}
+
+template <typename acc_t>
+DF_HOST_DEVICE acc_t gaussian_mean(acc_t m, const GaussianHead<acc_t>& h) {
+  return h.mean_act == kMeanTanh5 ? mul_rn(acc_t(5), tanh_acc(m / acc_t(5))) : m;
+}
+
+template <typename acc_t>
+DF_HOST_DEVICE acc_t gaussian_mean_grad(acc_t m, const GaussianHead<acc_t>& h) {
+  if (h.mean_act != kMeanTanh5) return acc_t(1);
+  const acc_t t = tanh_acc(m / acc_t(5));
+  return acc_t(1) - t * t;
+}
+
+// Element (r, j), r < R, j < S: writes sample, mean (an exact copy of m for
+// mean_act none) and std.
 template <typename Cvt, typename scalar_t, typename acc_t>
 DF_HOST_DEVICE void gaussian_forward_element(const scalar_t* DF_RESTRICT stats,
                                              const scalar_t* DF_RESTRICT noise,
                                              scalar_t* DF_RESTRICT sample,
                                              scalar_t* DF_RESTRICT mean,
-                                             scalar_t* DF_RESTRICT std, acc_t min_std,
-                                             int64_t S, int64_t r, int64_t j) {
+                                             scalar_t* DF_RESTRICT std,
+                                             const GaussianHead<acc_t>& h, int64_t S, int64_t r,
+                                             int64_t j) {
   const int64_t i = r * S + j;
   const int64_t m_at = 2 * r * S + j;
-  const scalar_t m_raw = stats[m_at];
-  const acc_t sd = gaussian_std(Cvt::load(stats[m_at + S]), min_std);
-  mean[i] = m_raw;
+  const acc_t sd = gaussian_std(Cvt::load(stats[m_at + S]), h);
   std[i] = Cvt::store(sd);
-  sample[i] = Cvt::store(Cvt::load(m_raw) + sd * Cvt::load(noise[i]));
+  if (h.mean_act == kMeanNone) {
+    const scalar_t m_raw = stats[m_at];
+    mean[i] = m_raw;
+    sample[i] = Cvt::store(Cvt::load(m_raw) + sd * Cvt::load(noise[i]));
+  } else {
+    // the sample from the unrounded mean, as from the unrounded std: each output is
+    // rounded to the storage type once
+    const acc_t m = gaussian_mean(Cvt::load(stats[m_at]), h);
+    mean[i] = Cvt::store(m);
+    sample[i] = Cvt::store(m + sd * Cvt::load(noise[i]));
+  }
 }
 
 // Backward of element (r, j). Each upstream gradient may be null (that output got
 // no gradient); its terms are then left out, as autograd would:
-//   d mean  = g_sample + g_mean
-//   d raw   = (g_sample * noise + g_std) * softplus'(raw)
+//   d m     = (g_sample + g_mean) * mean_act'(m)
+//   d raw   = (g_sample * noise + g_std) * std_act'(raw)
 //   d noise = g_sample * std
 template <typename Cvt, typename scalar_t, typename acc_t>
 DF_HOST_DEVICE void gaussian_backward_element(
     const scalar_t* DF_RESTRICT g_sample, const scalar_t* DF_RESTRICT g_mean,
     const scalar_t* DF_RESTRICT g_std, const scalar_t* DF_RESTRICT stats,
     const scalar_t* DF_RESTRICT noise, scalar_t* DF_RESTRICT g_stats,
-    scalar_t* DF_RESTRICT g_noise, acc_t min_std, int64_t S, int64_t r, int64_t j) {
+    scalar_t* DF_RESTRICT g_noise, const GaussianHead<acc_t>& h, int64_t S, int64_t r,
+    int64_t j) {
   const int64_t i = r * S + j;
   const int64_t m_at = 2 * r * S + j;
   const acc_t raw = Cvt::load(stats[m_at + S]);
@@ -131,12 +212,13 @@ DF_HOST_DEVICE void gaussian_backward_element(
     const acc_t gs = Cvt::load(g_sample[i]);
     gm = gs;
     graw = gs * Cvt::load(noise[i]);
-    gn = gs * gaussian_std(raw, min_std);
+    gn = gs * gaussian_std(raw, h);
   }
   if (g_mean != nullptr) gm = gm + Cvt::load(g_mean[i]);
   if (g_std != nullptr) graw = graw + Cvt::load(g_std[i]);
+  if (h.mean_act != kMeanNone) gm = gm * gaussian_mean_grad(Cvt::load(stats[m_at]), h);
   g_stats[m_at] = Cvt::store(gm);
-  g_stats[m_at + S] = Cvt::store(graw * softplus_grad(raw));
+  g_stats[m_at + S] = Cvt::store(graw * gaussian_std_grad(raw, h));
   g_noise[i] = Cvt::store(gn);
 }
 
@@ -158,14 +240,6 @@ DF_HOST_DEVICE void gaussian_backward_element(
 //                    x + sg(clip(x) − x));  d raw_mean = d (1 − mean²);
 //                    d raw_std = d · ε · std_range · σ (1 − σ),  σ = σ(raw_std + 2)
 // ---------------------------------------------------------------------------
-
-DF_HOST_DEVICE float tanh_acc(float x) { return ::tanhf(x); }
-DF_HOST_DEVICE double tanh_acc(double x) { return ::tanh(x); }
-
-template <typename acc_t>
-DF_HOST_DEVICE acc_t sigmoid_acc(acc_t x) {
-  return acc_t(1) / (acc_t(1) + exp_acc(-x));
-}
 
 // The head's constants in the accumulation type. std_range is max_std − min_std taken
 // in double before the conversion, as the reference's Python float is.

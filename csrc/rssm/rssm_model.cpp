@@ -52,6 +52,16 @@ void copy_transposed(const Tensor& dst, const Tensor& src) {
 
 // ---- latent heads ------------------------------------------------------------------
 
+namespace {
+heads::GaussianSpec gaussian_spec(const Spec& s) {
+  heads::GaussianSpec h;
+  h.min_std = s.min_std;
+  h.std_act = s.std_act;
+  h.mean_act = s.mean_act;
+  return h;
+}
+}  // namespace
+
 HeadOut latent_forward(const Spec& s, const Tensor& stats_in, const Tensor& noise_in) {
   const Tensor stats = stats_in.contiguous(), noise = noise_in.contiguous();
   const int64_t R = stats.size(0), S = s.stoch;
@@ -69,7 +79,8 @@ HeadOut latent_forward(const Spec& s, const Tensor& stats_in, const Tensor& nois
   o.sample = at::empty({R, S}, stats.options());
   o.a = at::empty({R, S}, stats.options());
   o.b = at::empty({R, S}, stats.options());
-  DF_DEVICE_LAUNCH(heads, gaussian_forward, stats, stats, noise, s.min_std, o.sample, o.a, o.b);
+  DF_DEVICE_LAUNCH(heads, gaussian_forward, stats, stats, noise, gaussian_spec(s), o.sample, o.a,
+                   o.b);
   return o;
 }
 
@@ -98,7 +109,7 @@ Tensor latent_backward(const Spec& s, const Tensor& stats_in, const Tensor& nois
   auto c = [](const Tensor& t) { return t.defined() ? t.contiguous() : Tensor(); };
   Tensor g_stats = at::empty_like(stats), g_noise = at::empty_like(noise);
   DF_DEVICE_LAUNCH(heads, gaussian_backward, stats, c(g_sample), c(g_a), c(g_b), stats, noise,
-                s.min_std, g_stats, g_noise);
+                gaussian_spec(s), g_stats, g_noise);
   return g_stats;
 }
 

@@ -168,8 +168,10 @@ constexpr const char* kObserve = "rssm_observe";
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> observe(
     at::TensorList P, const std::string& spec, const Tensor& embed,
     const Tensor& action, const Tensor& keep, const Tensor& deter0, const Tensor& stoch0,
-    const Tensor& prior_noise, const Tensor& post_noise, bool save) {
+    const Tensor& prior_noise, const Tensor& post_noise, const std::optional<Tensor>& init_deter_opt,
+    const std::optional<Tensor>& init_stoch_opt, bool save) {
   const Spec s = parse_rssm(kObserve, P, spec);
+  const Tensor init_deter = opt(init_deter_opt), init_stoch = opt(init_stoch_opt);
   TORCH_CHECK(embed.dim() == 3 && action.dim() == 3, kObserve,
               ": `embed` and `action` must be [B, T, E] and [B, T, A]");
   const int64_t B = embed.size(0), T = embed.size(1), E = embed.size(2), A = action.size(2);
@@ -186,6 +188,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
   check_seq(kObserve, "stoch", stoch0, embed, {B, SF});
   check_seq(kObserve, "prior_noise", prior_noise, embed, {B, T, S});
   check_seq(kObserve, "post_noise", post_noise, embed, {B, T, S});
+  TORCH_CHECK(init_deter.defined() == init_stoch.defined(), kObserve,
+              ": `init_deter` and `init_stoch` must both be given (the state a reset starts "
+              "from) or both be None (resets to zeros)");
+  if (init_deter.defined()) {
+    check_seq(kObserve, "init_deter", init_deter, embed, {D});
+    check_seq(kObserve, "init_stoch", init_stoch, embed, {SF});
+  }
   TORCH_CHECK(P[0].scalar_type() == embed.scalar_type() && P[0].device() == embed.device(),
               kObserve, ": parameters are ", P[0].scalar_type(), " on ", P[0].device(),
               ", inputs ", embed.scalar_type(), " on ", embed.device());
@@ -198,6 +207,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
 
   const Tensor keepT = time_major(keep).unsqueeze(-1);               // [T, B, 1]
   const Tensor actT = time_major(action).mul_(keepT);                // masked actions
+  // where a sequence restarts the state becomes (init_deter, init_stoch) (the learned
+  // initial state), or zeros without them: state * keep + init * (1 - keep)
+  const Tensor resetT = init_deter.defined() ? 1 - keepT : Tensor();
   const Tensor embT = time_major(embed);                             // [T, B, E]
   const Tensor postNT = time_major(post_noise), priorNT = time_major(prior_noise);
   const DenseRef& o0 = s.obs_out[0];
@@ -226,7 +238,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
     TensorVec img_in_sv, cell_sv, post_sv;
     const auto into = [save](TensorVec& part) { return save ? &part : nullptr; };
     const Tensor k = keepT[t];
-    const Tensor deter_in = deter * k, stoch_in = stoch * k;
+    Tensor deter_in = deter * k, stoch_in = stoch * k;
+    if (resetT.defined()) {
+      deter_in.addcmul_(resetT[t], init_deter);
+      stoch_in.addcmul_(resetT[t], init_stoch);
+    }
     if (!s.block_gru()) {
       const DenseRef& r = s.img_in[0];
       const Tensor z = gemm::addmm(a_proj[t], stoch_in, P[r.w].narrow(1, 0, SF).t());
@@ -281,12 +297,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
           bm(prior.sample), bm(prior.a), s.classes ? empty0(embed) : bm(prior.b), saved};
 }
 
-std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
+std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> observe_backward(
     const std::optional<Tensor>& g_deter, const std::optional<Tensor>& g_post_stoch,
     const std::optional<Tensor>& g_post_a, const std::optional<Tensor>& g_post_b,
     const std::optional<Tensor>& g_prior_stoch, const std::optional<Tensor>& g_prior_a,
     const std::optional<Tensor>& g_prior_b, at::TensorList saved, at::TensorList P,
-    const std::string& spec) {
+    const std::string& spec, bool init) {
   const Spec s = parse_rssm(kObserve, P, spec);
   TORCH_CHECK(static_cast<int64_t>(saved.size()) > kObsGlobals, kObserve,
               "_backward: `saved` has only ", saved.size(), " tensors");
@@ -326,6 +342,9 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
   TensorVec dz_obs(T), dz_in(T);
   Tensor d_actT = s.block_gru() ? at::empty({T, B, A}, deters.options()) : Tensor();
   Tensor carry_deter, carry_stoch;
+  // the reset states' gradients: sum over steps and rows of (1 - keep) ⊙ d state_in
+  Tensor d_init_deter = init ? at::zeros({1, D}, deters.options()) : empty0(deters);
+  Tensor d_init_stoch = init ? at::zeros({1, SF}, deters.options()) : empty0(deters);
   for (int64_t t = T - 1; t >= 0; --t) {
     // dd is accumulated in place below: never a view of dd_all
     Tensor dd = carry_deter.defined() ? dd_all[t] + carry_deter : dd_all[t].clone();
@@ -360,6 +379,11 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
     }
     carry_deter = cg.h * keepT[t];
     carry_stoch = d_stoch_in * keepT[t];
+    if (init) {
+      const Tensor reset_row = (1 - keepT[t]).t();  // [1, B]
+      gemm::addmm_(d_init_deter, reset_row, cg.h);
+      gemm::addmm_(d_init_stoch, reset_row, d_stoch_in);
+    }
   }
   // input gradients of the batched projections
   const Tensor d_embed = gemm::mm(at::cat(dz_obs), W0.narrow(1, D, E)).view({T, B, E});
@@ -368,7 +392,8 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor> observe_backward(
     d_actT = gemm::mm(at::cat(dz_in), P[r.w].narrow(1, SF, A)).view({T, B, A});
   }
   d_actT = d_actT * keepT;
-  return {g.finish(), batch_major(d_embed), batch_major(d_actT), carry_deter, carry_stoch};
+  return {g.finish(),  batch_major(d_embed), batch_major(d_actT), carry_deter, carry_stoch,
+          init ? d_init_deter.view({D}) : d_init_deter, init ? d_init_stoch.view({SF}) : d_init_stoch};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -674,13 +699,14 @@ TORCH_LIBRARY_FRAGMENT(dreamer_fast, m) {
   m.def(
       "rssm_observe(Tensor[] params, str spec, Tensor embed, Tensor action, "
       "Tensor keep, Tensor deter, Tensor stoch, Tensor prior_noise, Tensor post_noise, "
+      "Tensor? init_deter, Tensor? init_stoch, "
       "bool save) -> (Tensor deter, Tensor post_stoch, Tensor post_a, Tensor post_b, "
       "Tensor prior_stoch, Tensor prior_a, Tensor prior_b, Tensor[] saved)");
   m.def(
       "rssm_observe_backward(Tensor? g_deter, Tensor? g_post_stoch, Tensor? g_post_a, "
       "Tensor? g_post_b, Tensor? g_prior_stoch, Tensor? g_prior_a, Tensor? g_prior_b, "
-      "Tensor[] saved, Tensor[] params, str spec) -> "
-      "(Tensor[], Tensor, Tensor, Tensor, Tensor)");
+      "Tensor[] saved, Tensor[] params, str spec, bool init) -> "
+      "(Tensor[], Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "rssm_imagine(Tensor[] params, str spec, Tensor[] actor_params, "
       "str actor_spec, Tensor deter, Tensor stoch, Tensor? actions, "

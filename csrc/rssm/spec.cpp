@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "dense/dense_math.h"
+#include "heads/heads_math.h"
 
 namespace dreamer_fast {
 namespace rssm {
@@ -22,6 +23,11 @@ const std::vector<std::pair<std::string, int>> kActs = {
     {"tanh", layer::kTanh},     {"gelu", layer::kGelu}, {"sigmoid", layer::kSigmoid}};
 const std::vector<std::pair<std::string, int>> kCells = {
     {"gru", cells::kGru}, {"ln_gru", cells::kLnGru}, {"block_gru", cells::kBlockGru}};
+const std::vector<std::pair<std::string, int>> kStdActs = {
+    {"softplus", heads::kStdSoftplus}, {"abs", heads::kStdAbs}, {"sigmoid", heads::kStdSigmoid},
+    {"sigmoid2", heads::kStdSigmoid2}};
+const std::vector<std::pair<std::string, int>> kMeanActs = {{"none", heads::kMeanNone},
+                                                            {"tanh5", heads::kMeanTanh5}};
 const std::vector<std::pair<std::string, int>> kHeads = {
     {"tanh_normal", kTanhNormal}, {"bounded_normal", kBoundedNormal},
     {"categorical", kCategorical}};
@@ -203,8 +209,17 @@ Spec parse_rssm(const char* op, at::TensorList params, const std::string& spec) 
   const double eps = f.real("eps", positive, " > 0");
   c.eps = f.real("cell_eps", positive, " > 0");
   c.update_bias = f.real("update_bias");
+  c.norm = f.boolean("cell_norm");
+  c.state_first = f.boolean("cell_state_first");
+  // the LayerNorm's removal and the column order are options of the ln_gru only
+  TORCH_CHECK(c.kind == cells::kLnGru || c.norm, op,
+              ": spec field 'cell_norm' must be 1 unless cell=ln_gru, got 0");
+  TORCH_CHECK(c.kind == cells::kLnGru || !c.state_first, op,
+              ": spec field 'cell_state_first' must be 0 unless cell=ln_gru, got 1");
   s.unimix = f.real("unimix", [](double x) { return x >= 0 && x <= 1; }, " in [0, 1]");
   s.min_std = f.real("min_std", [](double x) { return x >= 0; }, " >= 0");
+  s.std_act = f.name("std_act", kStdActs);
+  s.mean_act = f.name("mean_act", kMeanActs);
   int64_t next = 0;
   s.img_in = f.layers("img_in", eps, next);
   TORCH_CHECK(s.img_in.size() == (s.block_gru() ? 0u : 1u), op, ": spec field 'img_in' must ",

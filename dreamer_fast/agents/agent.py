@@ -74,7 +74,8 @@ class Agent(nn.Module):
     # ---- acting ------------------------------------------------------------------------
 
     def initial_state(self, n: int) -> tuple[dict, torch.Tensor]:
-        latent = self.wm.rssm.initial(n)
+        # acting keeps no graph (a learned initial state would hold one to its W)
+        latent = {k: v.detach() for k, v in self.wm.rssm.initial(n).items()}
         return latent, torch.zeros(n, self.action_size, device=self.device)
 
     @torch.no_grad()

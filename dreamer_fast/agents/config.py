@@ -29,6 +29,9 @@ CHOICES: dict[str, tuple] = {
     "matmul_precision": ("highest", "high", "medium"),
     "env_opts.obs": ("auto", "proprio", "pixels"),
     "model.cell": ("gru", "ln_gru", "block_gru"),
+    "model.std_act": ("softplus", "abs", "sigmoid", "sigmoid2"),
+    "model.mean_act": ("none", "tanh5"),
+    "model.initial": ("zeros", "learned"),
     "model.norm": ("layer", "rms", "none"),
     "model.act": ("silu", "elu", "tanh", "gelu"),
     "model.decoder": ("mse", "symlog_mse"),
@@ -219,6 +222,10 @@ def validate(cfg: Config) -> None:
     if b.return_norm_low >= b.return_norm_high:
         raise ConfigError("config keys 'behavior.return_norm_low' must be < "
                           "'behavior.return_norm_high'")
+    for key, default in (("cell_norm", True), ("cell_state_first", False)):
+        if m.cell != "ln_gru" and m[key] != default:
+            raise ConfigError(f"config key 'model.{key}' must be {str(default).lower()} unless "
+                              f"'model.cell' is ln_gru, got cell {m.cell!r}")
     if m.cell == "block_gru" and m.deter % m.blocks:
         raise ConfigError(f"config key 'model.blocks' ({m.blocks}) must divide 'model.deter' "
                           f"({m.deter}) for the block_gru cell")

@@ -38,7 +38,9 @@ class WorldModel(nn.Module):
                          action_size=action_size, embed_size=self.encoder.out_features,
                          classes=m.classes or None, cell=m.cell, blocks=m.blocks,
                          dynlayers=m.dynlayers, norm=m.norm, act=m.act, unimix=m.unimix,
-                         min_std=m.min_std, backend=backend)
+                         min_std=m.min_std, std_act=m.std_act, mean_act=m.mean_act,
+                         cell_norm=m.cell_norm, cell_state_first=m.cell_state_first,
+                         initial=m.initial, backend=backend)
         feat = self.rssm.feat_size
         if obs_key == "image":
             self.decoder = ImageDecoder(feat, obs_shape[0], m.cnn_depth, m.act)

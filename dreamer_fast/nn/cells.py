@@ -33,35 +33,45 @@ class LNGRUCell(nn.Module):
     """The LayerNorm GRU of DreamerV2 / dreamerv3-torch / sheeprl (see
     :func:`dreamer_fast.ops.ln_gru_cell` for the equations).
 
-    Parameters: ``weight [3H, I + H]`` (no bias), ``norm_weight [3H]``, ``norm_bias [3H]``.
+    Parameters: ``weight [3H, I + H]`` (no bias), ``norm_weight [3H]``, ``norm_bias [3H]``
+    (``norm=False``: no LayerNorm and neither norm tensor, both None). ``state_first``:
+    the weight's columns take ``cat(h, x)`` (sheeprl's order) instead of ``cat(x, h)``.
     """
 
     def __init__(self, input_size: int, hidden_size: int, update_bias: float = -1.0,
-                 eps: float = 1e-3, device=None, dtype=None, backend: str = "auto") -> None:
+                 eps: float = 1e-3, device=None, dtype=None, backend: str = "auto",
+                 norm: bool = True, state_first: bool = False) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.input_size, self.hidden_size = input_size, hidden_size
         self.update_bias, self.eps = float(update_bias), float(eps)
+        self.norm, self.state_first = bool(norm), bool(state_first)
         self.weight = nn.Parameter(torch.empty(3 * hidden_size, input_size + hidden_size, **kw))
-        self.norm_weight = nn.Parameter(torch.ones(3 * hidden_size, **kw))
-        self.norm_bias = nn.Parameter(torch.zeros(3 * hidden_size, **kw))
+        if self.norm:
+            self.norm_weight = nn.Parameter(torch.ones(3 * hidden_size, **kw))
+            self.norm_bias = nn.Parameter(torch.zeros(3 * hidden_size, **kw))
+        else:
+            self.register_parameter("norm_weight", None)
+            self.register_parameter("norm_bias", None)
         self.backend = check_backend(backend)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         # nn.Linear's default initialisation (what the reference implementations use).
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        nn.init.ones_(self.norm_weight)
-        nn.init.zeros_(self.norm_bias)
+        if self.norm:
+            nn.init.ones_(self.norm_weight)
+            nn.init.zeros_(self.norm_bias)
 
     def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
         fn = choose(self.backend, input, ln_gru_cell, ln_gru_cell_ref)
         return fn(input, hx, self.weight, self.norm_weight, self.norm_bias, self.update_bias,
-                  self.eps)
+                  self.eps, self.state_first)
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, update_bias={self.update_bias}, "
-                f"eps={self.eps}, backend={self.backend!r}")
+                f"eps={self.eps}, norm={self.norm}, state_first={self.state_first}, "
+                f"backend={self.backend!r}")
 
 
 class BlockGRUCell(nn.Module):

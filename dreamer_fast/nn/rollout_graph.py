@@ -263,7 +263,8 @@ class ImagineGraph:
         self.clone, self.check_params = clone, check_params
 
         state = rssm.initial(n)
-        self.static_start = {k: state[k] for k in _state_keys(rssm)}
+        # buffers the replays read: no autograd history (a learned initial state has one)
+        self.static_start = {k: state[k].detach() for k in _state_keys(rssm)}
         like = self.static_start["deter"]
         self.static_noise = {
             "action": like.new_empty(n, horizon, actor.noise_size()),

@@ -44,8 +44,9 @@ from dreamer_fast.nn.cells import BlockGRUCell, GRUCell, LNGRUCell
 from dreamer_fast.nn.dense import MLP, Dense, shared_eps
 from dreamer_fast.nn.flat_params import FlatParams
 from dreamer_fast.ops._dispatch import check_backend, use_fused
-from dreamer_fast.ops.rssm import _imagine_ref, _observe_ref, rssm_imagine, rssm_observe
-from dreamer_fast.ops.rssm_spec import CELLS, RSSMSpec
+from dreamer_fast.ops.rssm import (_imagine_ref, _observe_ref, rssm_imagine, rssm_initial,
+                                   rssm_observe)
+from dreamer_fast.ops.rssm_spec import CELLS, INITIALS, RSSMSpec
 
 State = dict[str, torch.Tensor]
 
@@ -56,7 +57,9 @@ class RSSM(FlatParams, nn.Module):
                  blocks: int = 8, dynlayers: int = 1, img_layers: int = 1, obs_layers: int = 1,
                  norm: str = "layer", act: str = "silu", unimix: float = 0.01,
                  min_std: float = 0.1, eps: float | None = None, device=None, dtype=None,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", cell_norm: bool = True, cell_state_first: bool = False,
+                 std_act: str = "softplus", mean_act: str = "none", initial: str = "zeros",
+                 initial_stoch_grad: bool = True) -> None:
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"RSSM: `cell` must be one of {CELLS}, got {cell!r}")
@@ -68,6 +71,15 @@ class RSSM(FlatParams, nn.Module):
             raise ValueError(f"RSSM: `unimix` must be in [0, 1), got {unimix}")
         if min_std < 0:
             raise ValueError(f"RSSM: `min_std` must be >= 0, got {min_std}")
+        if initial not in INITIALS:
+            raise ValueError(f"RSSM: `initial` must be one of {INITIALS}, got {initial!r}")
+        if cell != "ln_gru" and (not cell_norm or cell_state_first):
+            raise ValueError("RSSM: `cell_norm=False` and `cell_state_first=True` are options "
+                             f"of cell 'ln_gru', got cell {cell!r}")
+        # the Gaussian activations and the learned initial state's gradient: RSSMSpec
+        # checks them (a ValueError naming the field)
+        self.std_act, self.mean_act = std_act, mean_act
+        self.initial_type, self.initial_stoch_grad = initial, initial_stoch_grad
         self.stoch, self.deter, self.classes, self.hidden = stoch, deter, classes, hidden
         self.action_size, self.embed_size = action_size, embed_size
         self.cell_type, self.unimix, self.min_std = cell, float(unimix), float(min_std)
@@ -82,10 +94,17 @@ class RSSM(FlatParams, nn.Module):
                                      act=act, eps=eps, **kw)
         else:
             self.img_in = Dense(flat_stoch + action_size, hidden, norm, act, eps=eps, **kw)
-            cell_cls = GRUCell if cell == "gru" else LNGRUCell
-            self.cell = cell_cls(hidden, deter, **kw)
+            if cell == "gru":
+                self.cell = GRUCell(hidden, deter, **kw)
+            else:
+                self.cell = LNGRUCell(hidden, deter, norm=cell_norm, state_first=cell_state_first,
+                                      **kw)
         self.img_out = MLP(deter, hidden, img_layers, stats, norm, act, eps, **kw)
         self.obs_out = MLP(deter + embed_size, hidden, obs_layers, stats, norm, act, eps, **kw)
+        # the learned initial state's W [D] (zeros: deter0 = tanh(0) = 0, as
+        # dreamerv3-torch and sheeprl initialise it); None for initial='zeros'
+        self.initial_weight = (nn.Parameter(torch.zeros(deter, device=device, dtype=dtype))
+                               if initial == "learned" else None)
         self._spec = self._build_spec()
 
     # ---- spec and flat parameters ------------------------------------------------------
@@ -96,7 +115,8 @@ class RSSM(FlatParams, nn.Module):
         if self.cell_type == "gru":
             kw = dict(cell_bias=cell.bias)
         elif self.cell_type == "ln_gru":
-            kw = dict(cell_bias=False, cell_eps=cell.eps, update_bias=cell.update_bias)
+            kw = dict(cell_bias=False, cell_eps=cell.eps, update_bias=cell.update_bias,
+                      cell_norm=cell.norm, cell_state_first=cell.state_first)
         else:
             kw = dict(blocks=cell.blocks, dynlayers=len(cell.hidden_params) // 3,
                       cell_act=cell.act, cell_eps=cell.eps)
@@ -107,7 +127,9 @@ class RSSM(FlatParams, nn.Module):
             img_out=tuple(d.spec() for d in self.img_out),
             obs_out=tuple(d.spec() for d in self.obs_out),
             eps=shared_eps("RSSM", [*img_in, *self.img_out, *self.obs_out]),
-            unimix=self.unimix, min_std=self.min_std, **kw)
+            unimix=self.unimix, min_std=self.min_std, std_act=self.std_act,
+            mean_act=self.mean_act, initial=self.initial_type,
+            initial_stoch_grad=self.initial_stoch_grad, **kw)
 
     def spec(self) -> RSSMSpec:
         """The structure and constants of this RSSM (fixed at construction)."""
@@ -121,12 +143,13 @@ class RSSM(FlatParams, nn.Module):
             cell_t = [cell.weight_ih, cell.weight_hh] + (
                 [cell.bias_ih, cell.bias_hh] if cell.bias else [])
         elif self.cell_type == "ln_gru":
-            cell_t = [cell.weight, cell.norm_weight, cell.norm_bias]
+            cell_t = [cell.weight] + ([cell.norm_weight, cell.norm_bias] if cell.norm else [])
         else:
             cell_t = [*cell.in_params, *cell.hidden_params, cell.gru_weight, cell.gru_bias]
         img_in = [] if self.img_in is None else self.img_in.spec_params()
+        initial = [] if self.initial_weight is None else [self.initial_weight]
         return [*img_in, *cell_t, *(t for d in self.img_out for t in d.spec_params()),
-                *(t for d in self.obs_out for t in d.spec_params())]
+                *(t for d in self.obs_out for t in d.spec_params()), *initial]
 
     # ---- state helpers -------------------------------------------------------------
 
@@ -135,14 +158,25 @@ class RSSM(FlatParams, nn.Module):
         return self.stoch * (self.classes or 1) + self.deter
 
     def initial(self, batch: int) -> State:
-        """The zero state for ``batch`` sequences."""
+        """The initial state for ``batch`` sequences: zeros (``initial='zeros'``) or the
+        learned one, ``deter = tanh(W)`` and ``stoch`` the prior's mode there
+        (:func:`~dreamer_fast.ops.rssm_initial`; ``logit`` / ``mean`` / ``std`` stay
+        zeros / ones, as only ``deter`` and ``stoch`` feed a step)."""
         p = next(self.parameters())
         z = lambda *s: torch.zeros(batch, *s, device=p.device, dtype=p.dtype)  # noqa: E731
         if self.classes:
-            return {"deter": z(self.deter), "stoch": z(self.stoch, self.classes),
-                    "logit": z(self.stoch, self.classes)}
-        return {"deter": z(self.deter), "stoch": z(self.stoch), "mean": z(self.stoch),
-                "std": z(self.stoch) + 1.0}
+            state = {"deter": z(self.deter), "stoch": z(self.stoch, self.classes),
+                     "logit": z(self.stoch, self.classes)}
+        else:
+            state = {"deter": z(self.deter), "stoch": z(self.stoch), "mean": z(self.stoch),
+                     "std": z(self.stoch) + 1.0}
+        if self.initial_weight is not None:
+            deter0, stoch0 = rssm_initial(self.spec_params(), self._spec)
+            # contiguous copies (not expanded views): callers write into the state
+            state["deter"] = deter0.expand(batch, -1).contiguous()
+            state["stoch"] = stoch0.reshape(state["stoch"].shape[1:]).expand(
+                batch, *state["stoch"].shape[1:]).contiguous()
+        return state
 
     def get_feat(self, state: State) -> torch.Tensor:
         """``cat([stoch.flatten(), deter], -1)``: ``[..., S*K + D]``."""
@@ -233,8 +267,9 @@ class RSSM(FlatParams, nn.Module):
         """Posterior and prior over a sequence, batch-major: ``embed [B, T, E]``,
         ``action [B, T, A]`` (the action *before* each step), ``is_first [B, T]``,
         ``noise = (prior [B, T, S], post [B, T, S])``; ``state``: the state before the
-        first step (batch ``[B]``, zeros when None). Returns ``(post, prior)`` with
-        ``[B, T, ...]`` tensors (``deter`` shared by both)."""
+        first step (batch ``[B]``; None: :meth:`initial`, zeros or the learned state).
+        Where ``is_first`` the state resets to :meth:`initial`. Returns ``(post,
+        prior)`` with ``[B, T, ...]`` tensors (``deter`` shared by both)."""
         state = self.initial(action.shape[0]) if state is None else state
         return self._observe(use_fused(self.backend, action), embed, action, is_first, state,
                              noise)

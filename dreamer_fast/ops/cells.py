@@ -8,7 +8,7 @@
         r = σ(gi_r + gh_r),  z = σ(gi_z + gh_z),  n = tanh(gi_n + r ⊙ gh_n)
         h' = (1 − z) ⊙ n + z ⊙ h
 
-``ln_gru_cell(input, hx, weight, norm_weight, norm_bias, update_bias=-1.0, eps=1e-3)``
+``ln_gru_cell(input, hx, weight, norm_weight, norm_bias, update_bias=-1.0, eps=1e-3, state_first=False)``
     The DreamerV2 / NM512 dreamerv3-torch / sheeprl cell (``weight [3H, I + H]``, no
     linear bias)::
 
@@ -16,6 +16,11 @@
         reset, cand, update = parts.chunk(3, -1)
         r = σ(reset),  c = tanh(r ⊙ cand),  u = σ(update + update_bias)
         h' = u ⊙ c + (1 − u) ⊙ h
+
+    ``norm_weight = norm_bias = None``: no LayerNorm, ``parts = cat([x, h], -1) @
+    weight^T`` (dreamerv3-torch's ``GRUCell(norm=False)``; both or neither must be
+    given). ``state_first=True``: the weight's columns take ``cat([h, x], -1)``
+    (sheeprl's ``LayerNormGRUCell``, whose RSSM passes ``update_bias=-1``).
 
 ``block_gru_cell(deter, stoch, action, in_params, hidden_params, gru_weight, gru_bias,
 blocks, act='silu', eps=1e-4)``
@@ -114,7 +119,7 @@ def _gru_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
     return input, hx
 
 
-def _ln_gru_args(input, hx, weight, norm_weight, norm_bias, update_bias, eps):
+def _ln_gru_args(input, hx, weight, norm_weight, norm_bias, update_bias, eps, state_first):
     op = "ln_gru_cell"
     input, hx = _check_state(op, input, hx)
     weight = _checks.check_float_tensor(op, "weight", weight)
@@ -123,8 +128,14 @@ def _ln_gru_args(input, hx, weight, norm_weight, norm_bias, update_bias, eps):
     H, I = weight.shape[0] // 3, input.shape[-1]
     _check_param(op, "weight", weight, input, (3 * H, I + H),
                  f"3H x (I + H) with H={H} from weight.shape[0] and I={I} from input")
-    _check_param(op, "norm_weight", norm_weight, input, (3 * H,), f"3H with H={H}")
-    _check_param(op, "norm_bias", norm_bias, input, (3 * H,), f"3H with H={H}")
+    if (norm_weight is None) != (norm_bias is None):
+        raise ValueError(f"{op}: `norm_weight` and `norm_bias` must both be given (the "
+                         "LayerNorm) or both be None (no norm)")
+    if norm_weight is not None:
+        _check_param(op, "norm_weight", norm_weight, input, (3 * H,), f"3H with H={H}")
+        _check_param(op, "norm_bias", norm_bias, input, (3 * H,), f"3H with H={H}")
+    if not isinstance(state_first, bool):
+        raise TypeError(f"{op}: `state_first` must be a bool, got {type(state_first).__name__}")
     if isinstance(update_bias, bool) or not isinstance(update_bias, (int, float)):
         raise TypeError(f"{op}: `update_bias` must be a float, got {type(update_bias).__name__}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
@@ -156,14 +167,15 @@ def gru_cell(input: torch.Tensor, hx: torch.Tensor | None, weight_ih: torch.Tens
 
 
 def ln_gru_cell(input: torch.Tensor, hx: torch.Tensor | None, weight: torch.Tensor,
-                norm_weight: torch.Tensor, norm_bias: torch.Tensor, update_bias: float = -1.0,
-                eps: float = 1e-3) -> torch.Tensor:
+                norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None,
+                update_bias: float = -1.0, eps: float = 1e-3,
+                state_first: bool = False) -> torch.Tensor:
     """The LayerNorm GRU of DreamerV2, fused (see the module docstring)."""
     input, hx, update_bias, eps = _ln_gru_args(input, hx, weight, norm_weight, norm_bias,
-                                               update_bias, eps)
+                                               update_bias, eps, state_first)
     _extension.require_device_kernels("ln_gru_cell", input.device)
     hy, _, _ = torch.ops.dreamer_fast.ln_gru_cell(_flat(input), _flat(hx), weight, norm_weight,
-                                                  norm_bias, update_bias, eps)
+                                                  norm_bias, update_bias, eps, state_first)
     return hy.reshape(hx.shape)
 
 
@@ -185,13 +197,15 @@ def gru_cell_ref(input: torch.Tensor, hx: torch.Tensor | None, weight_ih: torch.
 
 
 def ln_gru_cell_ref(input: torch.Tensor, hx: torch.Tensor | None, weight: torch.Tensor,
-                    norm_weight: torch.Tensor, norm_bias: torch.Tensor,
-                    update_bias: float = -1.0, eps: float = 1e-3) -> torch.Tensor:
+                    norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None,
+                    update_bias: float = -1.0, eps: float = 1e-3,
+                    state_first: bool = False) -> torch.Tensor:
     """Reference LayerNorm GRU in plain PyTorch ops."""
     input, hx, update_bias, eps = _ln_gru_args(input, hx, weight, norm_weight, norm_bias,
-                                               update_bias, eps)
-    parts = F.linear(torch.cat([input, hx], -1), weight)
-    parts = F.layer_norm(parts, (parts.shape[-1],), norm_weight, norm_bias, eps)
+                                               update_bias, eps, state_first)
+    parts = F.linear(torch.cat([hx, input] if state_first else [input, hx], -1), weight)
+    if norm_weight is not None:
+        parts = F.layer_norm(parts, (parts.shape[-1],), norm_weight, norm_bias, eps)
     reset, cand, update = parts.chunk(3, -1)
     reset = torch.sigmoid(reset)
     cand = torch.tanh(reset * cand)
@@ -252,29 +266,39 @@ def _register() -> None:
                 input.new_empty(3 * H, H), input.new_empty(3 * H), input.new_empty(3 * H))
 
     def _fake_ln_checks(op, input, hx, weight, norm_weight, norm_bias):
+        """Returns B, I, H and whether the cell has its LayerNorm."""
         B, I, H = _fake_check_state(op, input, hx)
         _fake_check_like(op, "weight", weight, input, (3 * H, I + H))
-        _fake_check_like(op, "norm_weight", norm_weight, input, (3 * H,))
-        _fake_check_like(op, "norm_bias", norm_bias, input, (3 * H,))
-        return B, I, H
+        norm = norm_weight is not None
+        _fake_check(op, norm == (norm_bias is not None),
+                    "`norm_weight` and `norm_bias` must both be given (the LayerNorm) or both "
+                    "be None (no norm)")
+        if norm:
+            _fake_check_like(op, "norm_weight", norm_weight, input, (3 * H,))
+            _fake_check_like(op, "norm_bias", norm_bias, input, (3 * H,))
+        return B, I, H, norm
 
     @torch.library.register_fake(lib + "ln_gru_cell")
-    def _(input, hx, weight, norm_weight, norm_bias, update_bias, eps):
+    def _(input, hx, weight, norm_weight, norm_bias, update_bias, eps, state_first=False):
         op = "ln_gru_cell"
-        B, I, H = _fake_ln_checks(op, input, hx, weight, norm_weight, norm_bias)
+        B, I, H, norm = _fake_ln_checks(op, input, hx, weight, norm_weight, norm_bias)
         _fake_check(op, eps > 0, f"`eps` must be > 0, got {eps}")
-        stats = input.new_empty(B, 2, dtype=acc_dtype.get(input.dtype, input.dtype))
+        stats = input.new_empty(B, 2 if norm else 0,
+                                dtype=acc_dtype.get(input.dtype, input.dtype))
         return input.new_empty(B, H), input.new_empty(B, 3 * H), stats
 
     @torch.library.register_fake(lib + "ln_gru_cell_backward")
-    def _(grad_hy, parts, stats, input, hx, weight, norm_weight, norm_bias, update_bias):
+    def _(grad_hy, parts, stats, input, hx, weight, norm_weight, norm_bias, update_bias,
+          state_first=False):
         op = "ln_gru_cell_backward"
-        B, I, H = _fake_ln_checks(op, input, hx, weight, norm_weight, norm_bias)
+        B, I, H, norm = _fake_ln_checks(op, input, hx, weight, norm_weight, norm_bias)
         _fake_check_like(op, "grad_hy", grad_hy, input, (B, H))
         _fake_check_like(op, "parts", parts, input, (B, 3 * H))
-        _fake_check(op, tuple(stats.shape) == (B, 2), f"`stats` must be [{B}, 2]")
+        n_stats = 2 if norm else 0
+        _fake_check(op, tuple(stats.shape) == (B, n_stats), f"`stats` must be [{B}, {n_stats}]")
+        n_norm = 3 * H if norm else 0  # without the norm: empty [0] placeholders
         return (input.new_empty(B, I), input.new_empty(B, H), input.new_empty(3 * H, I + H),
-                input.new_empty(3 * H), input.new_empty(3 * H))
+                input.new_empty(n_norm), input.new_empty(n_norm))
 
     def gru_setup(ctx, inputs, output):
         input, hx, weight_ih, weight_hh, bias_ih, bias_hh = inputs
@@ -293,17 +317,21 @@ def _register() -> None:
     torch.library.register_autograd(lib + "gru_cell", gru_backward, setup_context=gru_setup)
 
     def ln_gru_setup(ctx, inputs, output):
-        input, hx, weight, norm_weight, norm_bias, update_bias, _eps = inputs
+        input, hx, weight, norm_weight, norm_bias, update_bias, _eps, state_first = inputs
         _, parts, stats = output
         ctx.mark_non_differentiable(parts, stats)
-        ctx.update_bias = update_bias
+        ctx.update_bias, ctx.state_first = update_bias, state_first
+        ctx.norm = norm_weight is not None
         ctx.save_for_backward(parts, stats, input, hx, weight, norm_weight, norm_bias)
 
     def ln_gru_backward(ctx, grad_hy, _grad_parts, _grad_stats):
         parts, stats, input, hx, weight, norm_weight, norm_bias = ctx.saved_tensors
         dx, dh, dweight, dgamma, dbeta = torch.ops.dreamer_fast.ln_gru_cell_backward(
-            grad_hy, parts, stats, input, hx, weight, norm_weight, norm_bias, ctx.update_bias)
-        return dx, dh, dweight, dgamma, dbeta, None, None
+            grad_hy, parts, stats, input, hx, weight, norm_weight, norm_bias, ctx.update_bias,
+            ctx.state_first)
+        if not ctx.norm:
+            dgamma = dbeta = None
+        return dx, dh, dweight, dgamma, dbeta, None, None, None
 
     torch.library.register_autograd(lib + "ln_gru_cell", ln_gru_backward,
                                     setup_context=ln_gru_setup)

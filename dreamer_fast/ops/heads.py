@@ -6,14 +6,23 @@ references live side by side and share one argument check, so they have the same
 signature, semantics and errors. The noise is an input: draw it with your own
 generator (``torch.randn_like`` / ``torch.rand``) and both paths are deterministic.
 
-``gaussian_sample(stats, noise, min_std=0.1)`` -> ``(sample, mean, std)``
+``gaussian_sample(stats, noise, min_std=0.1, std_act='softplus', mean_act='none')`` -> ``(sample, mean, std)``
     ``stats [..., 2S]``, ``noise [..., S]`` (same leading dims)::
 
-        mean, raw = stats.chunk(2, -1)
-        std = softplus(raw) + min_std        # softplus: beta = 1, threshold = 20
+        m, raw = stats.chunk(2, -1)
+        mean = mean_act(m)
+        std = std_act(raw) + min_std
         sample = mean + std * noise
 
-    Differentiable in ``stats`` and ``noise`` through all three outputs.
+    with ``std_act`` one of (dreamerv3-torch's ``std_act`` options)::
+
+        softplus   softplus(raw)              (beta = 1, threshold = 20; the default)
+        abs        |raw + 1|                  (gradient sign(raw + 1), 0 at raw = -1)
+        sigmoid    σ(raw)
+        sigmoid2   2 σ(raw / 2)
+
+    and ``mean_act`` ``none`` (``mean = m``, the default) or ``tanh5`` (``mean = 5
+    tanh(m / 5)``). Differentiable in ``stats`` and ``noise`` through all three outputs.
     ``min_std`` must be a finite float >= 0.
 
 ``categorical_sample(logits, uniform, unimix=0.01, *, check_range=True)`` -> ``(sample, probs)``
@@ -78,7 +87,7 @@ from dreamer_fast import _extension
 from dreamer_fast.ops import _checks
 
 __all__ = ["categorical_sample", "categorical_sample_ref", "gaussian_sample",
-           "gaussian_sample_ref"]
+           "gaussian_sample_ref", "GAUSSIAN_STD_ACTS", "GAUSSIAN_MEAN_ACTS"]
 
 _GAUSSIAN = "gaussian_sample"
 _CATEGORICAL = "categorical_sample"
@@ -108,8 +117,21 @@ def _check_unimix(op: str, unimix: object) -> float:
     return value
 
 
-def _gaussian_args(stats, noise, min_std):
+#: ``std_act`` / ``mean_act`` of :func:`gaussian_sample` (the order is the kernels' codes)
+GAUSSIAN_STD_ACTS = ("softplus", "abs", "sigmoid", "sigmoid2")
+GAUSSIAN_MEAN_ACTS = ("none", "tanh5")
+
+
+def _check_act(op: str, name: str, value: object, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{op}: `{name}` must be one of {'|'.join(choices)}, got {value!r}")
+    return value
+
+
+def _gaussian_args(stats, noise, min_std, std_act="softplus", mean_act="none"):
     op = _GAUSSIAN
+    std_act = _check_act(op, "std_act", std_act, GAUSSIAN_STD_ACTS)
+    mean_act = _check_act(op, "mean_act", mean_act, GAUSSIAN_MEAN_ACTS)
     stats = _checks.check_float_tensor(op, "stats", stats)
     noise = _checks.check_float_tensor(op, "noise", noise)
     if stats.dim() == 0:
@@ -123,7 +145,7 @@ def _gaussian_args(stats, noise, min_std):
                          f"{tuple(stats.shape)} with the last dim halved), got "
                          f"{tuple(noise.shape)}")
     _checks.check_dtype_device(op, "stats", stats, "noise", noise)
-    return stats, noise, _check_min_std(op, min_std)
+    return stats, noise, _check_min_std(op, min_std), std_act, mean_act
 
 
 def _check_uniform_range(op: str, uniform: torch.Tensor) -> None:
@@ -169,13 +191,16 @@ def _categorical_args(logits, uniform, unimix, check_range):
 # Fast ops
 # --------------------------------------------------------------------------------------
 
-def gaussian_sample(stats: torch.Tensor, noise: torch.Tensor,
-                    min_std: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(mean + std * noise, mean, std)`` with ``std = softplus(raw) + min_std``; one
-    native kernel (see the module docstring)."""
-    stats, noise, min_std = _gaussian_args(stats, noise, min_std)
+def gaussian_sample(stats: torch.Tensor, noise: torch.Tensor, min_std: float = 0.1,
+                    std_act: str = "softplus",
+                    mean_act: str = "none") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean + std * noise, mean, std)`` with ``std = std_act(raw) + min_std``, ``mean =
+    mean_act(m)``; one native kernel (see the module docstring)."""
+    stats, noise, min_std, std_act, mean_act = _gaussian_args(stats, noise, min_std, std_act,
+                                                              mean_act)
     _extension.require_device_kernels(_GAUSSIAN, stats.device)
-    sample, mean, std = torch.ops.dreamer_fast.gaussian_sample(stats, noise, min_std)
+    sample, mean, std = torch.ops.dreamer_fast.gaussian_sample(stats, noise, min_std, std_act,
+                                                               mean_act)
     return sample, mean, std
 
 
@@ -193,12 +218,24 @@ def categorical_sample(logits: torch.Tensor, uniform: torch.Tensor, unimix: floa
 # References: plain PyTorch, same signatures
 # --------------------------------------------------------------------------------------
 
-def gaussian_sample_ref(stats: torch.Tensor, noise: torch.Tensor,
-                        min_std: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+_REF_STD_ACTS = {
+    "softplus": F.softplus,
+    "abs": lambda raw: torch.abs(raw + 1),
+    "sigmoid": torch.sigmoid,
+    "sigmoid2": lambda raw: 2 * torch.sigmoid(raw / 2),
+}
+_REF_MEAN_ACTS = {"none": lambda m: m, "tanh5": lambda m: 5 * torch.tanh(m / 5)}
+
+
+def gaussian_sample_ref(stats: torch.Tensor, noise: torch.Tensor, min_std: float = 0.1,
+                        std_act: str = "softplus",
+                        mean_act: str = "none") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference Gaussian head (what Dreamer codebases run), in the input dtype."""
-    stats, noise, min_std = _gaussian_args(stats, noise, min_std)
-    mean, raw = stats.chunk(2, -1)
-    std = F.softplus(raw) + min_std
+    stats, noise, min_std, std_act, mean_act = _gaussian_args(stats, noise, min_std, std_act,
+                                                              mean_act)
+    m, raw = stats.chunk(2, -1)
+    mean = _REF_MEAN_ACTS[mean_act](m)
+    std = _REF_STD_ACTS[std_act](raw) + min_std
     return mean + std * noise, mean, std
 
 
@@ -251,7 +288,8 @@ def _fake_check_same(op: str, ref_name: str, ref: torch.Tensor, name: str, x: to
                  lambda: f"{op}: `{name}` is on {x.device} but `{ref_name}` is on {ref.device}")
 
 
-def _fake_gaussian_checks(op: str, stats, noise, min_std) -> tuple:
+def _fake_gaussian_checks(op: str, stats, noise, min_std, std_act="softplus",
+                          mean_act="none") -> tuple:
     """The checks of csrc/heads_checks.h, for the fake kernels (meta/fake inputs are
     routed to them instead of the C++ kernels). Returns noise's shape."""
     torch._check(stats.dim() >= 1,
@@ -265,6 +303,10 @@ def _fake_gaussian_checks(op: str, stats, noise, min_std) -> tuple:
     _fake_check_same(op, "stats", stats, "noise", noise, shape)
     torch._check(math.isfinite(min_std) and min_std >= 0.0,
                  lambda: f"{op}: `min_std` must be a finite float >= 0, got {min_std}")
+    for name, value, choices in (("std_act", std_act, GAUSSIAN_STD_ACTS),
+                                 ("mean_act", mean_act, GAUSSIAN_MEAN_ACTS)):
+        torch._check(value in choices, lambda: f"{op}: `{name}` must be one of "
+                                               f"{'|'.join(choices)}, got {value!r}")
     return shape
 
 
@@ -285,14 +327,15 @@ def _register() -> None:
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("dreamer_fast::gaussian_sample")
-    def _(stats, noise, min_std):
-        _fake_gaussian_checks(_GAUSSIAN, stats, noise, min_std)
+    def _(stats, noise, min_std, std_act="softplus", mean_act="none"):
+        _fake_gaussian_checks(_GAUSSIAN, stats, noise, min_std, std_act, mean_act)
         return _contiguous_like(noise), _contiguous_like(noise), _contiguous_like(noise)
 
     @torch.library.register_fake("dreamer_fast::gaussian_sample_backward")
-    def _(grad_sample, grad_mean, grad_std, stats, noise, min_std):
+    def _(grad_sample, grad_mean, grad_std, stats, noise, min_std, std_act="softplus",
+          mean_act="none"):
         op = "gaussian_sample_backward"
-        shape = _fake_gaussian_checks(op, stats, noise, min_std)
+        shape = _fake_gaussian_checks(op, stats, noise, min_std, std_act, mean_act)
         for name, g in (("grad_sample", grad_sample), ("grad_mean", grad_mean),
                         ("grad_std", grad_std)):
             if g is not None:
@@ -317,20 +360,21 @@ def _register() -> None:
     # Outputs that get no gradient arrive as None (not materialised zeros) and are
     # passed to the backward kernels as null pointers.
     def gaussian_setup(ctx, inputs, output):
-        stats, noise, min_std = inputs
-        ctx.min_std = min_std
+        stats, noise, min_std, std_act, mean_act = inputs
+        ctx.head = (min_std, std_act, mean_act)
         ctx.save_for_backward(stats, noise)
         ctx.set_materialize_grads(False)
 
     def gaussian_backward(ctx, g_sample, g_mean, g_std):
         if g_sample is None and g_mean is None and g_std is None:
-            return None, None, None
+            return None, None, None, None, None
         stats, noise = ctx.saved_tensors
         g_stats, g_noise = torch.ops.dreamer_fast.gaussian_sample_backward(
-            g_sample, g_mean, g_std, stats, noise, ctx.min_std)
+            g_sample, g_mean, g_std, stats, noise, *ctx.head)
         # noise only reaches the outputs through the sample
         return (g_stats if ctx.needs_input_grad[0] else None,
-                g_noise if ctx.needs_input_grad[1] and g_sample is not None else None, None)
+                g_noise if ctx.needs_input_grad[1] and g_sample is not None else None, None,
+                None, None)
 
     torch.library.register_autograd("dreamer_fast::gaussian_sample", gaussian_backward,
                                     setup_context=gaussian_setup)

@@ -14,17 +14,34 @@ and shapes: :mod:`dreamer_fast.ops.rssm_spec`); ``actor_params`` that of an
     posterior:     stats = obs_out(cat([deter', embed])), (stoch', a, b) = latent(stats, noise)
 
 where ``latent`` is ``categorical_sample(stats.view(S, K), uniform, unimix)`` (``a`` =
-the logits ``[.., Z]``, ``b`` empty) or ``gaussian_sample(stats, normal, min_std)``
-(``a`` = mean, ``b`` = std, ``[.., S]``).
+the logits ``[.., Z]``, ``b`` empty) or ``gaussian_sample(stats, normal, min_std,
+std_act, mean_act)`` (``a`` = mean, ``b`` = std, ``[.., S]``).
 
 ``rssm_observe(params, spec, embed, action, keep, deter, stoch, prior_noise, post_noise)``
     ``embed [B, T, E]``, ``action [B, T, A]`` (the action before each step), ``keep
-    [B, T]`` (0 where a sequence restarts), start ``deter [B, D]``, ``stoch [B, Z]``,
-    noise ``[B, T, S]`` each. For each t: ``deter, stoch, action_t *= keep_t``, the
-    prior step, then the posterior step whose sample is the next ``stoch``. Returns
-    ``(deter, post_stoch, post_a, post_b, prior_stoch, prior_a, prior_b)``, each
+    [B, T]`` (0 where a sequence restarts), start ``deter [B, D]``, ``stoch [B, Z]``
+    (or both None: every sequence starts from the initial state, as if ``keep[:, 0]``
+    were 0), noise ``[B, T, S]`` each. For each t::
+
+        deter = keep_t · deter + (1 − keep_t) · deter0,  stoch likewise with stoch0
+        action_t = keep_t · action_t
+
+    then the prior step, then the posterior step whose sample is the next ``stoch``.
+    ``(deter0, stoch0)`` is the initial state (:func:`rssm_initial`: zeros, or the
+    learned one of ``spec.initial='learned'``, which gets the gradient of every reset).
+    Returns ``(deter, post_stoch, post_a, post_b, prior_stoch, prior_a, prior_b)``, each
     ``[B, T, ..]`` (``deter [B, T, D]`` is shared by posterior and prior; an empty
     ``b`` is ``[0]``).
+
+``rssm_initial(params, spec)`` -> ``(deter0 [D], stoch0 [Z])``
+    The initial state of ``spec.initial``: zeros, or (``'learned'``, ``W`` = the last
+    parameter ``initial [D]``) ``deter0 = tanh(W)`` and ``stoch0`` the mode of the prior
+    at ``deter0``: Gaussian ``mean_act(m)`` of ``img_out(deter0)``; categorical, with
+    ``lp = log((1 − unimix) softmax(l) + unimix / K)`` (``lp = l`` for unimix 0)
+    normalised ``lp − logsumexp(lp)``, ``onehot(argmax lp) + lp − sg(lp)``. With
+    ``spec.initial_stoch_grad=False`` stoch0 is detached (the plain one-hot / mean).
+    Plain PyTorch ops, differentiable in ``W`` and the prior MLP; both observe ops
+    and their references call it.
 
 ``rssm_imagine(params, spec, deter, stoch, actions, action_noise, stoch_noise, horizon,
 actor_params=(), actor_spec=None, feat_out=False)``
@@ -66,10 +83,11 @@ from dreamer_fast.ops import _checks
 from dreamer_fast.ops._native_spec import native_actor_spec, native_rssm_spec
 from dreamer_fast.ops.cells import block_gru_cell_ref, gru_cell_ref, ln_gru_cell_ref
 from dreamer_fast.ops.dense import linear_norm_act_ref
-from dreamer_fast.ops.heads import categorical_sample_ref, gaussian_sample_ref
+from dreamer_fast.ops.heads import _REF_MEAN_ACTS, categorical_sample_ref, gaussian_sample_ref
 from dreamer_fast.ops.rssm_spec import ActorSpec, DenseSpec, RSSMSpec
 
-__all__ = ["rssm_observe", "rssm_observe_ref", "rssm_imagine", "rssm_imagine_ref"]
+__all__ = ["rssm_observe", "rssm_observe_ref", "rssm_imagine", "rssm_imagine_ref",
+           "rssm_initial"]
 
 _OBSERVE = "rssm_observe"
 _IMAGINE = "rssm_imagine"
@@ -112,9 +130,14 @@ def _check_tensor(op: str, name: str, x: object, dims: str, shape: tuple,
 
 
 def _observe_args(params, spec, embed, action, keep, deter, stoch, prior_noise,
-                  post_noise) -> list[torch.Tensor]:
+                  post_noise) -> tuple:
+    """The checked params, and keep, deter, stoch with a missing start state filled in
+    (zeros, ``keep[:, 0] = 0``: the first step resets to the initial state)."""
     op = _OBSERVE
     _check_spec(op, "spec", spec, RSSMSpec)
+    if (deter is None) != (stoch is None):
+        raise ValueError(f"{op}: `deter` and `stoch` must both be given (the start state) "
+                         "or both be None (start from the initial state)")
     _checks.check_float_tensor(op, "embed", embed)
     if embed.dim() != 3:
         raise ValueError(f"{op}: `embed` must be 3-D [B, T, E], got {tuple(embed.shape)}")
@@ -123,16 +146,60 @@ def _observe_args(params, spec, embed, action, keep, deter, stoch, prior_noise,
         raise ValueError(f"{op}: `embed` must hold at least one sequence of at least one "
                          f"step, got shape {tuple(embed.shape)}")
     S, Z = spec.stoch, spec.flat_stoch
-    for name, x, dims, shape in (
-            ("embed", embed, "B, T, E", (B, T, spec.embed_size)),
-            ("action", action, "B, T, A", (B, T, spec.action_size)),
-            ("keep", keep, "B, T", (B, T)),
-            ("deter", deter, "B, D", (B, spec.deter)),
-            ("stoch", stoch, "B, Z", (B, Z)),
-            ("prior_noise", prior_noise, "B, T, S", (B, T, S)),
-            ("post_noise", post_noise, "B, T, S", (B, T, S))):
+    checks = [("embed", embed, "B, T, E", (B, T, spec.embed_size)),
+              ("action", action, "B, T, A", (B, T, spec.action_size)),
+              ("keep", keep, "B, T", (B, T)),
+              ("prior_noise", prior_noise, "B, T, S", (B, T, S)),
+              ("post_noise", post_noise, "B, T, S", (B, T, S))]
+    if deter is not None:
+        checks += [("deter", deter, "B, D", (B, spec.deter)), ("stoch", stoch, "B, Z", (B, Z))]
+    for name, x, dims, shape in checks:
         _check_tensor(op, name, x, dims, shape, embed, "embed")
-    return _check_params(op, "params", params, spec, embed, "embed")
+    params = _check_params(op, "params", params, spec, embed, "embed")
+    if deter is None:
+        deter, stoch = embed.new_zeros(B, spec.deter), embed.new_zeros(B, Z)
+        keep = keep.clone()
+        keep[:, 0] = 0
+    return params, keep, deter, stoch
+
+
+def _native_params(params: list[torch.Tensor], spec: RSSMSpec) -> list[torch.Tensor]:
+    """The parameters the native ops take: all but the learned initial state's ``W``
+    (the ops take the initial state itself, see rssm_initial)."""
+    return params[:spec.param_slices()["initial"].start]
+
+
+def _initial(params: list[torch.Tensor], spec: RSSMSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    like = params[0]
+    if spec.initial == "zeros":
+        return like.new_zeros(spec.deter), like.new_zeros(spec.flat_stoch)
+    (W,) = params[spec.param_slices()["initial"]]
+    deter0 = torch.tanh(W)
+    stats = _mlp(_Parts(params, spec).img_out, spec.eps, deter0[None])[0]
+    if spec.classes:
+        logit = stats.view(spec.stoch, spec.classes)
+        if spec.unimix > 0:
+            probs = torch.softmax(logit, -1) * (1 - spec.unimix) + spec.unimix / spec.classes
+            logit = torch.log(probs)
+        lp = logit - logit.logsumexp(-1, keepdim=True)
+        onehot = F.one_hot(lp.argmax(-1), spec.classes).to(lp.dtype)
+        # the straight-through mode in this order ((onehot + lp) - sg(lp)): its value
+        # is the rounding of that sum, as in dreamerv3-torch's OneHotDist.mode
+        stoch0 = onehot + lp - lp.detach() if spec.initial_stoch_grad else onehot
+        return deter0, stoch0.reshape(spec.flat_stoch)
+    mean = _REF_MEAN_ACTS[spec.mean_act](stats[:spec.stoch])
+    return deter0, mean if spec.initial_stoch_grad else mean.detach()
+
+
+def rssm_initial(params: list[torch.Tensor],
+                 spec: RSSMSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The initial state ``(deter0 [D], stoch0 [Z])`` of ``spec.initial`` (see the module
+    docstring): zeros, or ``tanh(W)`` and the mode of the prior there."""
+    _check_spec("rssm_initial", "spec", spec, RSSMSpec)
+    if not isinstance(params, (list, tuple)) or not params:
+        raise TypeError("rssm_initial: `params` must be a non-empty list of tensors")
+    params = _check_params("rssm_initial", "params", params, spec, params[0], "params[0]")
+    return _initial(params, spec)
 
 
 def _imagine_args(params, spec, deter, stoch, actions, action_noise, stoch_noise, horizon,
@@ -198,12 +265,15 @@ def rssm_observe(params: list[torch.Tensor], spec: RSSMSpec, embed: torch.Tensor
                  post_noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``T`` posterior steps in one native call (see the module docstring). Returns
     ``(deter, post_stoch, post_a, post_b, prior_stoch, prior_a, prior_b)``."""
-    params = _observe_args(params, spec, embed, action, keep, deter, stoch, prior_noise,
-                           post_noise)
+    params, keep, deter, stoch = _observe_args(params, spec, embed, action, keep, deter,
+                                               stoch, prior_noise, post_noise)
     _extension.require_device_kernels(_OBSERVE, embed.device)
+    # zeros reset by masking alone; a learned initial state is passed to the op
+    init = _initial(params, spec) if spec.initial == "learned" else (None, None)
     save = _needs_graph(*params, embed, action, deter, stoch)
-    out = torch.ops.dreamer_fast.rssm_observe(params, *native_rssm_spec(spec), embed, action,
-                                              keep, deter, stoch, prior_noise, post_noise, save)
+    out = torch.ops.dreamer_fast.rssm_observe(
+        _native_params(params, spec), *native_rssm_spec(spec), embed, action, keep, deter,
+        stoch, prior_noise, post_noise, *init, save)
     return out[:7]
 
 
@@ -221,6 +291,7 @@ def rssm_imagine(params: list[torch.Tensor], spec: RSSMSpec, deter: torch.Tensor
     # the posterior MLP takes no part in imagination: passed detached, it gets no
     # gradient (as in an eager rollout) while the op still sees the whole list
     obs = spec.param_slices()["obs_out"]
+    params = _native_params(params, spec)
     params = params[:obs.start] + [p.detach() for p in params[obs]]
     if actions is not None:
         action_noise = deter.new_empty(0)
@@ -279,7 +350,9 @@ def _cell_step(parts: _Parts, spec: RSSMSpec, deter: torch.Tensor, stoch: torch.
     if spec.cell == "gru":
         biases = c[2:4] if spec.cell_bias else (None, None)
         return gru_cell_ref(x, deter, c[0], c[1], *biases)
-    return ln_gru_cell_ref(x, deter, c[0], c[1], c[2], spec.update_bias, spec.cell_eps)
+    norm = (c[1], c[2]) if spec.cell_norm else (None, None)
+    return ln_gru_cell_ref(x, deter, c[0], *norm, spec.update_bias, spec.cell_eps,
+                           spec.cell_state_first)
 
 
 def _latent(spec: RSSMSpec, stats: torch.Tensor, noise: torch.Tensor,
@@ -289,7 +362,7 @@ def _latent(spec: RSSMSpec, stats: torch.Tensor, noise: torch.Tensor,
         logit = stats.reshape(*stats.shape[:-1], spec.stoch, spec.classes)
         sample, _ = categorical_sample_ref(logit, noise, spec.unimix, check_range=check_range)
         return sample.reshape(stats.shape), stats, None
-    return gaussian_sample_ref(stats, noise, spec.min_std)
+    return gaussian_sample_ref(stats, noise, spec.min_std, spec.std_act, spec.mean_act)
 
 
 def _action(spec: ActorSpec, raw: torch.Tensor, noise: torch.Tensor,
@@ -316,13 +389,18 @@ def _stack(xs: list[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
 
 def _observe_ref(params, spec, embed, action, keep, deter, stoch, prior_noise, post_noise,
                  *, check_range: bool = False) -> tuple[torch.Tensor, ...]:
-    params = _observe_args(params, spec, embed, action, keep, deter, stoch, prior_noise,
-                           post_noise)
+    params, keep, deter, stoch = _observe_args(params, spec, embed, action, keep, deter,
+                                               stoch, prior_noise, post_noise)
     parts = _Parts(params, spec)
+    learned = spec.initial == "learned"
+    if learned:
+        deter0, stoch0 = _initial(params, spec)
     outs: list[list] = [[] for _ in range(7)]
     for t in range(embed.shape[1]):
         k = keep[:, t, None]
         deter, stoch = deter * k, stoch * k
+        if learned:
+            deter, stoch = deter + (1 - k) * deter0, stoch + (1 - k) * stoch0
         deter = _cell_step(parts, spec, deter, stoch, action[:, t] * k)
         prior = _latent(spec, _mlp(parts.img_out, spec.eps, deter), prior_noise[:, t],
                         check_range)
@@ -415,9 +493,11 @@ def _register() -> None:
     # named input (see _native_spec): ctx keeps them as one tuple.
     observe_names = _arg_names(torch.ops.dreamer_fast.rssm_observe)
     o_params, o_embed = observe_names.index("params"), observe_names.index("embed")
+    o_init = observe_names.index("init_deter")
 
     def observe_setup(ctx, inputs, output):
         ctx.list_lens = _list_lens(inputs)
+        ctx.init = inputs[o_init] is not None
         params = inputs[o_params]
         ctx.native_spec = tuple(inputs[o_params + 1:o_embed])
         saved = output[7]
@@ -434,11 +514,13 @@ def _register() -> None:
             raise RuntimeError("rssm_observe: backward through a call made without "
                                "recording (save=False)")
         saved, params = list(t[:ctx.n_saved]), list(t[ctx.n_saved:])
-        d_params, d_embed, d_action, d_deter, d_stoch = (
+        d_params, d_embed, d_action, d_deter, d_stoch, d_init_deter, d_init_stoch = (
             torch.ops.dreamer_fast.rssm_observe_backward(gd, gps, gpa, gpb, gqs, gqa, gqb, saved,
-                                                        params, *ctx.native_spec))
+                                                        params, *ctx.native_spec, ctx.init))
         grads = {"params": d_params, "embed": d_embed, "action": d_action, "deter": d_deter,
                  "stoch": d_stoch}
+        if ctx.init:
+            grads.update(init_deter=d_init_deter, init_stoch=d_init_stoch)
         return _structured(ctx, [grads.get(n) for n in observe_names])
 
     torch.library.register_autograd("dreamer_fast::rssm_observe", observe_backward,

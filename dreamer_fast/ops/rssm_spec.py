@@ -15,12 +15,15 @@ actions, ``E`` embed, ``G`` blocks, ``Dg = D / G``, ``stats = S·K`` or ``2S``):
 
     img_in     (gru, ln_gru: one dense layer [Z + A] -> U; block_gru: none)
     cell       gru:       weight_ih [3D, U], weight_hh [3D, D] (+ bias_ih [3D], bias_hh [3D])
-               ln_gru:    weight [3D, U + D], norm_weight [3D], norm_bias [3D]
+               ln_gru:    weight [3D, U + D], norm_weight [3D], norm_bias [3D] (no norm
+                          tensors with cell_norm=False; columns for cat(h, x) with
+                          cell_state_first=True)
                block_gru: in_params: (W [U, D], b [U], s [U]), (W [U, Z], b, s), (W [U, A], b, s);
                           hidden_params per layer: W [G, Dg + 3U (first) or Dg, Dg], b [D], s [D];
                           gru_weight [G, Dg, 3Dg], gru_bias [3D]
     img_out    prior MLP: D -> U -> ... -> stats (one dense layer per entry)
     obs_out    posterior MLP: D + E -> U -> ... -> stats
+    initial    (initial='learned' only) initial [D]: the learned initial state's W
 
 A dense layer ``act(norm(x Wᵀ + b))`` contributes ``weight [out, in]``, then ``bias``
 (if ``has_bias``), ``norm_weight`` (norm 'layer' or 'rms') and ``norm_bias`` (norm
@@ -38,10 +41,20 @@ from numbers import Real
 
 from dreamer_fast.ops.dense import ACTS, NORMS
 
-__all__ = ["DenseSpec", "RSSMSpec", "ActorSpec", "CELLS", "HEADS"]
+__all__ = ["DenseSpec", "RSSMSpec", "ActorSpec", "CELLS", "HEADS", "STD_ACTS", "MEAN_ACTS",
+           "INITIALS"]
 
 CELLS = ("gru", "ln_gru", "block_gru")
 HEADS = ("tanh_normal", "bounded_normal", "categorical")
+#: Gaussian latents: ``std = std_act(raw) + min_std`` (``softplus``, ``abs``: ``|raw + 1|``,
+#: ``sigmoid``: ``σ(raw)``, ``sigmoid2``: ``2σ(raw / 2)``) and ``mean = mean_act(m)``
+#: (``none``, ``tanh5``: ``5 tanh(m / 5)``), the options of dreamerv3-torch's RSSM.
+STD_ACTS = ("softplus", "abs", "sigmoid", "sigmoid2")
+MEAN_ACTS = ("none", "tanh5")
+#: The state a sequence starts from and resets to: zeros, or the learned ``deter0 =
+#: tanh(W)`` with ``stoch0`` the mode of the prior at ``deter0`` (dreamerv3-torch's
+#: ``initial='learned'``, sheeprl's learnable initial recurrent state).
+INITIALS = ("zeros", "learned")
 
 Shape = tuple[int, ...]
 
@@ -142,8 +155,22 @@ class RSSMSpec:
     (ln_gru, block_gru); ``update_bias`` the ln_gru's update-gate bias; ``blocks``,
     ``dynlayers`` and ``cell_act`` are the block GRU's (1, 1, 'none' for the other
     cells); ``cell_bias`` the GRU's biases (ln_gru: False, block_gru: True).
-    ``unimix``: the categorical latents' uniform mix; ``min_std``: the Gaussian's
-    ``std = softplus(raw) + min_std``.
+    ``cell_norm`` (ln_gru): the LayerNorm on the gates (False: ``parts = cat(x, h) Wᵀ``
+    goes to the gates as it is, dreamerv3-torch's ``norm: False``); ``cell_state_first``
+    (ln_gru): the weight's columns take ``cat(h, x)`` (sheeprl's order) instead of
+    ``cat(x, h)``.
+    ``unimix``: the categorical latents' uniform mix; Gaussian latents: ``std =
+    std_act(raw) + min_std``, ``mean = mean_act(m)`` (:data:`STD_ACTS`,
+    :data:`MEAN_ACTS`).
+    ``initial``: the state at ``t = 0`` when none is given and at every reset
+    (``keep = 0``): ``'zeros'``, or ``'learned'`` with one more parameter ``initial
+    [D]`` (``W``, last in the flat list): ``deter0 = tanh(W)``, ``stoch0`` = the mode of
+    the prior at ``deter0`` (Gaussian: its mean; categorical: the one-hot of the
+    argmax of the unimix log-probs). ``initial_stoch_grad`` (learned only): whether
+    ``stoch0`` passes gradient back into the prior MLP and ``W``: True is
+    dreamerv3-torch's (the Gaussian mean; the categorical mode straight-through the
+    normalised unimix log-probs, ``onehot + lp − sg(lp)``), False sheeprl's (its
+    ``OneHotCategorical.mode`` carries none).
     """
 
     cell: str
@@ -165,6 +192,12 @@ class RSSMSpec:
     update_bias: float = -1.0
     unimix: float = 0.01
     min_std: float = 0.1
+    cell_norm: bool = True
+    cell_state_first: bool = False
+    std_act: str = "softplus"
+    mean_act: str = "none"
+    initial: str = "zeros"
+    initial_stoch_grad: bool = True
 
     def __post_init__(self) -> None:
         c = "RSSMSpec"
@@ -193,6 +226,17 @@ class RSSMSpec:
         if self.cell == "ln_gru" and self.cell_bias:
             _fail(c, "cell_bias", "False for cell 'ln_gru' (it has no linear bias)",
                   self.cell_bias)
+        _bool(c, "cell_norm", self.cell_norm)
+        _bool(c, "cell_state_first", self.cell_state_first)
+        if self.cell != "ln_gru":
+            for name, want in (("cell_norm", True), ("cell_state_first", False)):
+                if getattr(self, name) != want:
+                    _fail(c, name, f"{want!r} for cell {self.cell!r} (ln_gru only)",
+                          getattr(self, name))
+        _choice(c, "std_act", self.std_act, STD_ACTS)
+        _choice(c, "mean_act", self.mean_act, MEAN_ACTS)
+        _choice(c, "initial", self.initial, INITIALS)
+        _bool(c, "initial_stoch_grad", self.initial_stoch_grad)
         _float(c, "eps", self.eps, "> 0", lambda v: v > 0)
         _float(c, "cell_eps", self.cell_eps, "> 0", lambda v: v > 0)
         _float(c, "update_bias", self.update_bias, "", lambda v: True)
@@ -227,8 +271,10 @@ class RSSMSpec:
                 out += [("cell.bias_ih", (3 * D,)), ("cell.bias_hh", (3 * D,))]
             return out
         if self.cell == "ln_gru":
-            return [("cell.weight", (3 * D, U + D)), ("cell.norm_weight", (3 * D,)),
-                    ("cell.norm_bias", (3 * D,))]
+            out = [("cell.weight", (3 * D, U + D))]
+            if self.cell_norm:
+                out += [("cell.norm_weight", (3 * D,)), ("cell.norm_bias", (3 * D,))]
+            return out
         G = self.blocks
         Dg = D // G
         out = []
@@ -256,22 +302,25 @@ class RSSMSpec:
                                  _mlp_sizes(self.deter, U, stats, len(self.img_out)))
                 + _dense_entries("obs_out", self.obs_out,
                                  _mlp_sizes(self.deter + self.embed_size, U, stats,
-                                            len(self.obs_out))))
+                                            len(self.obs_out)))
+                + ([("initial", (self.deter,))] if self.initial == "learned" else []))
 
     def param_names(self) -> list[str]:
         return [n for n, _ in self.param_shapes()]
 
     def param_counts(self) -> dict[str, int]:
-        """Tensors per part, in flat order: ``img_in``, ``cell``, ``img_out``, ``obs_out``."""
+        """Tensors per part, in flat order: ``img_in``, ``cell``, ``img_out``, ``obs_out``,
+        ``initial`` (1 with ``initial='learned'``, else 0)."""
         return {"img_in": sum(d.tensor_count() for d in self.img_in),
                 "cell": len(self.cell_param_shapes()),
                 "img_out": sum(d.tensor_count() for d in self.img_out),
-                "obs_out": sum(d.tensor_count() for d in self.obs_out)}
+                "obs_out": sum(d.tensor_count() for d in self.obs_out),
+                "initial": int(self.initial == "learned")}
 
     def param_slices(self) -> dict[str, slice]:
-        """Where each part (``img_in``, ``cell``, ``img_out``, ``obs_out``) lies in the
-        flat list; ``obs_out`` (the posterior MLP, the last tensors) takes no part in
-        imagination."""
+        """Where each part (``img_in``, ``cell``, ``img_out``, ``obs_out``, ``initial``)
+        lies in the flat list; ``obs_out`` (the posterior MLP) takes no part in
+        imagination, nor does ``initial`` (the learned initial state, last)."""
         out, start = {}, 0
         for part, n in self.param_counts().items():
             out[part] = slice(start, start + n)
