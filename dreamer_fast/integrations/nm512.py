@@ -25,14 +25,17 @@ The mapping (the peer's layout, ``A`` its ``act``, ``LN`` its LayerNorm, eps 1e-
     discrete K -> categorical latents (unimix_ratio), False -> Gaussian (min_std)
     initial 'learned' (W [1, D]) / 'zeros'
 
-What is reproduced exactly (values and gradients to float64 round-off, tested): the
-LayerNorm GRU, the categorical latents with unimix and their straight-through sample
-``onehot + probs − sg(probs)``, the Gaussian ``mean + std·ε`` with ``std = softplus(raw) +
-min_std``, ``observe``'s resets (``state=None``, all-first and partial ``is_first``,
-the action zeroed where ``is_first``), the learned initial state ``tanh(W)`` with the
-prior's mode as its stoch (at t = 0 and at every reset, with the mode's straight-through
-gradient), and ``sample=False`` (the mode instead of a sample). The peer draws its noise
-inside ``torch.distributions``; here the integration draws it (``torch.rand`` for the
+What is reproduced exactly (values and gradients to float64 round-off, tested, and
+checked against the real checkout): the LayerNorm GRU and ``norm: False`` (no LayerNorm
+anywhere), the categorical latents with unimix and their straight-through sample
+``onehot + probs − sg(probs)``, the Gaussian ``mean + std·ε`` with ``std = std_act(raw) +
+min_std`` for every ``std_act`` (softplus, sigmoid2, sigmoid, abs) and ``mean_act`` (none,
+tanh5), ``observe``'s resets (``state=None``, all-first and partial ``is_first``, the
+action zeroed where ``is_first``), the learned initial state ``tanh(W)`` with the prior's
+mode as its stoch (at t = 0 and at every reset, with the mode's straight-through gradient
+of the normalised unimix log-probs), and ``sample=False`` (the mode instead of a sample).
+``observe`` is one native call whatever the resets. The peer draws its noise inside
+``torch.distributions``; here the integration draws it (``torch.rand`` for the
 categorical inverse-CDF, ``torch.randn`` for the Gaussian), so samples are equal in
 distribution, not in value, to an eager run with the same seed; the methods take an
 optional keyword ``noise=`` for reproducible runs.
@@ -41,16 +44,10 @@ The peer's in-place ``prev_action *= 1 − is_first`` (which also zeroes the cal
 action tensor where ``is_first``) is not repeated: our outputs are the same, the
 caller's tensor is left alone.
 
-Refused with :class:`~dreamer_fast.integrations.UnsupportedPeerConfig` (the options the
-ops cannot express): ``rec_depth != 1`` (the peer's loop re-reads the old deter, it
-says "not correctly implemented"), activations other than SiLU/ELU/Tanh/Sigmoid/GELU,
-a GRU activation other than tanh, and — until this build's RSSM ops have them — ``norm:
-False`` (needs the spec's ``cell_norm``) and the Gaussian ``std_act`` other than
-softplus / ``mean_act`` other than none (``std_act`` / ``mean_act``).
-
-With ``initial='learned'`` the resets inside a sequence are applied between native
-calls: ``observe`` runs one call per stretch between time steps where some sequence
-restarts (replay batches restart rarely; ``initial='zeros'`` is always one call).
+Refused with :class:`~dreamer_fast.integrations.UnsupportedPeerConfig` (what the ops
+cannot express): ``rec_depth != 1`` (the peer's loop re-reads the old deter, it says
+"not correctly implemented"), activations other than SiLU/ELU/Tanh/Sigmoid/GELU, a GRU
+activation other than tanh, different LayerNorm eps between dense layers.
 
 NM512/r2dreamer is **not** this layout: its RSSM is DreamerV3's block GRU
 (``_deter_net`` with ``_dyn_in0..2``, ``BlockLinear`` ``_dyn_hid`` / ``_dyn_gru``, RMSNorm
@@ -157,6 +154,9 @@ def spec_of(rssm: nn.Module) -> RSSMSpec:
         if rssm._mean_act != "none":
             need_spec_field(PEER, "mean_act", rssm._mean_act, "mean_act")
             kw["mean_act"] = rssm._mean_act
+    if rssm._initial == "learned":
+        need_spec_field(PEER, "initial", "learned", "initial")
+        kw.update(initial="learned", initial_stoch_grad=True)
     hidden_layer = DenseSpec(has_bias=False, norm=norm, act=act)
     stat_layer = DenseSpec(has_bias=True)
     return RSSMSpec(
@@ -185,9 +185,11 @@ def params_of(rssm: nn.Module, spec: RSSMSpec | None = None) -> list[torch.Tenso
     cell_t = [cell["GRU_linear"].weight]
     if "GRU_norm" in cell:
         cell_t += [cell["GRU_norm"].weight, cell["GRU_norm"].bias]
+    # W [1, D] enters as the view W.reshape(D): its gradient lands in W
+    initial = [rssm.W.reshape(-1)] if getattr(spec, "initial", "zeros") == "learned" else []
     return [*dense(rssm._img_in_layers, None), *cell_t,
             *dense(rssm._img_out_layers, rssm._imgs_stat_layer),
-            *dense(rssm._obs_out_layers, rssm._obs_stat_layer)]
+            *dense(rssm._obs_out_layers, rssm._obs_stat_layer), *initial]
 
 
 # --------------------------------------------------------------------------------------
@@ -237,13 +239,6 @@ def _mode(spec: RSSMSpec, state: dict) -> torch.Tensor:
     return hot.detach() + logp - logp.detach()
 
 
-def _initial(self, batch: int, like: torch.Tensor) -> dict:
-    """The peer's own ``initial(batch)`` (zeros, or ``tanh(W)`` and its prior's mode), in
-    ``like``'s dtype and device."""
-    state = self.initial(batch)
-    return {k: v.to(dtype=like.dtype, device=like.device) for k, v in state.items()}
-
-
 def _run_observe(self, embed, action, keep, deter, stoch, prior_noise, post_noise):
     c = _ctx(self)
     params = params_of(self, c.spec)
@@ -252,20 +247,16 @@ def _run_observe(self, embed, action, keep, deter, stoch, prior_noise, post_nois
     return fn(params, c.spec, embed, action, keep, deter, stoch, prior_noise, post_noise)
 
 
-def _reset(state: dict, init: dict, first: torch.Tensor) -> dict:
-    """The peer's partial reset ``val·(1 − f) + init·f`` of every key."""
-    out = {}
-    for key, val in state.items():
-        f = first.reshape(first.shape + (1,) * (val.dim() - 1))
-        out[key] = val * (1.0 - f) + init[key] * f
-    return out
-
-
 def observe(self, embed, action, is_first, state=None, *, noise=None):
-    """dreamerv3-torch ``RSSM.observe(embed, action, is_first, state=None)`` on the fused
-    op: ``embed [B, T, E]``, ``action [B, T, A]``, ``is_first [B, T]`` -> ``(post,
+    """dreamerv3-torch ``RSSM.observe(embed, action, is_first, state=None)`` as one fused
+    call: ``embed [B, T, E]``, ``action [B, T, A]``, ``is_first [B, T]`` -> ``(post,
     prior)`` dicts of ``[B, T, ...]``. ``noise``: optional ``(prior, post)`` noise
-    ``[B, T, S]`` each (uniform or standard normal); drawn when None."""
+    ``[B, T, S]`` each (uniform or standard normal); drawn when None.
+
+    The op's reset ``keep·x + (1 − keep)·x0`` with ``keep = 1 − is_first`` is the peer's
+    ``x·(1 − f) + x0·f`` (and, where every ``f`` is 1, its ``initial()`` itself);
+    ``state=None`` starts every sequence from the initial state with a zero action, as
+    the peer does whatever ``is_first[:, 0]`` says."""
     c = _ctx(self)
     spec = c.spec
     B, T = action.shape[:2]
@@ -274,52 +265,13 @@ def observe(self, embed, action, is_first, state=None, *, noise=None):
         first = first[..., 0]
     if noise is None:
         noise = (_draw(spec, (B, T), embed), _draw(spec, (B, T), embed))
-    prior_noise, post_noise = noise
-    learned = self._initial == "learned"
-    # the segments of time steps between which the state is reset in Python: with the
-    # zeros initial state the op's own `keep` multiply is the peer's reset exactly
+    keep = 1.0 - first
     if state is None:
-        state = _initial(self, B, embed)
-        if learned:
-            action = torch.cat([torch.zeros_like(action[:, :1]), action[:, 1:]], 1)
-            starts_free = True   # t = 0 already starts from the initial state
-        else:
-            first = torch.cat([torch.ones_like(first[:, :1]), first[:, 1:]], 1)
-            starts_free = False
+        deter = stoch = None
     else:
-        starts_free = False
-    if not learned:
-        keep = 1.0 - first
-        out = _run_observe(self, embed, action, keep, state["deter"],
-                           _flat_stoch(spec, state["stoch"]), prior_noise, post_noise)
-        return _outputs(spec, out)
-    any_first = first.detach().bool().any(0).tolist()   # one device sync, not T
-    resets = [t for t in range(T) if any_first[t] and not (t == 0 and starts_free)]
-    bounds = sorted(set([0] + resets)) + [T]
-    init = _initial(self, B, embed) if resets else None
-    outs = []
-    deter, stoch = state["deter"], _flat_stoch(spec, state["stoch"])
-    for t0, t1 in zip(bounds[:-1], bounds[1:]):
-        act = action[:, t0:t1]
-        if t0 in resets:
-            f = first[:, t0]
-            flat_init = {"deter": init["deter"], "stoch": _flat_stoch(spec, init["stoch"])}
-            if bool((f == 1).all()):     # the peer's "all first": the initial state itself
-                deter, stoch = flat_init["deter"], flat_init["stoch"]
-                act = torch.cat([torch.zeros_like(act[:, :1]), act[:, 1:]], 1)
-            else:
-                r = _reset({"deter": deter, "stoch": stoch}, flat_init, f)
-                deter, stoch = r["deter"], r["stoch"]
-                act = torch.cat([act[:, :1] * (1.0 - f[:, None, None]), act[:, 1:]], 1)
-        keep = torch.ones_like(first[:, t0:t1])
-        out = _run_observe(self, embed[:, t0:t1], act, keep, deter, stoch,
-                           prior_noise[:, t0:t1], post_noise[:, t0:t1])
-        outs.append(out)
-        deter, stoch = out[0][:, -1], out[1][:, -1]
-    if len(outs) == 1:
-        return _outputs(spec, outs[0])
-    return _outputs(spec, tuple(x[0] if x[0].numel() == 0 else torch.cat(x, 1)
-                                for x in zip(*outs)))
+        deter, stoch = state["deter"], _flat_stoch(spec, state["stoch"])
+    out = _run_observe(self, embed, action, keep, deter, stoch, noise[0], noise[1])
+    return _outputs(spec, out)
 
 
 def _outputs(spec: RSSMSpec, out) -> tuple[dict, dict]:

@@ -34,16 +34,14 @@ Exactly reproduced (values and gradients to float64 round-off): the reset at
 (which sheeprl gives no gradient), the action zeroed at ``is_first``, the unimix
 categorical latents and the returned logits (the mixed log-probabilities
 ``log(clamp((1 − u)·softmax(l) + u/K))``), the straight-through sample ``onehot + p −
-sg(p)``. The column order ``cat(h, x)`` of sheeprl's GRU weight is passed to the op as a
-per-call, differentiable column swap of the peer's own weight (until this build's ops
-take the order directly: ``cell_state_first``), so the gradient lands in that weight.
+sg(p)``; the ``cat(h, x)`` column order of sheeprl's GRU weight (the spec's
+``cell_state_first``). ``observe`` is one native call whatever the resets.
 The integration draws the noise (``torch.rand``: the inverse-CDF categorical sample);
 sheeprl's ``torch.distributions`` draw it inside, so samples are equal in distribution.
 
 Refused (:class:`~dreamer_fast.integrations.UnsupportedPeerConfig`): ``DecoupledRSSM``
 (its ``dynamic`` has no embedding; not mapped yet), a GRU linear with a bias, more than
-one hidden layer in a model, and a GRU without its LayerNorm until the ops have
-``cell_norm``.
+one hidden layer in a model.
 
 λ-values: :func:`compute_lambda_values` has sheeprl's signature ``(rewards, values,
 continues, lmbda=0.95)`` and return (``[T, N, 1]``), as one fused reverse scan
@@ -60,7 +58,7 @@ import torch
 from torch import nn
 
 from dreamer_fast.integrations._common import (
-    act_name, fused_for, layer_norm_eps, need_spec_field, patch_methods, refuse, spec_supports,
+    act_name, fused_for, layer_norm_eps, need_spec_field, patch_methods, refuse,
     unpatch_methods)
 from dreamer_fast.ops._dispatch import check_backend
 from dreamer_fast.ops.rssm import _imagine_ref, _observe_ref, rssm_imagine, rssm_observe
@@ -149,8 +147,12 @@ def spec_of(rssm: nn.Module) -> RSSMSpec:
         cell_eps = 1e-3
     else:
         cell_eps = layer_norm_eps(PEER, "recurrent_model.rnn", rnn.layer_norm)
-    if spec_supports("cell_state_first"):
-        kw["cell_state_first"] = True
+    need_spec_field(PEER, "recurrent_model.rnn column order", "cat(h, x)", "cell_state_first")
+    kw["cell_state_first"] = True
+    # sheeprl resets to tanh(initial_recurrent_state) (a parameter, or a zero buffer) and
+    # the one-hot mode of its prior there, without gradient through the mode
+    need_spec_field(PEER, "initial_recurrent_state", "tanh(W) + prior mode", "initial")
+    kw.update(initial="learned", initial_stoch_grad=False)
     K = int(rssm.discrete)
     D, U = int(rnn.hidden_size), int(rnn.input_size)
     Z = int(_unwrap(trans)._model[3].out_features)
@@ -166,19 +168,13 @@ def spec_of(rssm: nn.Module) -> RSSMSpec:
 
 
 def params_of(rssm: nn.Module, spec: RSSMSpec | None = None) -> list[torch.Tensor]:
-    """The flat parameter list of :func:`spec_of` from the module's own tensors. Without
-    the ops' ``cell_state_first``, the GRU weight is the differentiable column swap
-    ``cat([W[:, D:], W[:, :D]], 1)`` of sheeprl's ``cat(h, x)`` weight."""
+    """The flat parameter list of :func:`spec_of`: the module's own tensors."""
     spec = spec or spec_of(rssm)
     rec, mlp, rnn, trans, rep = _parts(rssm)
-    w = rnn.linear.weight
-    if not getattr(spec, "cell_state_first", False):
-        D = spec.deter
-        w = torch.cat([w[:, D:], w[:, :D]], 1)
-    cell = [w] + ([] if type(rnn.layer_norm) is nn.Identity else
+    cell = [rnn.linear.weight] + ([] if type(rnn.layer_norm) is nn.Identity else
                   [rnn.layer_norm.weight, rnn.layer_norm.bias])
     return [*_mlp("", mlp, False)[1], *cell, *_mlp("", trans, True)[1],
-            *_mlp("", rep, True)[1]]
+            *_mlp("", rep, True)[1], rssm.initial_recurrent_state]
 
 
 # --------------------------------------------------------------------------------------
@@ -201,19 +197,11 @@ def _mixed_logits(spec: RSSMSpec, raw: torch.Tensor) -> torch.Tensor:
     return logits.reshape(raw.shape)
 
 
-def _initial(rssm, B: int, like):
-    """sheeprl's own ``get_initial_states`` (time-major ``(1, B)``: its ``_uniform_mix``
-    takes 3-D logits) as ``[B, D]``, ``[B, S·K]``."""
-    h0, z0 = rssm.get_initial_states((1, B))
-    return h0[0].to(like.dtype), z0.reshape(B, -1).to(like.dtype)
-
-
-def _run_observe(rssm, embed, action, deter, stoch, noise):
-    """``rssm_observe`` over batch-major ``[B, T, ..]`` with no reset inside (``keep`` 1)."""
+def _run_observe(rssm, embed, action, keep, deter, stoch, noise):
+    """``rssm_observe`` over batch-major ``[B, T, ..]``."""
     c = _ctx(rssm)
     B, T = embed.shape[:2]
     fn = rssm_observe if fused_for(c.backend, embed, B, T) else _observe_ref
-    keep = embed.new_ones(B, T)
     return fn(params_of(rssm, c.spec), c.spec, embed, action, keep, deter, stoch,
               noise[0], noise[1])
 
@@ -242,32 +230,11 @@ def observe(rssm: nn.Module, embedded_obs: torch.Tensor, actions: torch.Tensor,
         recurrent_state = like.new_zeros(1, B, spec.deter)
     if noise is None:
         noise = _draw(spec, B, T, like)
-    first = is_first.reshape(T, B).to(like.dtype)
-    # batch-major views for the op
-    embed_b, action_b = embedded_obs.transpose(0, 1), actions.transpose(0, 1)
-    any_first = first.detach().bool().any(1).tolist()   # one device sync, not T
-    resets = [t for t in range(T) if any_first[t]]
-    bounds = sorted(set([0] + resets)) + [T]
-    h, z = recurrent_state[0], posterior.reshape(B, -1)
-    h0 = z0 = None
-    outs = []
-    for t0, t1 in zip(bounds[:-1], bounds[1:]):
-        act = action_b[:, t0:t1]
-        if t0 in resets:
-            if h0 is None:
-                h0, z0 = _initial(rssm, B, like)
-            f = first[t0][:, None]
-            # sheeprl's own expressions and order
-            act = torch.cat([((1 - f) * act[:, 0])[:, None], act[:, 1:]], 1)
-            h = (1 - f) * h + f * h0
-            z = (1 - f) * z + f * z0
-        out = _run_observe(rssm, embed_b[:, t0:t1], act, h, z,
-                           (noise[0][:, t0:t1], noise[1][:, t0:t1]))
-        outs.append(out)
-        h, z = out[0][:, -1], out[1][:, -1]
-    cat = (lambda i: outs[0][i]) if len(outs) == 1 else (
-        lambda i: torch.cat([o[i] for o in outs], 1))
-    deter, post, post_raw, prior, prior_raw = cat(0), cat(1), cat(2), cat(4), cat(5)
+    # sheeprl's reset (1 − f)·x + f·x0 is the op's keep·x + (1 − keep)·x0, keep = 1 − f
+    keep = 1.0 - is_first.reshape(T, B).to(like.dtype).transpose(0, 1)
+    out = _run_observe(rssm, embedded_obs.transpose(0, 1), actions.transpose(0, 1), keep,
+                       recurrent_state[0], posterior.reshape(B, -1), noise)
+    deter, post, post_raw, _, prior, prior_raw, _ = out
     tm = lambda x: x.transpose(0, 1)  # noqa: E731
     grid = (T, B, spec.stoch, spec.classes)
     return (tm(deter), tm(post).reshape(grid), tm(prior).reshape(grid),
