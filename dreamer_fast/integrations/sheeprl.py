@@ -15,7 +15,9 @@ optimiser and checkpoints keep working; ``restore(rssm)`` undoes it). sheeprl's 
 loop calls ``dynamic`` once per time step; for the full speed replace that loop (the
 ``for i in range(0, sequence_length)`` over ``rssm.dynamic`` in ``dreamer_v3.train``) by
 one call of :func:`observe`, which returns the same tensors stacked over time in one
-native call per stretch between resets::
+native call (a single ``dynamic`` of fewer than 64 rows runs our reference ops under
+``backend='auto'``: there the fused op's per-call weight packing costs more than the
+step)::
 
     recurrent_states, posteriors, priors, posteriors_logits, priors_logits = \\
         df_sheeprl.observe(world_model.rssm, embedded_obs, batch_actions, data["is_first"])
