@@ -308,6 +308,7 @@ def _rssm_spec(**change) -> RSSMSpec:
      "RSSMSpec: `cell_state_first` must be False for cell 'gru'"),
     (dict(std_act="exp"), ValueError, "RSSMSpec: `std_act` must be one of"),
     (dict(mean_act="tanh"), ValueError, "RSSMSpec: `mean_act` must be one of"),
+    (dict(min_std_mode="max"), ValueError, "RSSMSpec: `min_std_mode` must be one of"),
     (dict(initial="random"), ValueError, "RSSMSpec: `initial` must be one of"),
     (dict(initial_stoch_grad=None), TypeError, "RSSMSpec: `initial_stoch_grad` must be a bool"),
 ])
@@ -896,7 +897,7 @@ def test_module_options_reach_the_spec_and_default_to_ours():
     default = RSSM(stoch=3, deter=8, hidden=6, action_size=2, embed_size=4, cell="ln_gru")
     spec = default.spec()
     assert (spec.cell_norm, spec.cell_state_first, spec.std_act, spec.mean_act,
-            spec.initial) == (True, False, "softplus", "none", "zeros")
+            spec.initial, spec.min_std_mode) == (True, False, "softplus", "none", "zeros", "add")
     assert default.initial_weight is None and default.cell.norm_weight is not None
     m = RSSM(stoch=3, deter=8, hidden=6, action_size=2, embed_size=4, cell="ln_gru",
              cell_norm=False, cell_state_first=True, std_act="abs", mean_act="tanh5",
