@@ -109,29 +109,31 @@ void bind_cuda_launchers(py::module_& m) {
       py::arg("norm_bias"), py::arg("norm"), py::arg("act"), py::arg("eps"), py::arg("dy_sum"),
       py::arg("dy_xhat_sum"), py::arg("dz"));
   // ---- heads (heads_launch.h) ----
-  // std_act, mean_act: heads_math.h's GaussianStdAct / GaussianMeanAct codes
+  // std_act, mean_act, min_std_mode: heads_math.h's GaussianStdAct / GaussianMeanAct /
+  // GaussianMinStdMode codes
   m.def(
       "gaussian_forward",
       [](const Tensor& stats, const Tensor& noise, double min_std, Tensor& sample, Tensor& mean,
-         Tensor& std_, int std_act, int mean_act) {
-        heads::gaussian_forward_cuda(stats, noise, heads::GaussianSpec{min_std, std_act, mean_act},
-                                     sample, mean, std_);
+         Tensor& std_, int std_act, int mean_act, int min_std_mode) {
+        heads::gaussian_forward_cuda(
+            stats, noise, heads::GaussianSpec{min_std, std_act, mean_act, min_std_mode}, sample,
+            mean, std_);
       },
       py::arg("stats"), py::arg("noise"), py::arg("min_std"), py::arg("sample"), py::arg("mean"),
-      py::arg("std"), py::arg("std_act") = 0, py::arg("mean_act") = 0);
+      py::arg("std"), py::arg("std_act") = 0, py::arg("mean_act") = 0,
+      py::arg("min_std_mode") = 0);
   m.def(
       "gaussian_backward",
       [](const OptTensor& g_sample, const OptTensor& g_mean, const OptTensor& g_std,
          const Tensor& stats, const Tensor& noise, double min_std, Tensor& g_stats,
-         Tensor& g_noise, int std_act, int mean_act) {
-        heads::gaussian_backward_cuda(or_undefined(g_sample), or_undefined(g_mean),
-                                      or_undefined(g_std), stats, noise,
-                                      heads::GaussianSpec{min_std, std_act, mean_act}, g_stats,
-                                      g_noise);
+         Tensor& g_noise, int std_act, int mean_act, int min_std_mode) {
+        heads::gaussian_backward_cuda(
+            or_undefined(g_sample), or_undefined(g_mean), or_undefined(g_std), stats, noise,
+            heads::GaussianSpec{min_std, std_act, mean_act, min_std_mode}, g_stats, g_noise);
       },
       py::arg("g_sample"), py::arg("g_mean"), py::arg("g_std"), py::arg("stats"),
       py::arg("noise"), py::arg("min_std"), py::arg("g_stats"), py::arg("g_noise"),
-      py::arg("std_act") = 0, py::arg("mean_act") = 0);
+      py::arg("std_act") = 0, py::arg("mean_act") = 0, py::arg("min_std_mode") = 0);
   m.def("categorical_forward", &heads::categorical_forward_cuda, py::arg("logits"),
         py::arg("uniform"), py::arg("unimix"), py::arg("probs"), py::arg("sample"));
   m.def(

@@ -1,7 +1,7 @@
 """RSSM spec variants for the tests of the RSSM ops: a spec and flat parameter list
 built by ``dreamer_fast.nn.RSSM``, changed to the peers' options the module does not
 build (``cell_norm=False``, ``cell_state_first``, ``std_act``, ``mean_act``,
-``initial='learned'``)."""
+``min_std_mode``, ``initial='learned'``)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ VARIANTS: dict[str, dict] = {
     "sigmoid2-tanh5": dict(std_act="sigmoid2", mean_act="tanh5"),
     "abs": dict(std_act="abs"),
     "sigmoid": dict(std_act="sigmoid"),
+    # TorchRL: std = max(softplus(raw), scale_lb)
+    "clamp": dict(min_std_mode="clamp", min_std=0.6),
     "learned": dict(initial="learned"),
     "learned-nograd": dict(initial="learned", initial_stoch_grad=False),
     "nm512-gauss": dict(cell_norm=False, std_act="sigmoid2", mean_act="tanh5",

@@ -453,19 +453,24 @@ GAUSS_CASES = [(1, 1, 0.1, "softplus", "none"), (3, 17, 0.1, "softplus", "none")
                (3, 17, 0.1, "abs", "tanh5"), (37, 9, 0.5, "abs", "none"),
                (37, 9, 0.0, "sigmoid", "none"), (300, 3, 0.1, "sigmoid", "tanh5"),
                (300, 3, 0.5, "sigmoid2", "tanh5"), (37, 9, 0.1, "sigmoid2", "none")]
+# and the clamp max(std_act(raw), min_std) (a min_std above part of the std_act values)
+GAUSS_CASES = [c + ("add",) for c in GAUSS_CASES] + [(37, 9, 0.6, "softplus", "none", "clamp"),
+                                                     (300, 3, 0.6, "sigmoid", "tanh5", "clamp")]
 # which upstream gradients exist: sample / mean / std
 GRAD_SUBSETS = [("sample", "mean", "std"), ("sample",), ("mean", "std"), ()]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", dtype_params())
-@pytest.mark.parametrize("R,S,min_std,std_act,mean_act", GAUSS_CASES,
-                         ids=[f"R{r}S{s}min{m:g}-{sa}-{ma}" for r, s, m, sa, ma in GAUSS_CASES])
-def test_gaussian_sample(backend, dtype, R, S, min_std, std_act, mean_act):
-    gen = make_generator("gaussian", R, S, dtype, std_act, mean_act)
+@pytest.mark.parametrize("R,S,min_std,std_act,mean_act,min_std_mode", GAUSS_CASES,
+                         ids=[f"R{r}S{s}min{m:g}-{sa}-{ma}-{mm}"
+                              for r, s, m, sa, ma, mm in GAUSS_CASES])
+def test_gaussian_sample(backend, dtype, R, S, min_std, std_act, mean_act, min_std_mode):
+    gen = make_generator("gaussian", R, S, dtype, std_act, mean_act, min_std_mode)
     # the kernels' codes: the order of the names (heads_math.h GaussianStdAct / MeanAct)
     codes = dict(std_act=ops.heads.GAUSSIAN_STD_ACTS.index(std_act),
-                 mean_act=ops.heads.GAUSSIAN_MEAN_ACTS.index(mean_act))
+                 mean_act=ops.heads.GAUSSIAN_MEAN_ACTS.index(mean_act),
+                 min_std_mode=ops.heads.GAUSSIAN_MIN_STD_MODES.index(min_std_mode))
     stats = stored(torch.randn(R, 2 * S, generator=gen, dtype=torch.float64) * 3, dtype)
     noise = stored(torch.randn(R, S, generator=gen, dtype=torch.float64), dtype)
     upstream = {k: stored(torch.randn(R, S, generator=gen, dtype=torch.float64), dtype)
@@ -484,7 +489,7 @@ def test_gaussian_sample(backend, dtype, R, S, min_std, std_act, mean_act):
 
     o = run(backend, case)
     leaves = [up(t, dtype).requires_grad_() for t in (stats, noise)]
-    refs_out = ops.gaussian_sample_ref(*leaves, min_std, std_act, mean_act)
+    refs_out = ops.gaussian_sample_ref(*leaves, min_std, std_act, mean_act, min_std_mode)
     refs = {k: v.detach() for k, v in zip(("sample", "mean", "std"), refs_out)}
     if R * S:
         outs = [v for k, v in zip(("sample", "mean", "std"), refs_out) if k in grads]
@@ -713,13 +718,14 @@ def test_heads_index64_kernels_match(dtype):
         sfx = "_index64" if wide else ""
         getattr(emu, "gaussian_forward" + sfx)(stats, noise, 0.1, *sm)
         getattr(emu, "gaussian_backward" + sfx)(g, g, g, stats, noise, 0.1, gs, gn)
-        # and with activations (codes: sigmoid2, tanh5)
+        # and with activations and the clamp (codes: sigmoid2, tanh5, clamp)
         sm2 = [torch.full((R, S), float("nan"), dtype=dtype) for _ in range(3)]
         gs2 = torch.full((R, 2 * S), float("nan"), dtype=dtype)
         gn2 = torch.full((R, S), float("nan"), dtype=dtype)
-        getattr(emu, "gaussian_forward" + sfx)(stats, noise, 0.1, *sm2, std_act=3, mean_act=1)
-        getattr(emu, "gaussian_backward" + sfx)(g, g, g, stats, noise, 0.1, gs2, gn2,
-                                                std_act=3, mean_act=1)
+        getattr(emu, "gaussian_forward" + sfx)(stats, noise, 0.6, *sm2, std_act=3, mean_act=1,
+                                               min_std_mode=1)
+        getattr(emu, "gaussian_backward" + sfx)(g, g, g, stats, noise, 0.6, gs2, gn2,
+                                                std_act=3, mean_act=1, min_std_mode=1)
         getattr(emu, "normal_action_forward" + sfx)(stats, noise, True, 0.1, 0.9, 0.3, 2.0, act)
         getattr(emu, "normal_action_backward" + sfx)(stats, noise, g, False, 0.1, 0.9, 0.0, 1.0,
                                                      graw)

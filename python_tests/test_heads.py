@@ -141,6 +141,7 @@ class GaussianCase:
     min_std: float = 0.1
     std_act: str = "softplus"
     mean_act: str = "none"
+    min_std_mode: str = "add"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +156,7 @@ def build_gaussian(case: GaussianCase, dtype, device, gen) -> dict:
     stats, noise = gaussian_inputs(case.batch, case.S, gen)
     return dict(stats=stats.to(device=device, dtype=dtype),
                 noise=noise.to(device=device, dtype=dtype), min_std=case.min_std,
-                std_act=case.std_act, mean_act=case.mean_act)
+                std_act=case.std_act, mean_act=case.mean_act, min_std_mode=case.min_std_mode)
 
 
 def build_categorical(case: CategoricalCase, dtype, device, gen) -> dict:
@@ -205,7 +206,7 @@ def _grad_like(x):
 
 
 def native_gaussian(kw: dict) -> list:
-    acts = (kw["std_act"], kw["mean_act"])
+    acts = (kw["std_act"], kw["mean_act"], kw["min_std_mode"])
     args = (kw["stats"], kw["noise"], kw["min_std"], *acts)
     stats, noise = kw["stats"].detach(), kw["noise"].detach()
     g = _grad_like(noise)
@@ -273,6 +274,7 @@ GAUSSIAN_BAD = _bad({
     "std-act-unknown": (_set(std_act="exp"), ValueError, "std_act"),
     "std-act-none": (_set(std_act=None), ValueError, "std_act"),
     "mean-act-unknown": (_set(mean_act="tanh"), ValueError, "mean_act"),
+    "min-std-mode-unknown": (_set(min_std_mode="max"), ValueError, "min_std_mode"),
 })
 
 CATEGORICAL_BAD = _bad({
@@ -340,6 +342,7 @@ GAUSSIAN_DIRECT_BAD = _direct("gaussian_sample", {
     "min-std-nan": (lambda: (*_g(), float("nan")), "min_std"),
     "std-act": (lambda: (*_g(), 0.1, "relu", "none"), "std_act"),
     "mean-act": (lambda: (*_g(), 0.1, "softplus", "tanh3"), "mean_act"),
+    "min-std-mode": (lambda: (*_g(), 0.1, "softplus", "none", "floor"), "min_std_mode"),
     "all-meta-std-act": (lambda: (torch.zeros(4, 6, **meta), torch.zeros(4, 3, **meta), 0.1,
                                   "sigmoid3"), "std_act"),
     # All-meta inputs run the fake kernel alone (as torch.compile tracing does).
@@ -389,6 +392,10 @@ def _bid(batch):
 GAUSS_ACTS = {f"{sa}-{ma}": GaussianCase((4, 3), 7, 0.1, sa, ma)
               for sa in ("softplus", "abs", "sigmoid", "sigmoid2") for ma in ("none", "tanh5")
               if (sa, ma) != ("softplus", "none")}
+# TorchRL's std = max(softplus(raw), scale_lb); min_std 0.6 puts part of the softplus of
+# the stats (normals x 3) below the bound
+GAUSS_ACTS |= {f"{sa}-clamp": GaussianCase((4, 3), 7, 0.6, sa, "none", "clamp")
+               for sa in ("softplus", "sigmoid")}
 BATCHES = [(1,), (37,), (3, 5)]
 S_VALUES = [1, 30, 32, 33]
 GK_VALUES = [(1, 1), (4, 2), (32, 32), (3, 33), (2, 255)]
@@ -873,8 +880,9 @@ def test_compile_gaussian_sample_inductor(gen):
     """fullgraph compile (inductor) with surrounding ops, forward and backward."""
 
     def wrap(fast):
-        def f(stats, noise, min_std, std_act, mean_act):
-            sample, mean, std = fast(stats * 1.5, noise, min_std, std_act, mean_act)
+        def f(stats, noise, min_std, std_act, mean_act, min_std_mode):
+            sample, mean, std = fast(stats * 1.5, noise, min_std, std_act, mean_act,
+                                     min_std_mode)
             return sample.tanh(), (mean - std).square()
         return f
 

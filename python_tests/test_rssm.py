@@ -308,6 +308,7 @@ def _rssm_spec(**change) -> RSSMSpec:
      "RSSMSpec: `cell_state_first` must be False for cell 'gru'"),
     (dict(std_act="exp"), ValueError, "RSSMSpec: `std_act` must be one of"),
     (dict(mean_act="tanh"), ValueError, "RSSMSpec: `mean_act` must be one of"),
+    (dict(min_std_mode="max"), ValueError, "RSSMSpec: `min_std_mode` must be one of"),
     (dict(initial="random"), ValueError, "RSSMSpec: `initial` must be one of"),
     (dict(initial_stoch_grad=None), TypeError, "RSSMSpec: `initial_stoch_grad` must be a bool"),
 ])
@@ -449,8 +450,13 @@ def test_float32_fused_close_to_ref(cfg):
     torch.testing.assert_close(pf["stoch"], pr["stoch"], rtol=1e-4, atol=1e-5)
 
 
-def test_is_first_resets_state():
-    model, _ = _pair("v2-lngru-cat", "cpu")
+@pytest.mark.parametrize("cfg", ["v2-lngru-cat", "nm512-gauss", "sheeprl-cat"])
+def test_is_first_resets_state(cfg):
+    """A reset mid-sequence restarts from RSSM.initial: zeros, or the learned state."""
+    model, _ = _pair(cfg, "cpu")
+    if model.initial_weight is not None:
+        with torch.no_grad():
+            model.initial_weight.normal_(generator=torch.Generator().manual_seed(8))
     embed, action, is_first, noise = _sequence(model, 2, 5, "cpu")
     is_first[:] = False
     is_first[:, 0] = True
@@ -460,6 +466,38 @@ def test_is_first_resets_state():
     tail, _ = model.observe(embed[:1, 3:], action[:1, 3:], is_first[:1, 3:],
                             noise=(noise[0][:1, 3:], noise[1][:1, 3:]))
     torch.testing.assert_close(post["deter"][:1, 3:], tail["deter"])
+    torch.testing.assert_close(post["stoch"][:1, 3:], tail["stoch"])
+
+
+@pytest.mark.parametrize("backend", ["fused", "ref"])
+@pytest.mark.parametrize("cfg", ["nm512-gauss", "sheeprl-cat", "v1-gru-gauss"])
+def test_obs_step_loop_is_observe(cfg, backend):
+    """obs_step step by step (from RSSM.initial, resets where is_first) gives observe's
+    states and gradients, the learned initial state's included."""
+    fused, ref = _pair(cfg, "cpu")
+    model = fused if backend == "fused" else ref
+    if model.initial_weight is not None:
+        with torch.no_grad():
+            model.initial_weight.normal_(generator=torch.Generator().manual_seed(9))
+    embed, action, is_first, noise = _sequence(model, 3, 6, "cpu")
+    is_first[1, 3] = True
+    post, _ = model.observe(embed, action, is_first, noise=noise)
+    loss = model.get_feat(post).tanh().sum()
+    params = list(model.parameters())
+    # (the prior MLP feeds no posterior feature unless a learned initial state reads it:
+    # the reference leaves its gradient None, the fused op gives zeros)
+    zero = lambda gs: [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]  # noqa: E731
+    want = zero(torch.autograd.grad(loss, params, allow_unused=True))
+    state, feats = model.initial(3), []
+    for t in range(6):
+        state, _ = model.obs_step(state, action[:, t], embed[:, t], is_first[:, t],
+                                  noise=(noise[0][:, t], noise[1][:, t]))
+        feats.append(model.get_feat(state))
+    feat = torch.stack(feats, 1)
+    torch.testing.assert_close(feat, model.get_feat(post), rtol=1e-12, atol=1e-12)
+    got = zero(torch.autograd.grad(feat.tanh().sum(), params, allow_unused=True))
+    for (name, _), g, w in zip(model.named_parameters(), got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-11, msg=name)
 
 
 def test_categorical_kl_matches_torch_distributions():
@@ -896,7 +934,7 @@ def test_module_options_reach_the_spec_and_default_to_ours():
     default = RSSM(stoch=3, deter=8, hidden=6, action_size=2, embed_size=4, cell="ln_gru")
     spec = default.spec()
     assert (spec.cell_norm, spec.cell_state_first, spec.std_act, spec.mean_act,
-            spec.initial) == (True, False, "softplus", "none", "zeros")
+            spec.initial, spec.min_std_mode) == (True, False, "softplus", "none", "zeros", "add")
     assert default.initial_weight is None and default.cell.norm_weight is not None
     m = RSSM(stoch=3, deter=8, hidden=6, action_size=2, embed_size=4, cell="ln_gru",
              cell_norm=False, cell_state_first=True, std_act="abs", mean_act="tanh5",

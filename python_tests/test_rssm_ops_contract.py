@@ -73,12 +73,13 @@ def _variant_cases() -> dict:
     the learned initial state on every cell, and starts without a given state."""
     out = {}
     for name, fields in VARIANTS.items():
-        gauss_only = "std_act" in fields or "mean_act" in fields
+        gauss_only = bool({"std_act", "mean_act", "min_std_mode"} & set(fields))
         for latent in ("gauss",) if gauss_only else LATENTS:
             out[f"ln_gru-{latent}-{name}"] = Case("ln_gru", latent, 3, 5, name)
     for cell in ("gru", "block_gru"):
         for latent in LATENTS:
             out[f"{cell}-{latent}-learned"] = Case(cell, latent, 3, 5, "learned")
+    out["gru-gauss-clamp"] = Case("gru", "gauss", 3, 5, "clamp")  # TorchRL's RSSM
     for latent in LATENTS:
         out[f"ln_gru-{latent}-learned-nostart"] = Case("ln_gru", latent, 3, 5, "learned",
                                                        start=False)
@@ -155,7 +156,8 @@ globals().update(contract_tests(
     | {f"ln_gru-{latent}-given-{name}": ImagineCase("ln_gru", latent, "given", False, 3, 4,
                                                     name)
        for name, fields in VARIANTS.items()
-       for latent in (("gauss",) if "std_act" in fields or "mean_act" in fields else LATENTS)}
+       for latent in (("gauss",) if {"std_act", "mean_act", "min_std_mode"} & set(fields)
+                      else LATENTS)}
     | {"ln_gru-gauss-tanh_normal-nm512": ImagineCase("ln_gru", "gauss", "tanh_normal", True, 4,
                                                      3, "nm512-gauss")},
 ))

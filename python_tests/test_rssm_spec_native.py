@@ -12,7 +12,7 @@ S, D, U, E, A, B, T = 3, 4, 5, 2, 2, 2, 3
 GOOD = ("cell=gru;classes=0;stoch=3;blocks=1;dynlayers=1;cell_act=silu;cell_bias=1;"
         "img_in=1:layer:silu;img_out=1:none:none;obs_out=0:rms:tanh,1:none:none;eps=0.001;"
         "cell_eps=0.001;cell_norm=1;cell_state_first=0;update_bias=-1.0;unimix=0.01;"
-        "min_std=0.1;std_act=softplus;mean_act=none")
+        "min_std=0.1;std_act=softplus;mean_act=none;min_std_mode=add")
 
 
 def _params():
@@ -72,7 +72,7 @@ def test_unknown_and_repeated_field():
     ("cell_act", "relu"), ("cell_bias", "2"), ("eps", "0"), ("eps", "nan"), ("eps", "1e-3x"),
     ("unimix", "1.5"), ("min_std", "-0.1"), ("img_in", "1:layer"), ("img_in", "1:batch:silu"),
     ("obs_out", "0:rms:relu,1:none:none"), ("cell_norm", "2"), ("cell_state_first", "yes"),
-    ("std_act", "exp"), ("mean_act", "tanh"),
+    ("std_act", "exp"), ("mean_act", "tanh"), ("min_std_mode", "max"),
     # the LayerNorm and the column order are ln_gru's options (this spec is a gru)
     ("cell_norm", "0"), ("cell_state_first", "1"),
 ])

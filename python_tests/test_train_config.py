@@ -53,6 +53,7 @@ def test_overrides_apply_with_types():
     ({"model.cell": "block_gru", "model.blocks": 3}, "'model.blocks'"),
     ({"model.std_act": "exp"}, "'model.std_act' must be one of"),
     ({"model.mean_act": "tanh"}, "'model.mean_act' must be one of"),
+    ({"model.min_std_mode": "max"}, "'model.min_std_mode' must be one of"),
     ({"model.initial": "random"}, "'model.initial' must be one of"),
     ({"model.cell_norm": 0}, "'model.cell_norm' expects true/false"),
     ({"model.cell": "block_gru", "model.cell_norm": False}, "'model.cell_norm' must be true"),
@@ -134,10 +135,11 @@ def test_rssm_options_reach_the_world_model():
             spec.cell_state_first) == ("zeros", "softplus", "none", True, False)
     cfg = load_config("v2", "debug", {"model.initial": "learned", "model.classes": 0,
                                       "model.std_act": "sigmoid2", "model.mean_act": "tanh5",
-                                      "model.cell_norm": False, "model.cell_state_first": True})
+                                      "model.cell_norm": False, "model.cell_state_first": True,
+                                      "model.min_std_mode": "clamp"})
     rssm = WorldModel(cfg, "vector", (3,), 2, "ref").rssm
     spec = rssm.spec()
     assert (spec.initial, spec.std_act, spec.mean_act, spec.cell_norm,
             spec.cell_state_first) == ("learned", "sigmoid2", "tanh5", False, True)
-    assert rssm.initial_weight is not None
+    assert rssm.initial_weight is not None and spec.min_std_mode == "clamp"
 

@@ -24,12 +24,14 @@ int heads_warp_chunks(int64_t K);
 cudaError_t gaussian_sample_forward_index64(cuda::Dtype dtype, const void* stats,
                                             const void* noise, void* sample, void* mean,
                                             void* std, double min_std, int std_act,
-                                            int mean_act, int64_t R, int64_t S);
+                                            int mean_act, int min_std_mode, int64_t R,
+                                            int64_t S);
 cudaError_t gaussian_sample_backward_index64(cuda::Dtype dtype, const void* g_sample,
                                              const void* g_mean, const void* g_std,
                                              const void* stats, const void* noise, void* g_stats,
                                              void* g_noise, double min_std, int std_act,
-                                             int mean_act, int64_t R, int64_t S);
+                                             int mean_act, int min_std_mode, int64_t R,
+                                             int64_t S);
 cudaError_t normal_action_forward_index64(cuda::Dtype dtype, const void* raw, const void* noise,
                                           void* action, bool tanh_normal, double min_std,
                                           double std_range, double std_offset,

@@ -38,7 +38,8 @@ unsigned blocks_of(int64_t total) {
 
 cudaError_t gaussian_sample_forward_index64(Dtype dtype, const void* stats, const void* noise,
                                             void* sample, void* mean, void* std, double min_std,
-                                            int std_act, int mean_act, int64_t R, int64_t S) {
+                                            int std_act, int mean_act, int min_std_mode,
+                                            int64_t R, int64_t S) {
   const int64_t total = R * S;
   if (total == 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
@@ -47,7 +48,7 @@ cudaError_t gaussian_sample_forward_index64(Dtype dtype, const void* stats, cons
                         nullptr, static_cast<const s*>(stats), static_cast<const s*>(noise),
                         static_cast<s*>(sample), static_cast<s*>(mean), static_cast<s*>(std),
                         heads::GaussianHead<acc_of<s>>{static_cast<acc_of<s>>(min_std), std_act,
-                                                       mean_act},
+                                                       mean_act, min_std_mode},
                         total, S);
   });
 }
@@ -56,7 +57,8 @@ cudaError_t gaussian_sample_backward_index64(Dtype dtype, const void* g_sample,
                                              const void* g_mean, const void* g_std,
                                              const void* stats, const void* noise, void* g_stats,
                                              void* g_noise, double min_std, int std_act,
-                                             int mean_act, int64_t R, int64_t S) {
+                                             int mean_act, int min_std_mode, int64_t R,
+                                             int64_t S) {
   const int64_t total = R * S;
   if (total == 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
@@ -67,7 +69,7 @@ cudaError_t gaussian_sample_backward_index64(Dtype dtype, const void* g_sample,
                         static_cast<const s*>(stats), static_cast<const s*>(noise),
                         static_cast<s*>(g_stats), static_cast<s*>(g_noise),
                         heads::GaussianHead<acc_of<s>>{static_cast<acc_of<s>>(min_std), std_act,
-                                                       mean_act},
+                                                       mean_act, min_std_mode},
                         total, S);
   });
 }

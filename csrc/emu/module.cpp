@@ -63,8 +63,8 @@ PYBIND11_MODULE(_cuda_emu, m) {
       "gaussian_sample_forward_raw_error",
       [](int64_t R, int64_t S) {
         return static_cast<int>(df::cuda::heads::gaussian_sample_forward(
-            df::cuda::Dtype::kFloat, nullptr, nullptr, nullptr, nullptr, nullptr, 0.1, 0, 0, R,
-            S, nullptr));
+            df::cuda::Dtype::kFloat, nullptr, nullptr, nullptr, nullptr, nullptr, 0.1, 0, 0, 0,
+            R, S, nullptr));
       },
       py::arg("R"), py::arg("S"));
   m.def(
@@ -81,33 +81,34 @@ PYBIND11_MODULE(_cuda_emu, m) {
   m.def(
       "gaussian_forward_index64",
       [](const Tensor& stats, const Tensor& noise, double min_std, Tensor& sample, Tensor& mean,
-         Tensor& std_, int std_act, int mean_act) {
+         Tensor& std_, int std_act, int mean_act, int min_std_mode) {
         const auto [R, S] = df::heads::rows_of(noise);
         df::check_launch("gaussian_forward_index64",
                          df::emu::gaussian_sample_forward_index64(
                              dtype_of("gaussian", stats), stats.const_data_ptr(),
                              noise.const_data_ptr(), sample.mutable_data_ptr(),
                              mean.mutable_data_ptr(), std_.mutable_data_ptr(), min_std, std_act,
-                             mean_act, R, S));
+                             mean_act, min_std_mode, R, S));
       },
       py::arg("stats"), py::arg("noise"), py::arg("min_std"), py::arg("sample"), py::arg("mean"),
-      py::arg("std"), py::arg("std_act") = 0, py::arg("mean_act") = 0);
+      py::arg("std"), py::arg("std_act") = 0, py::arg("mean_act") = 0,
+      py::arg("min_std_mode") = 0);
   m.def(
       "gaussian_backward_index64",
       [](const OptTensor& g_sample, const OptTensor& g_mean, const OptTensor& g_std,
          const Tensor& stats, const Tensor& noise, double min_std, Tensor& g_stats,
-         Tensor& g_noise, int std_act, int mean_act) {
+         Tensor& g_noise, int std_act, int mean_act, int min_std_mode) {
         const auto [R, S] = df::heads::rows_of(noise);
         df::check_launch("gaussian_backward_index64",
                          df::emu::gaussian_sample_backward_index64(
                              dtype_of("gaussian", stats), cptr(g_sample), cptr(g_mean),
                              cptr(g_std), stats.const_data_ptr(), noise.const_data_ptr(),
                              g_stats.mutable_data_ptr(), g_noise.mutable_data_ptr(), min_std,
-                             std_act, mean_act, R, S));
+                             std_act, mean_act, min_std_mode, R, S));
       },
       py::arg("g_sample"), py::arg("g_mean"), py::arg("g_std"), py::arg("stats"),
       py::arg("noise"), py::arg("min_std"), py::arg("g_stats"), py::arg("g_noise"),
-      py::arg("std_act") = 0, py::arg("mean_act") = 0);
+      py::arg("std_act") = 0, py::arg("mean_act") = 0, py::arg("min_std_mode") = 0);
   m.def(
       "normal_action_forward_index64",
       [](const Tensor& raw, const Tensor& noise, bool tanh_normal, double min_std,

@@ -156,7 +156,8 @@ void gaussian_forward_cpu(const at::Tensor& stats, const at::Tensor& noise,
     const scalar_t *ps = stats.const_data_ptr<scalar_t>(), *pn = noise.const_data_ptr<scalar_t>();
     scalar_t *po = sample.mutable_data_ptr<scalar_t>(), *pm = mean.mutable_data_ptr<scalar_t>(),
              *pd = std_.mutable_data_ptr<scalar_t>();
-    const GaussianHead<acc_t> g{static_cast<acc_t>(h.min_std), h.std_act, h.mean_act};
+    const GaussianHead<acc_t> g{static_cast<acc_t>(h.min_std), h.std_act, h.mean_act,
+                                h.min_std_mode};
     for_each_row_range(R, 3 * S, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r)
         DF_SIMD
@@ -179,7 +180,8 @@ void gaussian_backward_cpu(const at::Tensor& g_sample, const at::Tensor& g_mean,
                    *pgd = optional_ptr<scalar_t>(g_std);
     scalar_t *pgst = g_stats.mutable_data_ptr<scalar_t>(),
              *pgn = g_noise.mutable_data_ptr<scalar_t>();
-    const GaussianHead<acc_t> g{static_cast<acc_t>(h.min_std), h.std_act, h.mean_act};
+    const GaussianHead<acc_t> g{static_cast<acc_t>(h.min_std), h.std_act, h.mean_act,
+                                h.min_std_mode};
     for_each_row_range(R, 3 * S, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r)
         DF_SIMD

@@ -24,8 +24,8 @@ void gaussian_forward_cuda(const at::Tensor& stats, const at::Tensor& noise,
   check_launch(op, kh::gaussian_sample_forward(
                        kernel_dtype(op, stats.scalar_type()), stats.const_data_ptr(),
                        noise.const_data_ptr(), sample.mutable_data_ptr(), mean.mutable_data_ptr(),
-                       std_.mutable_data_ptr(), h.min_std, h.std_act, h.mean_act, R, S,
-                       current_stream()));
+                       std_.mutable_data_ptr(), h.min_std, h.std_act, h.mean_act,
+                       h.min_std_mode, R, S, current_stream()));
 }
 
 void gaussian_backward_cuda(const at::Tensor& g_sample, const at::Tensor& g_mean,
@@ -38,8 +38,8 @@ void gaussian_backward_cuda(const at::Tensor& g_sample, const at::Tensor& g_mean
                        kernel_dtype(op, stats.scalar_type()), ptr_or_null(g_sample),
                        ptr_or_null(g_mean), ptr_or_null(g_std), stats.const_data_ptr(),
                        noise.const_data_ptr(), g_stats.mutable_data_ptr(),
-                       g_noise.mutable_data_ptr(), h.min_std, h.std_act, h.mean_act, R, S,
-                       current_stream()));
+                       g_noise.mutable_data_ptr(), h.min_std, h.std_act, h.mean_act,
+                       h.min_std_mode, R, S, current_stream()));
 }
 
 void normal_action_forward_cuda(const at::Tensor& raw, const at::Tensor& noise,

@@ -21,16 +21,18 @@ using ::dreamer_fast::cuda::Dtype;
 // cudaGetLastError() after the launch (cudaSuccess when there is nothing to do).
 
 // stats [R, 2S]; noise, sample, mean, std [R, S]. One thread per element. std_act,
-// mean_act: heads_math.h's GaussianStdAct / GaussianMeanAct codes.
+// mean_act, min_std_mode: heads_math.h's GaussianStdAct / GaussianMeanAct /
+// GaussianMinStdMode codes.
 cudaError_t gaussian_sample_forward(Dtype dtype, const void* stats, const void* noise,
                                     void* sample, void* mean, void* std, double min_std,
-                                    int std_act, int mean_act, int64_t R, int64_t S,
-                                    cudaStream_t stream);
+                                    int std_act, int mean_act, int min_std_mode, int64_t R,
+                                    int64_t S, cudaStream_t stream);
 // g_sample, g_mean, g_std (nullable), noise, g_noise [R, S]; stats, g_stats [R, 2S].
 cudaError_t gaussian_sample_backward(Dtype dtype, const void* g_sample, const void* g_mean,
                                      const void* g_std, const void* stats, const void* noise,
                                      void* g_stats, void* g_noise, double min_std, int std_act,
-                                     int mean_act, int64_t R, int64_t S, cudaStream_t stream);
+                                     int mean_act, int min_std_mode, int64_t R, int64_t S,
+                                     cudaStream_t stream);
 
 // logits, probs, sample [R, K]; uniform [R]. One thread per row for small K, one
 // warp per row otherwise.

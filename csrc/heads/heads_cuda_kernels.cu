@@ -340,8 +340,8 @@ void dispatch_chunks(int64_t K, const Fn& fn) {
 
 cudaError_t gaussian_sample_forward(Dtype dtype, const void* stats, const void* noise,
                                     void* sample, void* mean, void* std, double min_std,
-                                    int std_act, int mean_act, int64_t R, int64_t S,
-                                    cudaStream_t stream) {
+                                    int std_act, int mean_act, int min_std_mode, int64_t R,
+                                    int64_t S, cudaStream_t stream) {
   const int64_t total = R * S;
   if (total == 0) return cudaSuccess;
   const int64_t blocks = blocks_for(total, kThreads);
@@ -355,7 +355,8 @@ cudaError_t gaussian_sample_forward(Dtype dtype, const void* stats, const void* 
           stream,
           static_cast<const s*>(stats), static_cast<const s*>(noise), static_cast<s*>(sample),
           static_cast<s*>(mean), static_cast<s*>(std),
-          dreamer_fast::heads::GaussianHead<acc_t>{static_cast<acc_t>(min_std), std_act, mean_act},
+          dreamer_fast::heads::GaussianHead<acc_t>{static_cast<acc_t>(min_std), std_act, mean_act,
+                                                   min_std_mode},
           static_cast<index_t>(total), static_cast<index_t>(S));
     };
     dispatch_index(total, launch);
@@ -365,7 +366,8 @@ cudaError_t gaussian_sample_forward(Dtype dtype, const void* stats, const void* 
 cudaError_t gaussian_sample_backward(Dtype dtype, const void* g_sample, const void* g_mean,
                                      const void* g_std, const void* stats, const void* noise,
                                      void* g_stats, void* g_noise, double min_std, int std_act,
-                                     int mean_act, int64_t R, int64_t S, cudaStream_t stream) {
+                                     int mean_act, int min_std_mode, int64_t R, int64_t S,
+                                     cudaStream_t stream) {
   const int64_t total = R * S;
   if (total == 0) return cudaSuccess;
   const int64_t blocks = blocks_for(total, kThreads);
@@ -380,7 +382,8 @@ cudaError_t gaussian_sample_backward(Dtype dtype, const void* g_sample, const vo
           static_cast<const s*>(g_sample), static_cast<const s*>(g_mean),
           static_cast<const s*>(g_std), static_cast<const s*>(stats),
           static_cast<const s*>(noise), static_cast<s*>(g_stats), static_cast<s*>(g_noise),
-          dreamer_fast::heads::GaussianHead<acc_t>{static_cast<acc_t>(min_std), std_act, mean_act},
+          dreamer_fast::heads::GaussianHead<acc_t>{static_cast<acc_t>(min_std), std_act, mean_act,
+                                                   min_std_mode},
           static_cast<index_t>(total), static_cast<index_t>(S));
     };
     dispatch_index(total, launch);

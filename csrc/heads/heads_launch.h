@@ -18,12 +18,13 @@ namespace heads {
 // GaussianStdAct / GaussianMeanAct.
 struct GaussianSpec {
   double min_std = 0.1;
-  int std_act = 0, mean_act = 0;
+  int std_act = 0, mean_act = 0, min_std_mode = 0;
 };
 // The names the ops and spec strings use for those codes, and their parsing: a
 // RuntimeError naming `op` and `arg` for an unknown name.
 inline const char* const kGaussianStdActNames[] = {"softplus", "abs", "sigmoid", "sigmoid2"};
 inline const char* const kGaussianMeanActNames[] = {"none", "tanh5"};
+inline const char* const kGaussianMinStdModeNames[] = {"add", "clamp"};
 template <size_t N>
 int gaussian_act_code(const char* op, const char* arg, const std::string& name,
                       const char* const (&names)[N]) {

@@ -80,10 +80,14 @@ DF_HOST_DEVICE double add_rn(double a, double b) {
 //              kStdAbs:        |raw + 1|
 //              kStdSigmoid:    σ(raw)
 //              kStdSigmoid2:   2 · σ(raw / 2)
+// and min_std added (kMinStdAdd) or a lower bound, max(std_act(raw), min_std)
+// (kMinStdClamp: TorchRL's NormalParamExtractor, torch.clamp_min's gradient: passed
+// where std_act(raw) >= min_std, 0 below).
 // ---------------------------------------------------------------------------
 
 enum GaussianStdAct : int { kStdSoftplus = 0, kStdAbs = 1, kStdSigmoid = 2, kStdSigmoid2 = 3 };
 enum GaussianMeanAct : int { kMeanNone = 0, kMeanTanh5 = 1 };
+enum GaussianMinStdMode : int { kMinStdAdd = 0, kMinStdClamp = 1 };
 
 // torch.nn.functional.softplus with beta = 1, threshold = 20: the identity above
 // the threshold, log1p(exp(x)) otherwise.
@@ -113,12 +117,12 @@ DF_HOST_DEVICE acc_t sigmoid_acc(acc_t x) {
 template <typename acc_t>
 struct GaussianHead {
   acc_t min_std;
-  int std_act, mean_act;
+  int std_act, mean_act, min_std_mode;
 };
 
-// std = std_act(raw) + min_std, each step rounded as the reference's PyTorch ops round it.
+// std_act(raw), each step rounded as the reference's PyTorch ops round it.
 template <typename acc_t>
-DF_HOST_DEVICE acc_t gaussian_std(acc_t raw, const GaussianHead<acc_t>& h) {
+DF_HOST_DEVICE acc_t gaussian_std_act(acc_t raw, const GaussianHead<acc_t>& h) {
   acc_t s;
   switch (h.std_act) {
     case kStdAbs: {
@@ -130,12 +134,21 @@ DF_HOST_DEVICE acc_t gaussian_std(acc_t raw, const GaussianHead<acc_t>& h) {
     case kStdSigmoid2: s = mul_rn(acc_t(2), sigmoid_acc(raw / acc_t(2))); break;
     default: s = softplus(raw);
   }
+  return s;
+}
+
+// std = std_act(raw) + min_std, or max(std_act(raw), min_std) (a NaN stays NaN, as in
+// torch.clamp_min).
+template <typename acc_t>
+DF_HOST_DEVICE acc_t gaussian_std(acc_t raw, const GaussianHead<acc_t>& h) {
+  const acc_t s = gaussian_std_act(raw, h);
+  if (h.min_std_mode == kMinStdClamp) return s < h.min_std ? h.min_std : s;
   return add_rn(s, h.min_std);
 }
 
-// d std / d raw. abs: torch's sign(raw + 1), 0 at the kink.
+// d std_act / d raw. abs: torch's sign(raw + 1), 0 at the kink.
 template <typename acc_t>
-DF_HOST_DEVICE acc_t gaussian_std_grad(acc_t raw, const GaussianHead<acc_t>& h) {
+DF_HOST_DEVICE acc_t gaussian_std_act_grad(acc_t raw, const GaussianHead<acc_t>& h) {
   switch (h.std_act) {
     case kStdAbs: {
       const acc_t x = add_rn(raw, acc_t(1));
@@ -151,6 +164,14 @@ DF_HOST_DEVICE acc_t gaussian_std_grad(acc_t raw, const GaussianHead<acc_t>& h) 
     }
     default: return softplus_grad(raw);
   }
+}
+
+// d std / d raw: with the clamp, 0 where std_act(raw) < min_std.
+template <typename acc_t>
+DF_HOST_DEVICE acc_t gaussian_std_grad(acc_t raw, const GaussianHead<acc_t>& h) {
+  if (h.min_std_mode == kMinStdClamp && !(gaussian_std_act(raw, h) >= h.min_std))
+    return acc_t(0);
+  return gaussian_std_act_grad(raw, h);
 }
 
 template <typename acc_t>

@@ -26,20 +26,24 @@ Tensor empty_contiguous(const Tensor& like) {
 }
 
 heads::GaussianSpec gaussian_spec(const char* op, double min_std, const std::string& std_act,
-                                  const std::string& mean_act) {
+                                  const std::string& mean_act,
+                                  const std::string& min_std_mode) {
   heads::GaussianSpec h;
   h.min_std = min_std;
   h.std_act = heads::gaussian_act_code(op, "std_act", std_act, heads::kGaussianStdActNames);
   h.mean_act = heads::gaussian_act_code(op, "mean_act", mean_act, heads::kGaussianMeanActNames);
+  h.min_std_mode = heads::gaussian_act_code(op, "min_std_mode", min_std_mode,
+                                            heads::kGaussianMinStdModeNames);
   return h;
 }
 
 std::tuple<Tensor, Tensor, Tensor> gaussian_sample(const Tensor& stats, const Tensor& noise,
                                                    double min_std, const std::string& std_act,
-                                                   const std::string& mean_act) {
+                                                   const std::string& mean_act,
+                                                   const std::string& min_std_mode) {
   const char* op = "gaussian_sample";
   check_gaussian_args(op, stats, noise, min_std);
-  const heads::GaussianSpec h = gaussian_spec(op, min_std, std_act, mean_act);
+  const heads::GaussianSpec h = gaussian_spec(op, min_std, std_act, mean_act, min_std_mode);
   const c10::OptionalDeviceGuard guard(stats.device());
   const Tensor st = stats.contiguous(), nz = noise.contiguous();
   Tensor sample = empty_contiguous(nz), mean = empty_contiguous(nz), std_ = empty_contiguous(nz);
@@ -52,10 +56,11 @@ std::tuple<Tensor, Tensor> gaussian_sample_backward(const std::optional<Tensor>&
                                                     const std::optional<Tensor>& grad_std,
                                                     const Tensor& stats, const Tensor& noise,
                                                     double min_std, const std::string& std_act,
-                                                    const std::string& mean_act) {
+                                                    const std::string& mean_act,
+                                                    const std::string& min_std_mode) {
   const char* op = "gaussian_sample_backward";
   check_gaussian_args(op, stats, noise, min_std);
-  const heads::GaussianSpec h = gaussian_spec(op, min_std, std_act, mean_act);
+  const heads::GaussianSpec h = gaussian_spec(op, min_std, std_act, mean_act, min_std_mode);
   check_optional_head_tensor(op, "grad_sample", grad_sample, noise.sizes(), "stats", stats);
   check_optional_head_tensor(op, "grad_mean", grad_mean, noise.sizes(), "stats", stats);
   check_optional_head_tensor(op, "grad_std", grad_std, noise.sizes(), "stats", stats);
@@ -100,18 +105,19 @@ Tensor categorical_sample_backward(const std::optional<Tensor>& grad_sample,
 
 // Schemas of the head ops. Shapes:
 //   gaussian_sample:    stats [..., 2S], noise [..., S] -> sample, mean, std [..., S]
-//                       (std_act: softplus|abs|sigmoid|sigmoid2, mean_act: none|tanh5)
+//                       (std_act: softplus|abs|sigmoid|sigmoid2, mean_act: none|tanh5,
+//                       min_std_mode: add|clamp)
 //   categorical_sample: logits [..., G, K], uniform [..., G] -> sample, probs [..., G, K]
 // Backward ops take the upstream gradient of every output, each optional (None =
 // that output got no gradient).
 TORCH_LIBRARY_FRAGMENT(dreamer_fast, m) {
   m.def(
       "gaussian_sample(Tensor stats, Tensor noise, float min_std, str std_act='softplus', "
-      "str mean_act='none') -> (Tensor, Tensor, Tensor)");
+      "str mean_act='none', str min_std_mode='add') -> (Tensor, Tensor, Tensor)");
   m.def(
       "gaussian_sample_backward(Tensor? grad_sample, Tensor? grad_mean, Tensor? grad_std, "
       "Tensor stats, Tensor noise, float min_std, str std_act='softplus', "
-      "str mean_act='none') -> (Tensor, Tensor)");
+      "str mean_act='none', str min_std_mode='add') -> (Tensor, Tensor)");
   m.def("categorical_sample(Tensor logits, Tensor uniform, float unimix) -> (Tensor, Tensor)");
   m.def(
       "categorical_sample_backward(Tensor? grad_sample, Tensor? grad_probs, Tensor logits, "

@@ -58,6 +58,7 @@ heads::GaussianSpec gaussian_spec(const Spec& s) {
   h.min_std = s.min_std;
   h.std_act = s.std_act;
   h.mean_act = s.mean_act;
+  h.min_std_mode = s.min_std_mode;
   return h;
 }
 }  // namespace

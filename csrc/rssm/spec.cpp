@@ -28,6 +28,8 @@ const std::vector<std::pair<std::string, int>> kStdActs = {
     {"sigmoid2", heads::kStdSigmoid2}};
 const std::vector<std::pair<std::string, int>> kMeanActs = {{"none", heads::kMeanNone},
                                                             {"tanh5", heads::kMeanTanh5}};
+const std::vector<std::pair<std::string, int>> kMinStdModes = {{"add", heads::kMinStdAdd},
+                                                               {"clamp", heads::kMinStdClamp}};
 const std::vector<std::pair<std::string, int>> kHeads = {
     {"tanh_normal", kTanhNormal}, {"bounded_normal", kBoundedNormal},
     {"categorical", kCategorical}};
@@ -220,6 +222,7 @@ Spec parse_rssm(const char* op, at::TensorList params, const std::string& spec) 
   s.min_std = f.real("min_std", [](double x) { return x >= 0; }, " >= 0");
   s.std_act = f.name("std_act", kStdActs);
   s.mean_act = f.name("mean_act", kMeanActs);
+  s.min_std_mode = f.name("min_std_mode", kMinStdModes);
   int64_t next = 0;
   s.img_in = f.layers("img_in", eps, next);
   TORCH_CHECK(s.img_in.size() == (s.block_gru() ? 0u : 1u), op, ": spec field 'img_in' must ",

@@ -33,10 +33,11 @@
 //   min_std      float >= 0 (Gaussian latents)
 //   std_act      softplus | abs | sigmoid | sigmoid2 (Gaussian: std = std_act(raw) + min_std)
 //   mean_act     none | tanh5 (Gaussian: mean = mean_act(m))
+//   min_std_mode add | clamp (Gaussian: clamp is std = max(std_act(raw), min_std))
 // e.g. `cell=ln_gru;classes=32;stoch=32;blocks=1;dynlayers=1;cell_act=silu;cell_bias=0;
 //       img_in=1:layer:silu;img_out=1:layer:silu,1:none:none;obs_out=0:layer:silu,
 //       1:none:none;eps=0.001;cell_eps=0.001;cell_norm=1;cell_state_first=0;update_bias=-1.0;
-//       unimix=0.01;min_std=0.1;std_act=softplus;mean_act=none`
+//       unimix=0.01;min_std=0.1;std_act=softplus;mean_act=none;min_std_mode=add`
 //
 // Actor spec (`actor_spec`; the empty string when rssm_imagine is given the actions),
 // fields:
@@ -72,7 +73,7 @@ struct Spec {
   int64_t stoch = 0;    // S (latent groups / Gaussian dims)
   std::vector<dense::Layer> img_in, img_out, obs_out;
   double unimix = 0.01, min_std = 0.1;
-  int std_act = 0, mean_act = 0;  // heads_math.h's GaussianStdAct / GaussianMeanAct
+  int std_act = 0, mean_act = 0, min_std_mode = 0;  // heads_math.h's Gaussian* codes
 
   bool block_gru() const { return cell.kind == cells::kBlockGru; }
   int64_t flat_stoch() const { return classes ? stoch * classes : stoch; }

@@ -31,6 +31,7 @@ CHOICES: dict[str, tuple] = {
     "model.cell": ("gru", "ln_gru", "block_gru"),
     "model.std_act": ("softplus", "abs", "sigmoid", "sigmoid2"),
     "model.mean_act": ("none", "tanh5"),
+    "model.min_std_mode": ("add", "clamp"),
     "model.initial": ("zeros", "learned"),
     "model.norm": ("layer", "rms", "none"),
     "model.act": ("silu", "elu", "tanh", "gelu"),

@@ -39,6 +39,7 @@ leave no parameter without a gradient, which DDP would need).
 from __future__ import annotations
 
 import datetime
+import faulthandler
 import os
 from dataclasses import dataclass, field
 
@@ -229,11 +230,20 @@ def setup(device: str, envs: int, timeout_s: float = 1800.0) -> Dist:
         dev, backend = torch.device("cuda", local), "nccl"
     else:
         dev, backend = torch.device("cpu"), "gloo"
+    # A rank that dies in native code (a signal, std::terminate) prints no Python
+    # traceback by itself, and torchrun then only reports the signal; with the fault
+    # handler each thread's Python stack goes to stderr first, so the rank's log says
+    # where it was. Left as the user set it when already enabled.
+    if not faulthandler.is_enabled():
+        faulthandler.enable()
     owns = not dist.is_initialized()
     if owns:
+        timeout = datetime.timedelta(seconds=timeout_s)
         kw = {"device_id": dev} if backend == "nccl" else {}
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
-                                **kw)
+        store = _attempt_store(rank, world, timeout)
+        if store is not None:
+            kw.update(store=store, rank=rank, world_size=world)
+        dist.init_process_group(backend=backend, timeout=timeout, **kw)
     group = dist.group.WORLD
     actual = dist.get_backend(group)
     if backend == "nccl" and actual != "nccl":
@@ -241,6 +251,22 @@ def setup(device: str, envs: int, timeout_s: float = 1800.0) -> Dist:
     cpu_group = dist.new_group(backend="gloo") if actual != "gloo" else group
     return Dist(rank=rank, world=world, local_rank=local, backend=actual, group=group,
                 cpu_group=cpu_group, device=dev, owns_group=owns, slots=max(1, int(envs)))
+
+
+def _attempt_store(rank: int, world: int, timeout: datetime.timedelta):
+    """The rendezvous store of this torchrun attempt, or None outside torchrun.
+
+    torchrun ``--max-restarts`` starts every rank again after one fails, and the new ranks
+    meet in the launcher's store again. The process group's keys there (each rank's
+    address) are the same every attempt, so a new rank could read the address a rank of
+    the failed attempt left behind and fail to connect to it (seen with gloo:
+    ``connectFullMesh ... Connection refused``). Keys under a prefix named after
+    ``TORCHELASTIC_RESTART_COUNT`` keep the attempts apart."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or not os.environ.get("MASTER_ADDR"):
+        return None
+    base, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world, timeout=timeout))
+    return dist.PrefixStore(f"dreamer_fast/attempt_{attempt}", base)
 
 
 def fingerprint(tensors) -> torch.Tensor:

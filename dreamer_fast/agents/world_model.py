@@ -39,6 +39,7 @@ class WorldModel(nn.Module):
                          classes=m.classes or None, cell=m.cell, blocks=m.blocks,
                          dynlayers=m.dynlayers, norm=m.norm, act=m.act, unimix=m.unimix,
                          min_std=m.min_std, std_act=m.std_act, mean_act=m.mean_act,
+                         min_std_mode=m.min_std_mode,
                          cell_norm=m.cell_norm, cell_state_first=m.cell_state_first,
                          initial=m.initial, backend=backend)
         feat = self.rssm.feat_size

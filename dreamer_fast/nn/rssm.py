@@ -59,7 +59,7 @@ class RSSM(FlatParams, nn.Module):
                  min_std: float = 0.1, eps: float | None = None, device=None, dtype=None,
                  backend: str = "auto", cell_norm: bool = True, cell_state_first: bool = False,
                  std_act: str = "softplus", mean_act: str = "none", initial: str = "zeros",
-                 initial_stoch_grad: bool = True) -> None:
+                 initial_stoch_grad: bool = True, min_std_mode: str = "add") -> None:
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"RSSM: `cell` must be one of {CELLS}, got {cell!r}")
@@ -78,7 +78,7 @@ class RSSM(FlatParams, nn.Module):
                              f"of cell 'ln_gru', got cell {cell!r}")
         # the Gaussian activations and the learned initial state's gradient: RSSMSpec
         # checks them (a ValueError naming the field)
-        self.std_act, self.mean_act = std_act, mean_act
+        self.std_act, self.mean_act, self.min_std_mode = std_act, mean_act, min_std_mode
         self.initial_type, self.initial_stoch_grad = initial, initial_stoch_grad
         self.stoch, self.deter, self.classes, self.hidden = stoch, deter, classes, hidden
         self.action_size, self.embed_size = action_size, embed_size
@@ -128,7 +128,7 @@ class RSSM(FlatParams, nn.Module):
             obs_out=tuple(d.spec() for d in self.obs_out),
             eps=shared_eps("RSSM", [*img_in, *self.img_out, *self.obs_out]),
             unimix=self.unimix, min_std=self.min_std, std_act=self.std_act,
-            mean_act=self.mean_act, initial=self.initial_type,
+            mean_act=self.mean_act, min_std_mode=self.min_std_mode, initial=self.initial_type,
             initial_stoch_grad=self.initial_stoch_grad, **kw)
 
     def spec(self) -> RSSMSpec:

@@ -11,7 +11,7 @@ builds the modules on them.
 | cells | ``ln_gru_cell(input, hx, weight, norm_weight, norm_bias, update_bias, eps, state_first)`` | DreamerV2 LayerNorm GRU (norm optional, cat(x, h) or cat(h, x)) |
 | cells | ``block_gru_cell(deter, stoch, action, in_params, hidden_params, gru_weight, gru_bias, blocks, act, eps)`` | DreamerV3 block GRU core |
 | dense | ``linear_norm_act(input, weight, bias, norm_weight, norm_bias, norm, act, eps)`` | ``act(norm(x W^T + b))`` |
-| heads | ``gaussian_sample(stats, noise, min_std, std_act, mean_act)`` | ``mean_act(m) + (std_act(raw) + min_std) * noise`` |
+| heads | ``gaussian_sample(stats, noise, min_std, std_act, mean_act, min_std_mode)`` | ``mean_act(m) + (std_act(raw) + min_std) * noise`` (or ``max(std_act(raw), min_std)``) |
 | heads | ``categorical_sample(logits, uniform, unimix)`` | straight-through one-hot of ``(1-unimix) softmax + unimix/K`` |
 | rssm | ``rssm_observe(params, spec, embed, action, keep, deter, stoch, prior_noise, post_noise)`` | ``T`` RSSM posterior steps (prior + posterior), batch-major |
 | rssm | ``rssm_imagine(params, spec, deter, stoch, actions, action_noise, stoch_noise, horizon, actor_params, actor_spec, feat_out)`` | ``H`` prior steps, actions given or drawn by the actor |

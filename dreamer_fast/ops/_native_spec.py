@@ -12,7 +12,7 @@ double), bools as ``0`` / ``1``::
     cell=ln_gru;classes=32;stoch=32;blocks=1;dynlayers=1;cell_act=silu;cell_bias=0;
     img_in=1:layer:silu;img_out=1:layer:silu,1:none:none;obs_out=...;eps=0.001;
     cell_eps=0.001;cell_norm=1;cell_state_first=0;update_bias=-1.0;unimix=0.01;
-    min_std=0.1;std_act=softplus;mean_act=none
+    min_std=0.1;std_act=softplus;mean_act=none;min_std_mode=add
 
     head=tanh_normal;actions=6;layers=...;eps=0.001;min_std=0.1;max_std=1.0;
     std_offset=0.0;mean_scale=1.0;unimix=0.01
@@ -58,6 +58,7 @@ def native_rssm_spec(spec: RSSMSpec) -> tuple:
         "cell_state_first": str(int(spec.cell_state_first)),
         "update_bias": _float(spec.update_bias), "unimix": _float(spec.unimix),
         "min_std": _float(spec.min_std), "std_act": spec.std_act, "mean_act": spec.mean_act,
+        "min_std_mode": spec.min_std_mode,
     }),)
 
 

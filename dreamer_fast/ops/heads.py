@@ -6,12 +6,13 @@ references live side by side and share one argument check, so they have the same
 signature, semantics and errors. The noise is an input: draw it with your own
 generator (``torch.randn_like`` / ``torch.rand``) and both paths are deterministic.
 
-``gaussian_sample(stats, noise, min_std=0.1, std_act='softplus', mean_act='none')`` -> ``(sample, mean, std)``
+``gaussian_sample(stats, noise, min_std=0.1, std_act='softplus', mean_act='none', min_std_mode='add')`` -> ``(sample, mean, std)``
     ``stats [..., 2S]``, ``noise [..., S]`` (same leading dims)::
 
         m, raw = stats.chunk(2, -1)
         mean = mean_act(m)
-        std = std_act(raw) + min_std
+        std = std_act(raw) + min_std          # min_std_mode='add'
+        std = max(std_act(raw), min_std)      # min_std_mode='clamp' (TorchRL's scale_lb)
         sample = mean + std * noise
 
     with ``std_act`` one of (dreamerv3-torch's ``std_act`` options)::
@@ -22,7 +23,9 @@ generator (``torch.randn_like`` / ``torch.rand``) and both paths are determinist
         sigmoid2   2 σ(raw / 2)
 
     and ``mean_act`` ``none`` (``mean = m``, the default) or ``tanh5`` (``mean = 5
-    tanh(m / 5)``). Differentiable in ``stats`` and ``noise`` through all three outputs.
+    tanh(m / 5)``). The clamp's gradient is ``torch.clamp_min``'s: passed where
+    ``std_act(raw) >= min_std``, 0 below. Differentiable in ``stats`` and ``noise``
+    through all three outputs.
     ``min_std`` must be a finite float >= 0.
 
 ``categorical_sample(logits, uniform, unimix=0.01, *, check_range=True)`` -> ``(sample, probs)``
@@ -87,7 +90,8 @@ from dreamer_fast import _extension
 from dreamer_fast.ops import _checks
 
 __all__ = ["categorical_sample", "categorical_sample_ref", "gaussian_sample",
-           "gaussian_sample_ref", "GAUSSIAN_STD_ACTS", "GAUSSIAN_MEAN_ACTS"]
+           "gaussian_sample_ref", "GAUSSIAN_STD_ACTS", "GAUSSIAN_MEAN_ACTS",
+           "GAUSSIAN_MIN_STD_MODES"]
 
 _GAUSSIAN = "gaussian_sample"
 _CATEGORICAL = "categorical_sample"
@@ -120,6 +124,7 @@ def _check_unimix(op: str, unimix: object) -> float:
 #: ``std_act`` / ``mean_act`` of :func:`gaussian_sample` (the order is the kernels' codes)
 GAUSSIAN_STD_ACTS = ("softplus", "abs", "sigmoid", "sigmoid2")
 GAUSSIAN_MEAN_ACTS = ("none", "tanh5")
+GAUSSIAN_MIN_STD_MODES = ("add", "clamp")
 
 
 def _check_act(op: str, name: str, value: object, choices: tuple[str, ...]) -> str:
@@ -128,10 +133,12 @@ def _check_act(op: str, name: str, value: object, choices: tuple[str, ...]) -> s
     return value
 
 
-def _gaussian_args(stats, noise, min_std, std_act="softplus", mean_act="none"):
+def _gaussian_args(stats, noise, min_std, std_act="softplus", mean_act="none",
+                   min_std_mode="add"):
     op = _GAUSSIAN
     std_act = _check_act(op, "std_act", std_act, GAUSSIAN_STD_ACTS)
     mean_act = _check_act(op, "mean_act", mean_act, GAUSSIAN_MEAN_ACTS)
+    min_std_mode = _check_act(op, "min_std_mode", min_std_mode, GAUSSIAN_MIN_STD_MODES)
     stats = _checks.check_float_tensor(op, "stats", stats)
     noise = _checks.check_float_tensor(op, "noise", noise)
     if stats.dim() == 0:
@@ -145,7 +152,7 @@ def _gaussian_args(stats, noise, min_std, std_act="softplus", mean_act="none"):
                          f"{tuple(stats.shape)} with the last dim halved), got "
                          f"{tuple(noise.shape)}")
     _checks.check_dtype_device(op, "stats", stats, "noise", noise)
-    return stats, noise, _check_min_std(op, min_std), std_act, mean_act
+    return stats, noise, _check_min_std(op, min_std), std_act, mean_act, min_std_mode
 
 
 def _check_uniform_range(op: str, uniform: torch.Tensor) -> None:
@@ -192,15 +199,14 @@ def _categorical_args(logits, uniform, unimix, check_range):
 # --------------------------------------------------------------------------------------
 
 def gaussian_sample(stats: torch.Tensor, noise: torch.Tensor, min_std: float = 0.1,
-                    std_act: str = "softplus",
-                    mean_act: str = "none") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(mean + std * noise, mean, std)`` with ``std = std_act(raw) + min_std``, ``mean =
-    mean_act(m)``; one native kernel (see the module docstring)."""
-    stats, noise, min_std, std_act, mean_act = _gaussian_args(stats, noise, min_std, std_act,
-                                                              mean_act)
-    _extension.require_device_kernels(_GAUSSIAN, stats.device)
-    sample, mean, std = torch.ops.dreamer_fast.gaussian_sample(stats, noise, min_std, std_act,
-                                                               mean_act)
+                    std_act: str = "softplus", mean_act: str = "none",
+                    min_std_mode: str = "add") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean + std * noise, mean, std)`` with ``std = std_act(raw) + min_std`` (or
+    ``max(std_act(raw), min_std)``), ``mean = mean_act(m)``; one native kernel (see the
+    module docstring)."""
+    args = _gaussian_args(stats, noise, min_std, std_act, mean_act, min_std_mode)
+    _extension.require_device_kernels(_GAUSSIAN, args[0].device)
+    sample, mean, std = torch.ops.dreamer_fast.gaussian_sample(*args)
     return sample, mean, std
 
 
@@ -228,14 +234,16 @@ _REF_MEAN_ACTS = {"none": lambda m: m, "tanh5": lambda m: 5 * torch.tanh(m / 5)}
 
 
 def gaussian_sample_ref(stats: torch.Tensor, noise: torch.Tensor, min_std: float = 0.1,
-                        std_act: str = "softplus",
-                        mean_act: str = "none") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        std_act: str = "softplus", mean_act: str = "none",
+                        min_std_mode: str = "add"
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference Gaussian head (what Dreamer codebases run), in the input dtype."""
-    stats, noise, min_std, std_act, mean_act = _gaussian_args(stats, noise, min_std, std_act,
-                                                              mean_act)
+    stats, noise, min_std, std_act, mean_act, min_std_mode = _gaussian_args(
+        stats, noise, min_std, std_act, mean_act, min_std_mode)
     m, raw = stats.chunk(2, -1)
     mean = _REF_MEAN_ACTS[mean_act](m)
-    std = _REF_STD_ACTS[std_act](raw) + min_std
+    std = _REF_STD_ACTS[std_act](raw)
+    std = std + min_std if min_std_mode == "add" else std.clamp_min(min_std)
     return mean + std * noise, mean, std
 
 
@@ -289,7 +297,7 @@ def _fake_check_same(op: str, ref_name: str, ref: torch.Tensor, name: str, x: to
 
 
 def _fake_gaussian_checks(op: str, stats, noise, min_std, std_act="softplus",
-                          mean_act="none") -> tuple:
+                          mean_act="none", min_std_mode="add") -> tuple:
     """The checks of csrc/heads_checks.h, for the fake kernels (meta/fake inputs are
     routed to them instead of the C++ kernels). Returns noise's shape."""
     torch._check(stats.dim() >= 1,
@@ -304,7 +312,8 @@ def _fake_gaussian_checks(op: str, stats, noise, min_std, std_act="softplus",
     torch._check(math.isfinite(min_std) and min_std >= 0.0,
                  lambda: f"{op}: `min_std` must be a finite float >= 0, got {min_std}")
     for name, value, choices in (("std_act", std_act, GAUSSIAN_STD_ACTS),
-                                 ("mean_act", mean_act, GAUSSIAN_MEAN_ACTS)):
+                                 ("mean_act", mean_act, GAUSSIAN_MEAN_ACTS),
+                                 ("min_std_mode", min_std_mode, GAUSSIAN_MIN_STD_MODES)):
         torch._check(value in choices, lambda: f"{op}: `{name}` must be one of "
                                                f"{'|'.join(choices)}, got {value!r}")
     return shape
@@ -327,15 +336,15 @@ def _register() -> None:
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("dreamer_fast::gaussian_sample")
-    def _(stats, noise, min_std, std_act="softplus", mean_act="none"):
-        _fake_gaussian_checks(_GAUSSIAN, stats, noise, min_std, std_act, mean_act)
+    def _(stats, noise, min_std, std_act="softplus", mean_act="none", min_std_mode="add"):
+        _fake_gaussian_checks(_GAUSSIAN, stats, noise, min_std, std_act, mean_act, min_std_mode)
         return _contiguous_like(noise), _contiguous_like(noise), _contiguous_like(noise)
 
     @torch.library.register_fake("dreamer_fast::gaussian_sample_backward")
     def _(grad_sample, grad_mean, grad_std, stats, noise, min_std, std_act="softplus",
-          mean_act="none"):
+          mean_act="none", min_std_mode="add"):
         op = "gaussian_sample_backward"
-        shape = _fake_gaussian_checks(op, stats, noise, min_std, std_act, mean_act)
+        shape = _fake_gaussian_checks(op, stats, noise, min_std, std_act, mean_act, min_std_mode)
         for name, g in (("grad_sample", grad_sample), ("grad_mean", grad_mean),
                         ("grad_std", grad_std)):
             if g is not None:
@@ -360,21 +369,21 @@ def _register() -> None:
     # Outputs that get no gradient arrive as None (not materialised zeros) and are
     # passed to the backward kernels as null pointers.
     def gaussian_setup(ctx, inputs, output):
-        stats, noise, min_std, std_act, mean_act = inputs
-        ctx.head = (min_std, std_act, mean_act)
+        stats, noise, *head = inputs
+        ctx.head = tuple(head)  # min_std, std_act, mean_act, min_std_mode
         ctx.save_for_backward(stats, noise)
         ctx.set_materialize_grads(False)
 
     def gaussian_backward(ctx, g_sample, g_mean, g_std):
         if g_sample is None and g_mean is None and g_std is None:
-            return None, None, None, None, None
+            return (None,) * 6
         stats, noise = ctx.saved_tensors
         g_stats, g_noise = torch.ops.dreamer_fast.gaussian_sample_backward(
             g_sample, g_mean, g_std, stats, noise, *ctx.head)
         # noise only reaches the outputs through the sample
         return (g_stats if ctx.needs_input_grad[0] else None,
-                g_noise if ctx.needs_input_grad[1] and g_sample is not None else None, None,
-                None, None)
+                g_noise if ctx.needs_input_grad[1] and g_sample is not None else None,
+                None, None, None, None)
 
     torch.library.register_autograd("dreamer_fast::gaussian_sample", gaussian_backward,
                                     setup_context=gaussian_setup)

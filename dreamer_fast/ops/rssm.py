@@ -15,7 +15,7 @@ and shapes: :mod:`dreamer_fast.ops.rssm_spec`); ``actor_params`` that of an
 
 where ``latent`` is ``categorical_sample(stats.view(S, K), uniform, unimix)`` (``a`` =
 the logits ``[.., Z]``, ``b`` empty) or ``gaussian_sample(stats, normal, min_std,
-std_act, mean_act)`` (``a`` = mean, ``b`` = std, ``[.., S]``).
+std_act, mean_act, min_std_mode)`` (``a`` = mean, ``b`` = std, ``[.., S]``).
 
 ``rssm_observe(params, spec, embed, action, keep, deter, stoch, prior_noise, post_noise)``
     ``embed [B, T, E]``, ``action [B, T, A]`` (the action before each step), ``keep
@@ -362,7 +362,8 @@ def _latent(spec: RSSMSpec, stats: torch.Tensor, noise: torch.Tensor,
         logit = stats.reshape(*stats.shape[:-1], spec.stoch, spec.classes)
         sample, _ = categorical_sample_ref(logit, noise, spec.unimix, check_range=check_range)
         return sample.reshape(stats.shape), stats, None
-    return gaussian_sample_ref(stats, noise, spec.min_std, spec.std_act, spec.mean_act)
+    return gaussian_sample_ref(stats, noise, spec.min_std, spec.std_act, spec.mean_act,
+                               spec.min_std_mode)
 
 
 def _action(spec: ActorSpec, raw: torch.Tensor, noise: torch.Tensor,

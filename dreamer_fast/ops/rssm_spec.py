@@ -42,7 +42,7 @@ from numbers import Real
 from dreamer_fast.ops.dense import ACTS, NORMS
 
 __all__ = ["DenseSpec", "RSSMSpec", "ActorSpec", "CELLS", "HEADS", "STD_ACTS", "MEAN_ACTS",
-           "INITIALS"]
+           "INITIALS", "MIN_STD_MODES"]
 
 CELLS = ("gru", "ln_gru", "block_gru")
 HEADS = ("tanh_normal", "bounded_normal", "categorical")
@@ -51,6 +51,9 @@ HEADS = ("tanh_normal", "bounded_normal", "categorical")
 #: (``none``, ``tanh5``: ``5 tanh(m / 5)``), the options of dreamerv3-torch's RSSM.
 STD_ACTS = ("softplus", "abs", "sigmoid", "sigmoid2")
 MEAN_ACTS = ("none", "tanh5")
+#: ``min_std_mode``: ``std = std_act(raw) + min_std`` (``add``) or ``max(std_act(raw),
+#: min_std)`` (``clamp``, TorchRL's NormalParamExtractor ``scale_lb``)
+MIN_STD_MODES = ("add", "clamp")
 #: The state a sequence starts from and resets to: zeros, or the learned ``deter0 =
 #: tanh(W)`` with ``stoch0`` the mode of the prior at ``deter0`` (dreamerv3-torch's
 #: ``initial='learned'``, sheeprl's learnable initial recurrent state).
@@ -160,8 +163,8 @@ class RSSMSpec:
     (ln_gru): the weight's columns take ``cat(h, x)`` (sheeprl's order) instead of
     ``cat(x, h)``.
     ``unimix``: the categorical latents' uniform mix; Gaussian latents: ``std =
-    std_act(raw) + min_std``, ``mean = mean_act(m)`` (:data:`STD_ACTS`,
-    :data:`MEAN_ACTS`).
+    std_act(raw) + min_std`` (``min_std_mode='clamp'``: ``max(std_act(raw), min_std)``),
+    ``mean = mean_act(m)`` (:data:`STD_ACTS`, :data:`MEAN_ACTS`, :data:`MIN_STD_MODES`).
     ``initial``: the state at ``t = 0`` when none is given and at every reset
     (``keep = 0``): ``'zeros'``, or ``'learned'`` with one more parameter ``initial
     [D]`` (``W``, last in the flat list): ``deter0 = tanh(W)``, ``stoch0`` = the mode of
@@ -198,6 +201,7 @@ class RSSMSpec:
     mean_act: str = "none"
     initial: str = "zeros"
     initial_stoch_grad: bool = True
+    min_std_mode: str = "add"
 
     def __post_init__(self) -> None:
         c = "RSSMSpec"
@@ -235,6 +239,7 @@ class RSSMSpec:
                           getattr(self, name))
         _choice(c, "std_act", self.std_act, STD_ACTS)
         _choice(c, "mean_act", self.mean_act, MEAN_ACTS)
+        _choice(c, "min_std_mode", self.min_std_mode, MIN_STD_MODES)
         _choice(c, "initial", self.initial, INITIALS)
         _bool(c, "initial_stoch_grad", self.initial_stoch_grad)
         _float(c, "eps", self.eps, "> 0", lambda v: v > 0)
