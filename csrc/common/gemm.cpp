@@ -1,10 +1,14 @@
 // Matrix products (see gemm.h).
 #include "common/gemm.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 
+#include <cctype>
+#include <cstdlib>
 #include <optional>
+#include <string>
 
 namespace dreamer_fast {
 namespace gemm {
@@ -76,7 +80,75 @@ Tensor onednn_mm(const Tensor& a, const Tensor& b, const Tensor& bias) {
   return std::move(stack[0]).toTensor();
 }
 
+// Products below this many multiply-adds run on the calling thread alone while
+// libgomp's idle workers spin (OMP_WAIT_POLICY unset or ACTIVE). Why: a parallel region
+// must wait for every worker of the team, and on a machine whose cores are busy with
+// other jobs a spinning worker is often descheduled, so one region can cost a
+// scheduler slice (milliseconds). The per-step products of a sequence (B = 16 rows:
+// [16, 1024] x [1024, 1536] is 25M multiply-adds, about 1 ms on one core) then cost
+// more in waiting than a second thread saves: the fused LN-GRU observe at B16xT64 took
+// 14.4 s with two threads against 3.2 s with one beside a busy machine (1.6 s with
+// OMP_WAIT_POLICY=PASSIVE and two threads). Larger products (the imagination's
+// thousands of rows, the weight gradients over all steps) keep every thread.
+constexpr int64_t kSerialMacs = int64_t{1} << 26;
+
+// libgomp reads OMP_WAIT_POLICY once, when it is loaded; so do we.
+bool passive_waits() {
+  static const bool passive = [] {
+    const char* v = std::getenv("OMP_WAIT_POLICY");
+    std::string s = v ? v : "";
+    for (char& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return s == "passive";
+  }();
+  return passive;
+}
+
+// While alive, torch's intra-op work on this thread (the BLAS / oneDNN product, any
+// at::parallel_for inside it) uses `threads` threads; the previous count comes back
+// after. at::set_num_threads sets this thread's OpenMP and MKL thread counts.
+class ProductThreads {
+ public:
+  explicit ProductThreads(const Tensor& a, const Tensor& b) {
+    if (!a.device().is_cpu() || a.dim() != 2 || b.dim() != 2) return;
+    prev_ = at::get_num_threads();
+    const int want = product_threads(a.size(0), a.size(1), b.size(1));
+    if (want < prev_) {
+      at::set_num_threads(want);
+      changed_ = true;
+    }
+  }
+  ~ProductThreads() {
+    if (changed_) at::set_num_threads(prev_);
+  }
+  ProductThreads(const ProductThreads&) = delete;
+  ProductThreads& operator=(const ProductThreads&) = delete;
+
+ private:
+  int prev_ = 0;
+  bool changed_ = false;
+};
+
 }  // namespace
+
+int product_threads(int64_t M, int64_t K, int64_t N) {
+  const int n = at::get_num_threads();
+  if (n <= 1 || passive_waits()) return n;
+  return M * K * N < kSerialMacs ? 1 : n;
+}
+
+SequenceThreads::SequenceThreads(const Tensor& like, int64_t rows) {
+  constexpr int64_t kSerialRows = 64;
+  if (!like.device().is_cpu() || rows > kSerialRows || passive_waits()) return;
+  prev_ = at::get_num_threads();
+  if (prev_ > 1) {
+    at::set_num_threads(1);
+    changed_ = true;
+  }
+}
+
+SequenceThreads::~SequenceThreads() {
+  if (changed_) at::set_num_threads(prev_);
+}
 
 bool uses_onednn(const Tensor& a, const Tensor& b) {
   return a.device().is_cpu() && a.scalar_type() == at::kFloat && a.dim() == 2 &&
@@ -84,10 +156,12 @@ bool uses_onednn(const Tensor& a, const Tensor& b) {
 }
 
 Tensor mm(const Tensor& a, const Tensor& b) {
+  const ProductThreads threads(a, b);
   return uses_onednn(a, b) ? onednn_mm(a, b, Tensor()) : at::mm(a, b);
 }
 
 Tensor addmm(const Tensor& c, const Tensor& a, const Tensor& b) {
+  const ProductThreads threads(a, b);
   if (!uses_onednn(a, b)) return at::addmm(c, a, b);
   if (c.dim() == 1 && c.is_contiguous() && c.scalar_type() == at::kFloat)
     return onednn_mm(a, b, c);  // a bias: added inside the primitive
@@ -95,6 +169,7 @@ Tensor addmm(const Tensor& c, const Tensor& a, const Tensor& b) {
 }
 
 Tensor& addmm_(Tensor& out, const Tensor& a, const Tensor& b) {
+  const ProductThreads threads(a, b);
   if (!uses_onednn(a, b)) return out.addmm_(a, b);
   return out.add_(onednn_mm(a, b, Tensor()));
 }

@@ -31,6 +31,31 @@ Tensor addmm(const Tensor& c, const Tensor& a, const Tensor& b);
 // out += a @ b, in place; returns out
 Tensor& addmm_(Tensor& out, const Tensor& a, const Tensor& b);
 
+// The intra-op threads a CPU product [M, K] x [K, N] runs on: torch's count
+// (at::get_num_threads()), except 1 for products under 2^26 multiply-adds while
+// OpenMP's idle threads spin (OMP_WAIT_POLICY not PASSIVE), so that the per-step
+// products of a sequence do not wait for descheduled workers on a busy machine (see
+// gemm.cpp). mm/addmm/addmm_ apply it around each CPU product.
+int product_threads(int64_t M, int64_t K, int64_t N);
+
+// While alive (RAII, this thread; instances nest): all intra-op work of this thread
+// (products, ATen's elementwise ops, at::parallel_for) runs on the calling thread alone
+// when `like` is a CPU tensor, `rows` <= 64 and OpenMP's idle threads spin. For the
+// sequence ops (observe, imagine and their backwards): at few rows a sequence is a long
+// chain of small steps, each of which would open parallel regions, and on a busy machine
+// every region can wait a scheduler slice for a descheduled worker (see gemm.cpp).
+class SequenceThreads {
+ public:
+  SequenceThreads(const Tensor& like, int64_t rows);
+  ~SequenceThreads();
+  SequenceThreads(const SequenceThreads&) = delete;
+  SequenceThreads& operator=(const SequenceThreads&) = delete;
+
+ private:
+  int prev_ = 0;
+  bool changed_ = false;
+};
+
 // Whether mm(a, b) takes the oneDNN path.
 bool uses_onednn(const Tensor& a, const Tensor& b);
 

@@ -199,6 +199,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> ob
               kObserve, ": parameters are ", P[0].scalar_type(), " on ", P[0].device(),
               ", inputs ", embed.scalar_type(), " on ", embed.device());
   const c10::OptionalDeviceGuard guard(embed.device());
+  const gemm::SequenceThreads threads(embed, B);
   gemm::PackedWeights packs(B);
   if (!s.block_gru()) pack_split(packs, P, s.img_in[0], SF, false);
   pack_cell(packs, P, s, false);
@@ -317,6 +318,7 @@ std::tuple<TensorVec, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> observe_ba
   const Tensor prior_stats =
       or_else(saved[kObsPriorStats], saved[L.prior_layer(n_prior - 1, kLayerZ)]);
   const c10::OptionalDeviceGuard guard(deters.device());
+  const gemm::SequenceThreads threads(deters, B);
   Grads g(P);
   gemm::PackedWeights packs(B);
   if (!s.block_gru()) pack_split(packs, P, s.img_in[0], SF, true);
@@ -440,6 +442,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, TensorVec> imagine(
               kImagine, ": parameters are ", P[0].scalar_type(), " on ", P[0].device(),
               ", states ", deter0.scalar_type(), " on ", deter0.device());
   const c10::OptionalDeviceGuard guard(deter0.device());
+  const gemm::SequenceThreads threads(deter0, N);
   gemm::PackedWeights packs(N);
   if (use_actor) {
     pack_split(packs, AP, as.layers[0], SF, false);
@@ -579,6 +582,7 @@ std::tuple<TensorVec, TensorVec, Tensor, Tensor, Tensor> imagine_backward(
   const SavedLayout layout = SavedLayout::imagine(s, use_actor ? &as : nullptr, H);
   layout.check("rssm_imagine_backward", saved);
   const c10::OptionalDeviceGuard guard(acts.device());
+  const gemm::SequenceThreads threads(acts, N);
   gemm::PackedWeights packs(N);
   if (use_actor) pack_layers(packs, AP, as.layers, true);
   if (!s.block_gru()) pack_layers(packs, P, s.img_in, true);
