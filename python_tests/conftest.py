@@ -95,6 +95,15 @@ def time_shape(T: int, batch: tuple[int, ...], axis: int) -> tuple[int, ...]:
 
 
 @pytest.fixture
+def float64_default():
+    """torch's default dtype is float64 for the test, then what it was."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.fixture
 def gen(request) -> torch.Generator:
     """A generator seeded from the test's node id (deterministic per test case)."""
     return make_generator(request.node.nodeid)

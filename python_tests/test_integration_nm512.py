@@ -14,12 +14,8 @@ from torch import nn
 from dreamer_fast.integrations import UnsupportedPeerConfig, nm512
 from dreamer_fast.integrations._common import spec_supports
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+# every test here runs with float64 as torch's default dtype (conftest.float64_default)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 

@@ -15,12 +15,8 @@ from dreamer_fast.integrations import UnsupportedPeerConfig
 from dreamer_fast.integrations import sheeprl as sh
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+# every test here runs with float64 as torch's default dtype (conftest.float64_default)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 class MLPLike(nn.Module):

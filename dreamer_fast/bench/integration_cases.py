@@ -52,6 +52,12 @@ from dreamer_fast.bench.timing import Prepare
 PEERS = ("nm512", "sheeprl", "torchrl")
 
 
+def _normal_maker(gen: torch.Generator, dtype: torch.dtype, device: torch.device):
+    """``mk(*shape)``: standard-normal draws from ``gen`` (on the CPU, so every device
+    sees the same numbers), as ``dtype`` on ``device``."""
+    return lambda *shape: torch.randn(*shape, generator=gen, dtype=dtype).to(device)
+
+
 @contextlib.contextmanager
 def _on_path(path: Path):
     sys.path.insert(0, str(path))
@@ -102,7 +108,7 @@ def nm512_cases(path: Path, device: torch.device, dtype: torch.dtype, *,
     fast = copy.deepcopy(eager)
     nm512.accelerate(fast)
     gen = torch.Generator().manual_seed(1)
-    mk = lambda *s: torch.randn(*s, generator=gen, dtype=dtype).to(device)  # noqa: E731
+    mk = _normal_maker(gen, dtype, device)
     embed_x, action_x = mk(B, T, embed), mk(B, T, actions)
     is_first = torch.zeros(B, T, dtype=dtype, device=device)
     is_first[:, 0] = 1.0
@@ -244,7 +250,7 @@ def sheeprl_cases(path: Path, device: torch.device, dtype: torch.dtype, *, B: in
     fast = copy.deepcopy(eager)
     df_sheeprl.accelerate(fast)
     gen = torch.Generator().manual_seed(1)
-    mk = lambda *s: torch.randn(*s, generator=gen, dtype=dtype).to(device)  # noqa: E731
+    mk = _normal_maker(gen, dtype, device)
     embed_x, action_x = mk(T, B, embed), mk(T, B, actions)
     is_first = torch.zeros(T, B, 1, dtype=dtype, device=device)
     is_first[0] = 1.0
@@ -333,7 +339,7 @@ def torchrl_cases(path: Path, device: torch.device, dtype: torch.dtype, *, N: in
 
     functional = load_torchrl(path)
     gen = torch.Generator().manual_seed(0)
-    mk = lambda *s: torch.randn(*s, generator=gen, dtype=dtype).to(device)  # noqa: E731
+    mk = _normal_maker(gen, dtype, device)
     nv, r, w = mk(N, T, 1), mk(N, T, 1), mk(N, T, 1)
     done = (torch.rand(N, T, 1, generator=gen) < 0.05).to(device)
 
