@@ -37,6 +37,16 @@ def test_overrides_apply_with_types():
     assert isinstance(cfg.behavior.discount, float) and cfg.run.progress is False
 
 
+def test_exponent_without_a_dot_is_a_number():
+    # YAML 1.1 parses "1e-4" as a string; a number-valued key takes it as 1e-4
+    cfg = load_config(overrides=dict([parse_override("behavior.entropy=1e-4"),
+                                      parse_override("model.lr=+3E-4")]))
+    assert cfg.behavior.entropy == 1e-4 and cfg.model.lr == 3e-4
+    for bad in ("1e-4x", "e-4", "1e"):
+        with pytest.raises(ConfigError, match="'behavior.entropy' expects a number"):
+            load_config(overrides={"behavior.entropy": bad})
+
+
 @pytest.mark.parametrize("overrides, needle", [
     ({"model.detr": 3}, "'model.detr'"),
     ({"nonsense": 1}, "'nonsense'"),

@@ -12,6 +12,7 @@ float is expected) and, for enumerated keys, one of the allowed values. Violatio
 from __future__ import annotations
 
 import copy
+import re
 from importlib import resources
 from typing import Any, Mapping
 
@@ -137,6 +138,9 @@ def read_defaults() -> dict:
     return yaml.safe_load(text)
 
 
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def _check_type(key: str, default: Any, value: Any) -> Any:
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -147,6 +151,9 @@ def _check_type(key: str, default: Any, value: Any) -> Any:
             raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
         return value
     if isinstance(default, float):
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            # YAML 1.1 reads exponents without a dot ("1e-4") as strings
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
         return float(value)
