@@ -79,7 +79,8 @@ def staged_update(agent, batch, part):
                                            entropy=b.entropy)
         critic_loss, m3 = losses.critic_loss(p["critic"][:, :-1], ret, weight,
                                              twohot=ac.twohot, slow=p["slow"],
-                                             slow_reg=b.slow_reg)
+                                             slow_reg=b.slow_reg,
+                                             symlog_target=b.critic == "symlog_mse")
     actor_params = list(ac.actor.parameters())
     critic_params = list(ac.critic.parameters())
     agent.actor_opt.zero_grad(set_to_none=True)

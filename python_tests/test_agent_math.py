@@ -271,12 +271,15 @@ def _run_behavior(agent, feat, noise):
     return metrics, captured, policy
 
 
-@pytest.mark.parametrize("algo", ["v1", "v2", "v3"])
-def test_behavior_returns_weights_and_losses_of_a_hand_built_trajectory(algo):
+@pytest.mark.parametrize("algo, critic", [("v1", "mse"), ("v1", "symlog_mse"),
+                                           ("v2", "mse"), ("v3", "twohot")])
+def test_behavior_returns_weights_and_losses_of_a_hand_built_trajectory(algo, critic):
     # V2's entropy bonus is a one-sample estimate (tanh-normal): off here, so the actor
     # loss is exact; V3's is closed-form and stays on
-    agent = _agent(algo, **({"behavior.entropy": 0.0} if algo == "v2" else {}))
+    agent = _agent(algo, **({"behavior.entropy": 0.0} if algo == "v2" else {}),
+                   **{"behavior.critic": critic})
     b = agent.cfg.behavior
+    assert b.critic == critic
     F = agent.ac.actor.feat_size
     r, c, v, slow, feat = _trajectory(F)
     noise = torch.randn(N, H, 1, generator=torch.Generator().manual_seed(3))
@@ -284,8 +287,11 @@ def test_behavior_returns_weights_and_losses_of_a_hand_built_trajectory(algo):
 
     twohot = b.critic == "twohot"
     bins = agent.cfg.model.bins
+    raw_v = feat[..., 2]
     if twohot:  # what the critics predict at those features
         v, slow = np_twohot_value(v, bins), np_twohot_value(slow, bins)
+    elif critic == "symlog_mse":  # the output is symlog(value)
+        v, slow = symexp_np(v), symexp_np(slow)
     # V2 bootstraps from its target critic, V1 and V3 from the critic itself
     boot = slow if algo == "v2" else v
     R = explicit_returns(r[:, 1:], c[:, 1:], boot, b.discount, b.lambda_)
@@ -317,9 +323,10 @@ def test_behavior_returns_weights_and_losses_of_a_hand_built_trajectory(algo):
     # critic: the critic's own prediction regressed on sg(R) at steps 0..H−1 (V3: plus
     # the regulariser towards the slow critic's prediction)
     if twohot:
-        raw_v, raw_slow = feat[..., 2], feat[..., 3]
         per = (np_twohot_ce(raw_v[:, :-1], R, bins)
                + b.slow_reg * np_twohot_ce(raw_v[:, :-1], slow[:, :-1], bins))
+    elif critic == "symlog_mse":
+        per = 0.5 * (raw_v[:, :-1] - np.sign(R) * np.log1p(np.abs(R))) ** 2
     else:
         per = 0.5 * (v[:, :-1] - R) ** 2
     assert float(metrics["critic/loss"]) == pytest.approx(np.mean(w * per), rel=1e-4)

@@ -9,6 +9,8 @@ them bit for bit the same). The tolerance only allows for another CPU's float ro
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -335,6 +337,13 @@ def test_critic_loss_mse_and_twohot_with_slow_regulariser():
     torch.testing.assert_close(loss, torch.tensor((0.5 * 4.0 + 0.0) / 2))
     loss.backward()
     assert ret.grad is None  # the target is a constant
+
+    # symlog_mse: the output is regressed on symlog(R) = sign(R)·log(1 + |R|)
+    big = torch.tensor([[-1000.0, 3.0]])
+    loss, _ = losses.critic_loss(out, big, weight, twohot=None, symlog_target=True)
+    want = (1.0 * 0.5 * (1.0 + math.log(1001.0)) ** 2
+            + 0.5 * 0.5 * (2.0 - math.log(4.0)) ** 2) / 2
+    assert float(loss) == pytest.approx(want, rel=1e-6)
 
     twohot = TwoHot(7, -2.0, 2.0)
     logits = torch.randn(1, 2, 7, generator=torch.Generator().manual_seed(0))

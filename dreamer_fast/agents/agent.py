@@ -160,7 +160,7 @@ class Agent(nn.Module):
                                                 entropy=b.entropy)
         critic_loss, critic_metrics = losses.critic_loss(
             p["critic"][:, :-1], ret, weight, twohot=ac.twohot, slow=p["slow"],
-            slow_reg=b.slow_reg)
+            slow_reg=b.slow_reg, symlog_target=b.critic == "symlog_mse")
         metrics.update(critic_metrics)
         metrics.update({k: v.detach() for k, v in {
             "imag/return": ret.mean(), "imag/reward": p["reward"].mean(),

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from dreamer_fast import ops
-from dreamer_fast.agents.dists import TwoHot
+from dreamer_fast.agents.dists import TwoHot, symexp
 from dreamer_fast.agents.networks import head
 from dreamer_fast.nn import Actor, draw_imagine_noise, imagine
 from dreamer_fast.ops._dispatch import choose
@@ -71,7 +71,11 @@ class ActorCritic(nn.Module):
     # ---- values ------------------------------------------------------------------------
 
     def _mean(self, out: torch.Tensor) -> torch.Tensor:
-        return self.twohot.mean(out) if self.twohot else out.squeeze(-1)
+        if self.twohot:
+            return self.twohot.mean(out)
+        if self.cfg.critic == "symlog_mse":
+            return symexp(out.squeeze(-1))
+        return out.squeeze(-1)
 
     def _value(self, net: nn.Module, feat: torch.Tensor) -> torch.Tensor:
         return self._mean(net(feat))

@@ -41,7 +41,7 @@ CHOICES: dict[str, tuple] = {
     "model.kl": ("free_bits", "balance"),
     "behavior.actor_head": ("auto", "tanh_normal", "bounded_normal"),
     "behavior.actor_grad": ("auto", "reinforce", "dynamics"),
-    "behavior.critic": ("mse", "twohot"),
+    "behavior.critic": ("mse", "symlog_mse", "twohot"),
     "behavior.slow_critic": ("ema", "target", "none"),
 }
 

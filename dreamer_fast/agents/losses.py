@@ -22,7 +22,8 @@ Actor and critic, on an imagined trajectory of ``N`` rollouts over ``H`` steps
             dynamics:   objective_t = R_t / S      (differentiated through the dynamics)
             reinforce:  objective_t = log π(a_t|feat_t) · sg((R_t − v_t) / S)
     critic: mean_{n,t} w_t · ℓ(critic(sg(feat_t)), sg(R_t))
-            ℓ = (v − R)²/2, or two-hot symlog cross-entropy + slow_reg × the
+            ℓ = (v − R)²/2 (``mse``), (out − symlog R)²/2 with v = symexp(out)
+            (``symlog_mse``), or two-hot symlog cross-entropy + slow_reg × the
             cross-entropy towards the slow critic's prediction (V3)
 """
 
@@ -92,15 +93,20 @@ def actor_loss(policy, taken: torch.Tensor | None, ret: torch.Tensor, value: tor
 
 def critic_loss(out: torch.Tensor, ret: torch.Tensor, weight: torch.Tensor, *,
                 twohot: TwoHot | None, slow: torch.Tensor | None = None,
-                slow_reg: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                slow_reg: float = 0.0, symlog_target: bool = False,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(L_critic, metrics)``. ``out [N, H, bins|1]``: the critic's outputs at
     ``sg(feat[:, :H])``; ``ret [N, H]``: its target; ``slow [N, H]``: the slow critic's
-    prediction there (regularised towards with ``slow_reg``; two-hot only)."""
+    prediction there (regularised towards with ``slow_reg``; two-hot only);
+    ``symlog_target``: the single output predicts ``symlog(R)`` (``symlog_mse`` critic,
+    whose value is ``symexp(out)``), ``ℓ = (out − symlog(R))²/2``."""
     target = ret.detach()
     if twohot is not None:
         loss = twohot.loss(out, target)
         if slow is not None:
             loss = loss + slow_reg * twohot.loss(out, slow)
+    elif symlog_target:
+        loss = 0.5 * (out.squeeze(-1) - symlog(target)) ** 2
     else:
         loss = 0.5 * (out.squeeze(-1) - target) ** 2
     loss = (weight * loss).mean()
