@@ -32,6 +32,29 @@ def test_bench_rejects_bad_arguments():
         main(["bench", "--repeats", "0", "--quick"])
 
 
+def test_bench_learner_sizes_are_checked(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--suite", "learner", "--sizes", "debug,XL"])
+    assert "unknown size(s) ['XL']" in capsys.readouterr().err
+
+
+def test_learner_saved_memory_counts_both_graphs():
+    from dreamer_fast.agents.config import load_config
+    from dreamer_fast.bench.learner_cases import (make_pair, saved_for_backward_bytes,
+                                                  synthetic_batch)
+    over = {"model.deter": 16, "model.hidden": 16, "model.units": 16, "model.stoch": 4,
+            "model.classes": 4, "run.batch_size": 2, "run.batch_length": 4,
+            "behavior.horizon": 3}
+    pair = make_pair("v3", "debug", torch.device("cpu"), overrides=over)
+    batch = synthetic_batch(pair["fast"])
+    sizes = {n: saved_for_backward_bytes(a, batch) for n, a in pair.items()}
+    # at least the behaviour graph's two-hot critic logits [N, H+1, bins] in float32
+    cfg = load_config("v3", "debug", over)
+    n = cfg.run.batch_size * cfg.run.batch_length
+    floor = n * (cfg.behavior.horizon + 1) * cfg.model.bins * 4
+    assert all(v >= floor for v in sizes.values()), (sizes, floor)
+
+
 def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "dreamer_fast", "--help"], capture_output=True,
                           text=True, timeout=120)

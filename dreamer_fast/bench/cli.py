@@ -40,6 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "default highest. With highest and another one, a table of fast@P vs "
                         "eager@highest is added")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per row")
+    p.add_argument("--sizes", type=_size_list, default=["debug", "S"],
+                   help="learner suite: comma-separated model sizes (debug, S, M)")
     p.add_argument("--suite", default="scan",
                    help="comma-separated: scan (λ-return), rssm (image step per cell at "
                         "B=1024, observe B16xT64), imagine (1024 starts x H=15, debug and S "
@@ -68,6 +70,16 @@ def _precision_list(text: str) -> list[str]:
                 f"{', '.join(MATMUL_PRECISIONS)}")
         if item not in out:
             out.append(item)
+    return out
+
+
+def _size_list(text: str) -> list[str]:
+    """``--sizes`` value: a comma-separated list of the config's sizes."""
+    out = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in out if x not in ("debug", "S", "M")]
+    if bad or not out:
+        raise argparse.ArgumentTypeError(f"unknown size(s) {bad}; expected a comma-separated "
+                                         "list of debug, S, M")
     return out
 
 
@@ -278,15 +290,23 @@ def _run_learner(args, device, repeats, sec: _Section) -> None:
     from dreamer_fast.bench import learner_cases
 
     algos = ("v3",) if args.quick else ("v1", "v2", "v3")
-    size = "debug" if args.quick or device.type == "cpu" else "S"
-    for algo in algos:
-        pair = learner_cases.make_pair(algo, size, device)
-        batch = learner_cases.synthetic_batch(pair["fast"])
-        cfg = pair["fast"].cfg
-        cands = {n: learner_cases.update_case(a, batch) for n, a in pair.items()}
-        case = (f"{algo} size {size} B{cfg.run.batch_size}xT{cfg.run.batch_length} "
-                f"H{cfg.behavior.horizon}")
-        _measure(cands, device, repeats, case, "update", sec)
+    sizes = ["debug"] if args.quick else args.sizes
+    for size in sizes:
+        for algo in algos:
+            pair = learner_cases.make_pair(algo, size, device)
+            batch = learner_cases.synthetic_batch(pair["fast"])
+            cfg = pair["fast"].cfg
+            cands = {n: learner_cases.update_case(a, batch) for n, a in pair.items()}
+            case = (f"{algo} size {size} B{cfg.run.batch_size}xT{cfg.run.batch_length} "
+                    f"H{cfg.behavior.horizon}")
+            _measure(cands, device, repeats, case, "update", sec)
+            saved = {n: learner_cases.saved_for_backward_bytes(a, batch) / 2**20
+                     for n, a in pair.items()}
+            note = (f"{case}: saved for backward in one update (world-model and behaviour "
+                    f"graphs, parameters excluded) fast {saved['fast']:.1f} MiB, eager "
+                    f"{saved['eager']:.1f} MiB")
+            sec.notes.append(note)
+            print(f"  {note}", flush=True)
 
 
 def _run_integrations(args, device, dtype, repeats, sec: _Section) -> None:

@@ -53,6 +53,26 @@ def synthetic_batch(agent: Agent, seed: int = 0) -> dict[str, np.ndarray]:
             "is_last": np.zeros((B, T), bool), "is_terminal": np.zeros((B, T), bool)}
 
 
+def saved_for_backward_bytes(agent: Agent, batch: dict[str, np.ndarray]) -> int:
+    """Bytes autograd keeps for the backward passes of one update: every tensor saved while
+    :meth:`Agent.update` builds its graphs (the world model's, then the behaviour's; each
+    is freed by its own backward), seen through ``saved_tensors_hooks``, counted once per
+    storage (a saved view keeps its whole storage alive), parameters left out. The sum of
+    both graphs: an upper bound of the peak, which is the larger of the two."""
+    params = {p.untyped_storage().data_ptr() for p in agent.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in params and st.nbytes():
+            storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        agent.update(batch)
+    return sum(storages.values())
+
+
 def update_case(agent: Agent, batch: dict[str, np.ndarray]) -> Prepare:
     def prepare():
         return lambda: agent.update(batch)
