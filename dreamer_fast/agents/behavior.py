@@ -50,11 +50,12 @@ class ActorCritic(nn.Module):
         if grad == "auto":
             grad = "reinforce" if discrete else "dynamics"
         self.actor_grad = grad
+        norm = m.norm if b.norm == "auto" else b.norm
         self.actor = Actor(feat_size, action_size, head=head_type, units=m.units,
-                           layers=m.layers, norm=m.norm, act=m.act, min_std=b.min_std,
+                           layers=m.layers, norm=norm, act=m.act, min_std=b.min_std,
                            max_std=b.max_std, unimix=m.unimix, backend=backend)
         self.twohot = TwoHot(m.bins) if b.critic == "twohot" else None
-        self.critic = head(feat_size, m.bins if self.twohot else 1, m.units, m.layers, m.norm,
+        self.critic = head(feat_size, m.bins if self.twohot else 1, m.units, m.layers, norm,
                            m.act, backend, zero_init=m.zero_init_heads)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         # EMA percentiles of the returns (V3); `ret_init` 0 until the first update.

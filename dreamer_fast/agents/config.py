@@ -35,6 +35,7 @@ CHOICES: dict[str, tuple] = {
     "model.min_std_mode": ("add", "clamp"),
     "model.initial": ("zeros", "learned"),
     "model.norm": ("layer", "rms", "none"),
+    "behavior.norm": ("auto", "layer", "rms", "none"),
     "model.act": ("silu", "elu", "tanh", "gelu"),
     "model.decoder": ("mse", "symlog_mse"),
     "model.reward_head": ("mse", "twohot"),
