@@ -203,7 +203,8 @@ def test_first_updates_match_the_recorded_values(case):
     if algo == "v1":
         # the values were recorded with V1's paper settings; pinning them keeps this a test
         # of the arithmetic, not of the debug size's tuned defaults (which may change)
-        over.update({"model.classes": 0, "model.kl_free": 3.0, "behavior.min_std": 1.0e-4,
+        over.update({"model.classes": 0, "model.kl_free": 3.0, "model.norm": "none",
+                     "behavior.min_std": 1.0e-4,
                      "model.lr": 6.0e-4, "behavior.actor_lr": 8.0e-5, "behavior.critic_lr": 8.0e-5})
     cfg = load_config(algo, "debug", over)
     threads = torch.get_num_threads()
