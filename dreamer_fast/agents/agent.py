@@ -23,10 +23,17 @@ import time
 import numpy as np
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from dreamer_fast.agents import losses
 from dreamer_fast.agents.behavior import ActorCritic
 from dreamer_fast.agents.world_model import WorldModel
+
+
+def stage(name: str):
+    """A named range of the update for ``torch.profiler`` (``benchmarks/profile_learner.py``
+    reports each stage's share); costs about a microsecond when no profiler runs."""
+    return record_function(name)
 
 
 def _adam(params, lr: float, eps: float) -> torch.optim.Adam:
@@ -130,19 +137,24 @@ class Agent(nn.Module):
     def train_world_model(self, data: dict[str, torch.Tensor]) -> tuple[dict, dict]:
         """One world-model step on ``data [B, T, ...]``: ``(metrics, posterior states)``."""
         self.wm_opt.zero_grad(set_to_none=True)
-        preds = self.wm(data)
-        loss, metrics = losses.world_model_loss(preds, data, self.cfg, self.obs_key)
-        loss.backward()
+        with stage("wm.forward"):
+            preds = self.wm(data)
+        with stage("wm.loss"):
+            loss, metrics = losses.world_model_loss(preds, data, self.cfg, self.obs_key)
+        with stage("wm.backward"):
+            loss.backward()
         if self.grad_sync is not None:  # before clipping: every rank clips the same mean
             self.grad_sync.reduce(self.wm.parameters(), metrics, "wm/")
-        metrics["wm/grad_norm"] = nn.utils.clip_grad_norm_(self.wm.parameters(),
-                                                            self.cfg.model.grad_clip)
-        bad = nonfinite_terms(metrics, "wm/")
+        with stage("wm.clip+check"):
+            metrics["wm/grad_norm"] = nn.utils.clip_grad_norm_(self.wm.parameters(),
+                                                                self.cfg.model.grad_clip)
+            bad = nonfinite_terms(metrics, "wm/")
         if bad:  # skip the step: parameters and optimiser state stay as they were
             self.wm_opt.zero_grad(set_to_none=True)
             self.skipped.extend(bad)
         else:
-            self.wm_opt.step()
+            with stage("wm.adam"):
+                self.wm_opt.step()
         return metrics, preds["post"]
 
     def train_behavior(self, start: dict[str, torch.Tensor]) -> dict:
@@ -150,17 +162,20 @@ class Agent(nn.Module):
         detached states); the slow critic follows. Returns the metrics."""
         b, ac = self.cfg.behavior, self.ac
         buffers = {k: v.clone() for k, v in ac.named_buffers()}  # return-norm EMAs, ...
-        traj = ac.imagine(self.wm, start)
-        p = ac.predict(self.wm, traj)
-        ret, value = p["return"], p["value"]
-        weight = losses.trajectory_weight(p["cont"])
-        scale = ac.return_scale(ret)
-        actor_loss, metrics = losses.actor_loss(p["policy"], p["taken"], ret, value[:, :-1],
-                                                weight, scale, grad=ac.actor_grad,
-                                                entropy=b.entropy)
-        critic_loss, critic_metrics = losses.critic_loss(
-            p["critic"][:, :-1], ret, weight, twohot=ac.twohot, slow=p["slow"],
-            slow_reg=b.slow_reg, symlog_target=b.critic == "symlog_mse")
+        with stage("ac.imagine"):
+            traj = ac.imagine(self.wm, start)
+        with stage("ac.predict"):
+            p = ac.predict(self.wm, traj)
+        with stage("ac.losses"):
+            ret, value = p["return"], p["value"]
+            weight = losses.trajectory_weight(p["cont"])
+            scale = ac.return_scale(ret)
+            actor_loss, metrics = losses.actor_loss(p["policy"], p["taken"], ret,
+                                                    value[:, :-1], weight, scale,
+                                                    grad=ac.actor_grad, entropy=b.entropy)
+            critic_loss, critic_metrics = losses.critic_loss(
+                p["critic"][:, :-1], ret, weight, twohot=ac.twohot, slow=p["slow"],
+                slow_reg=b.slow_reg, symlog_target=b.critic == "symlog_mse")
         metrics.update(critic_metrics)
         metrics.update({k: v.detach() for k, v in {
             "imag/return": ret.mean(), "imag/reward": p["reward"].mean(),
@@ -171,14 +186,17 @@ class Agent(nn.Module):
         self.critic_opt.zero_grad(set_to_none=True)
         # `inputs=`: accumulate only into the actor's parameters (a dynamics-gradient
         # actor loss also reaches the world model, reward head and critic).
-        actor_loss.backward(inputs=actor_params)
-        critic_loss.backward(inputs=critic_params)
+        with stage("ac.actor_backward"):
+            actor_loss.backward(inputs=actor_params)
+        with stage("ac.critic_backward"):
+            critic_loss.backward(inputs=critic_params)
         if self.grad_sync is not None:
             self.grad_sync.reduce(actor_params + critic_params, metrics,
                                   ("actor/", "critic/", "imag/"))
-        metrics["actor/grad_norm"] = nn.utils.clip_grad_norm_(actor_params, b.grad_clip)
-        metrics["critic/grad_norm"] = nn.utils.clip_grad_norm_(critic_params, b.grad_clip)
-        bad = nonfinite_terms(metrics, ("actor/", "critic/", "imag/"))
+        with stage("ac.clip+check"):
+            metrics["actor/grad_norm"] = nn.utils.clip_grad_norm_(actor_params, b.grad_clip)
+            metrics["critic/grad_norm"] = nn.utils.clip_grad_norm_(critic_params, b.grad_clip)
+            bad = nonfinite_terms(metrics, ("actor/", "critic/", "imag/"))
         if bad:  # skip both steps; undo the buffer updates (return-norm EMAs)
             self.actor_opt.zero_grad(set_to_none=True)
             self.critic_opt.zero_grad(set_to_none=True)
@@ -187,9 +205,10 @@ class Agent(nn.Module):
                     v.copy_(buffers[k])
             self.skipped.extend(bad)
             return metrics
-        self.actor_opt.step()
-        self.critic_opt.step()
-        ac.update_slow_critic()
+        with stage("ac.adam"):
+            self.actor_opt.step()
+            self.critic_opt.step()
+            ac.update_slow_critic()
         return metrics
 
     # ---- state -------------------------------------------------------------------------
