@@ -14,6 +14,7 @@ import torch
 
 from dreamer_fast.agents.agent import Agent
 from dreamer_fast.agents.config import load_config
+from dreamer_fast.bench import memory
 from dreamer_fast.bench.timing import Prepare
 
 MODES = ("update",)
@@ -59,18 +60,7 @@ def saved_for_backward_bytes(agent: Agent, batch: dict[str, np.ndarray]) -> int:
     is freed by its own backward), seen through ``saved_tensors_hooks``, counted once per
     storage (a saved view keeps its whole storage alive), parameters left out. The sum of
     both graphs: an upper bound of the peak, which is the larger of the two."""
-    params = {p.untyped_storage().data_ptr() for p in agent.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        if st.data_ptr() not in params and st.nbytes():
-            storages[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        agent.update(batch)
-    return sum(storages.values())
+    return memory.saved_for_backward_bytes(lambda: agent.update(batch), agent.parameters())
 
 
 def update_case(agent: Agent, batch: dict[str, np.ndarray]) -> Prepare:

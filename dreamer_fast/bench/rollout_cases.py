@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from dreamer_fast.bench import memory
 from dreamer_fast.bench.timing import Prepare
 from dreamer_fast.nn import RSSM, Actor
 from dreamer_fast.nn import draw_imagine_noise, imagine, imagine_ref
@@ -99,20 +100,9 @@ def saved_for_backward_bytes(models: tuple[RSSM, Actor], fn, n: int, horizon: in
     the modules' parameters are left out."""
     rssm, actor = models
     start, noise = rollout_inputs(rssm, actor, n, horizon)
-    params = {p.untyped_storage().data_ptr()
-              for p in list(rssm.parameters()) + list(actor.parameters())}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        if st.data_ptr() not in params and st.nbytes():
-            storages[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        traj = fn(rssm, actor, start, horizon, grad="dynamics", noise=noise)
-    del traj
-    return sum(storages.values())
+    return memory.saved_for_backward_bytes(
+        lambda: fn(rssm, actor, start, horizon, grad="dynamics", noise=noise),
+        list(rssm.parameters()) + list(actor.parameters()))
 
 
 def graph_case(models: tuple[RSSM, Actor], n: int, horizon: int) -> Prepare:
