@@ -217,10 +217,10 @@ def np_twohot_ce(v, y, bins):
 class _StubWM(nn.Module):
     """Reward ``feat[..., 0]`` and continue probability ``feat[..., 1]``."""
 
-    def reward_mean(self, feat):
+    def reward_mean(self, feat, frozen=False):
         return feat[..., 0]
 
-    def cont_prob(self, feat):
+    def cont_prob(self, feat, frozen=False):
         return feat[..., 1]
 
 

@@ -192,7 +192,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> linear_norm_act_backward(
     const Tensor& grad_out, const Tensor& z, const Tensor& stats, const Tensor& input,
     const Tensor& weight, const std::optional<Tensor>& bias,
     const std::optional<Tensor>& norm_weight, const std::optional<Tensor>& norm_bias,
-    int64_t norm, int64_t act) {
+    int64_t norm, int64_t act, bool need_input, bool need_params) {
   const Params p = make_params(weight, bias, norm_weight, norm_bias, norm, act, 1.0);
   check("linear_norm_act_backward", input, p);
   const int64_t B = input.size(0), N = weight.size(0);
@@ -225,12 +225,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> linear_norm_act_backward(
     *idx = static_cast<int64_t>(P.size());
     P.push_back(**t);
   }
+  // an empty [0] tensor for a gradient not computed (a fresh one each: outputs of an op
+  // must not alias each other)
+  const auto none = [&] { return at::empty({0}, input.options()); };
+  if (!need_params) {
+    // The parameters are constants of the caller's graph (a frozen head that only passes
+    // gradients on): no dW / db GEMMs or column sums, only dz and, if wanted, dx.
+    const Forward f{Tensor(), z.contiguous(), stats.contiguous()};
+    const Tensor dz = backward_epilogue(grad_out, f, p, nullptr, nullptr);
+    return {need_input ? gemm::mm(dz, weight) : none(), none(), none(), none(), none()};
+  }
   ImmediateGrads g(P.size());
-  const Tensor dx =
-      layer_backward(P, r, LayerSaved{input, z.contiguous(), stats.contiguous()}, grad_out, g, true);
+  const Tensor dx = layer_backward(P, r, LayerSaved{input, z.contiguous(), stats.contiguous()},
+                                   grad_out, g, need_input);
   const auto grad = [&](int64_t idx) { return idx >= 0 ? g.take(idx) : Tensor(); };
-  return {dx, grad(r.w), or_empty(grad(r.b), input), or_empty(grad(r.nw), input),
-          or_empty(grad(r.nb), input)};
+  return {need_input ? dx : none(), grad(r.w), or_empty(grad(r.b), input),
+          or_empty(grad(r.nw), input), or_empty(grad(r.nb), input)};
 }
 
 }  // namespace
@@ -244,8 +254,9 @@ TORCH_LIBRARY_FRAGMENT(dreamer_fast, m) {
       "Tensor stats)");
   m.def(
       "linear_norm_act_backward(Tensor grad_out, Tensor z, Tensor stats, Tensor input, "
-      "Tensor weight, Tensor? bias, Tensor? norm_weight, Tensor? norm_bias, int norm, int act) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor weight, Tensor? bias, Tensor? norm_weight, Tensor? norm_bias, int norm, int act, "
+      "bool need_input=True, bool need_params=True) -> (Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(dreamer_fast, CPU, m) {

@@ -29,7 +29,7 @@ from torch import nn
 
 from dreamer_fast import ops
 from dreamer_fast.agents.dists import TwoHot, symexp
-from dreamer_fast.agents.networks import head
+from dreamer_fast.agents.networks import constant_params, head
 from dreamer_fast.nn import Actor, draw_imagine_noise, imagine
 from dreamer_fast.ops._dispatch import choose
 
@@ -78,15 +78,17 @@ class ActorCritic(nn.Module):
             return symexp(out.squeeze(-1))
         return out.squeeze(-1)
 
-    def _value(self, net: nn.Module, feat: torch.Tensor) -> torch.Tensor:
-        return self._mean(net(feat))
+    def _value(self, net: nn.Module, feat: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        return self._mean((constant_params(net) if frozen else net)(feat))
 
     def value(self, feat: torch.Tensor) -> torch.Tensor:
         return self._value(self.critic, feat)
 
-    def target_value(self, feat: torch.Tensor) -> torch.Tensor:
+    def target_value(self, feat: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """The values the returns bootstrap from; ``frozen``: the critic's parameters are
+        constants of the graph (the actor's dynamics gradient passes through to ``feat``)."""
         net = self.slow_critic if self.cfg.slow_critic == "target" else self.critic
-        return self._value(net, feat)
+        return self._value(net, feat, frozen)
 
     # ---- predictions -------------------------------------------------------------------
 
@@ -149,12 +151,15 @@ class ActorCritic(nn.Module):
         # without a graph. One critic pass over all H+1 steps serves both the values and
         # (for the first H steps) the critic loss.
         feat_sg = feat.detach()
+        # Dynamics gradients: the reward and continue heads and the critic only pass the
+        # actor's gradient on to the features; run with constant parameters, their
+        # backward skips the weight gradients the actor's step would drop.
         with torch.set_grad_enabled(dynamics):
-            reward = wm.reward_mean(feat[:, 1:])
-            cont = wm.cont_prob(feat[:, 1:])
+            reward = wm.reward_mean(feat[:, 1:], frozen=dynamics)
+            cont = wm.cont_prob(feat[:, 1:], frozen=dynamics)
         critic_out = self.critic(feat_sg)
         if dynamics:
-            value = self.target_value(feat)
+            value = self.target_value(feat, frozen=True)
         elif b.slow_critic == "target":
             with torch.no_grad():
                 value = self.target_value(feat_sg)

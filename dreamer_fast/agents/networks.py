@@ -22,9 +22,19 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from dreamer_fast.agents.dists import symlog
 from dreamer_fast.nn import MLP
+
+
+def constant_params(module: nn.Module):
+    """``module`` as a function whose parameters are detached: the graph it records treats
+    them as constants, so a backward through it computes the input's gradient only, not
+    the parameters' (which a caller that differentiates w.r.t. other parameters would
+    drop anyway: the actor's dynamics gradient through the reward head and the critic)."""
+    params = {k: v.detach() for k, v in module.named_parameters()}
+    return lambda *args: functional_call(module, params, args)
 
 
 def head(in_features: int, out: int, units: int, layers: int, norm: str, act: str,

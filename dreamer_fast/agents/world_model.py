@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from dreamer_fast.agents.dists import TwoHot
-from dreamer_fast.agents.networks import ImageDecoder, ImageEncoder, VectorEncoder, head
+from dreamer_fast.agents.networks import (ImageDecoder, ImageEncoder, VectorEncoder,
+                                          constant_params, head)
 from dreamer_fast.nn import RSSM
 
 
@@ -52,12 +53,17 @@ class WorldModel(nn.Module):
                            m.act, backend, zero_init=m.zero_init_heads)
         self.cont = head(feat, 1, m.units, m.layers, m.norm, m.act, backend)
 
-    def reward_mean(self, feat: torch.Tensor) -> torch.Tensor:
-        out = self.reward(feat)
+    def reward_mean(self, feat: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """The predicted reward ``[...]`` at ``feat [..., F]``. ``frozen``: the head's
+        parameters enter the graph as constants (gradients pass to ``feat`` only)."""
+        out = (constant_params(self.reward) if frozen else self.reward)(feat)
         return self.twohot.mean(out) if self.twohot else out.squeeze(-1)
 
-    def cont_prob(self, feat: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.cont(feat).squeeze(-1))
+    def cont_prob(self, feat: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """The continue probability ``[...]`` at ``feat``; ``frozen`` as for
+        :meth:`reward_mean`."""
+        return torch.sigmoid((constant_params(self.cont) if frozen else self.cont)(feat)
+                             .squeeze(-1))
 
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``data``: ``[B, T, ...]`` tensors -> the predictions of the module docstring,

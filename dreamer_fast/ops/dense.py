@@ -122,12 +122,17 @@ def _register() -> None:
         return input.new_empty(B, N), input.new_empty(B, N), stats
 
     @torch.library.register_fake("dreamer_fast::linear_norm_act_backward")
-    def _(grad_out, z, stats, input, weight, bias, norm_weight, norm_bias, norm, act):
+    def _(grad_out, z, stats, input, weight, bias, norm_weight, norm_bias, norm, act,
+          need_input=True, need_params=True):
         _fake_checks(input, weight, bias, norm_weight, norm_bias)
         N = weight.shape[0]
-        opt = lambda t, n: input.new_empty(n) if t is not None else input.new_empty(0)  # noqa: E731
-        return (torch.empty_like(input), torch.empty_like(weight), opt(bias, N),
-                opt(norm_weight, N), opt(norm_bias, N))
+        none = lambda: input.new_empty(0)  # noqa: E731  (a fresh one each: no aliasing)
+        dx = torch.empty_like(input) if need_input else none()
+        if not need_params:
+            return dx, none(), none(), none(), none()
+        opt = lambda t, n: input.new_empty(n) if t is not None else none()  # noqa: E731
+        return (dx, torch.empty_like(weight), opt(bias, N), opt(norm_weight, N),
+                opt(norm_bias, N))
 
     def setup(ctx, inputs, output):
         input, weight, bias, norm_weight, norm_bias, norm, act, _eps = inputs
@@ -139,11 +144,20 @@ def _register() -> None:
 
     def backward(ctx, grad_out, _gz, _gstats):
         z, stats, input, weight, bias, norm_weight, norm_bias = ctx.saved_tensors
+        # Only what the graph needs: no dx for an input that needs no gradient (the
+        # observation into an encoder, a detached feature into a critic), no parameter
+        # gradients for a layer whose parameters were constants when it ran (a frozen
+        # head the actor's gradient only passes through).
+        need = ctx.needs_input_grad
+        need_input, need_params = bool(need[0]), any(need[1:5])
         dx, dw, db, dnw, dnb = torch.ops.dreamer_fast.linear_norm_act_backward(
-            grad_out, z, stats, input, weight, bias, norm_weight, norm_bias, *ctx.codes)
+            grad_out, z, stats, input, weight, bias, norm_weight, norm_bias, *ctx.codes,
+            need_input, need_params)
         has_b, has_nw, has_nb = ctx.has
-        return (dx, dw, db if has_b else None, dnw if has_nw else None,
-                dnb if has_nb else None, None, None, None)
+        p = need_params
+        return (dx if need_input else None, dw if p else None,
+                db if p and has_b else None, dnw if p and has_nw else None,
+                dnb if p and has_nb else None, None, None, None)
 
     torch.library.register_autograd("dreamer_fast::linear_norm_act", backward,
                                     setup_context=setup)
