@@ -343,6 +343,24 @@ def test_bench_learner_with_peer_adds_an_nm512_column(tmp_path, monkeypatch, cap
     assert "actor grad reinforce" in row and "–" not in row
     assert "size debug: parameters ours world model 109,445" in text
     assert "nm512 world model 22, actor 16, critic 20" in text  # the stand-in's
+    assert "nm512 checkout: commit unknown (not a git work tree)" in text
+
+
+def test_checkout_commit_of_a_git_work_tree(tmp_path):
+    import subprocess
+
+    assert peer_learner.checkout_commit(tmp_path) is None
+    try:
+        subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c",
+                        "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"],
+                       check=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("no usable git")
+    commit = peer_learner.checkout_commit(tmp_path)
+    assert commit is not None and len(commit) == 40
+    (tmp_path / "sub").mkdir()
+    assert peer_learner.checkout_commit(tmp_path / "sub") is None  # not the work tree's top
 
 
 # --------------------------------------------------------------------------------------
@@ -356,6 +374,6 @@ _CHECKOUT = os.environ.get("DREAMER_FAST_NM512")
 @pytest.mark.parametrize("grad", ["reinforce", "dynamics"])
 def test_real_nm512_matches_our_parameter_counts_and_trains(grad, fresh_modules):
     row = peer_learner.nm512_row(Path(_CHECKOUT), "debug", grad, torch.device("cpu"))
-    ours, theirs = row.notes[0].split("; nm512 ")
+    ours, theirs = row.notes[1].split("; nm512 ")
     assert ours.split("ours ")[1] == theirs
     row.candidates["nm512"]()()

@@ -310,9 +310,27 @@ def nm512_row(path: Path, size: str, actor_grad: str, device: torch.device) -> P
             f"H{cfg.behavior.horizon}, actor grad {actor_grad}")
     ours, theirs = our_parameter_counts(pair["fast"]), peer.parameter_counts()
     fmt = lambda c: ", ".join(f"{k} {v:,}" for k, v in c.items())  # noqa: E731
-    notes = [f"size {size}: parameters ours {fmt(ours)}; nm512 {fmt(theirs)}",
+    commit = checkout_commit(path)
+    notes = [f"nm512 checkout: commit {commit or 'unknown (not a git work tree)'}",
+             f"size {size}: parameters ours {fmt(ours)}; nm512 {fmt(theirs)}",
              DIFFERENCES]
     return PeerRow(case, cands, notes)
+
+
+def checkout_commit(path: Path) -> str | None:
+    """The commit checked out in the git work tree whose top is ``path``, else ``None``
+    (also for a folder inside some other repository)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "--show-toplevel", "HEAD"],
+                             check=True, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.split()
+    if len(lines) != 2 or Path(lines[0]).resolve() != Path(path).resolve():
+        return None
+    return lines[1] if re.fullmatch(r"[0-9a-f]{40}", lines[1]) else None
 
 
 #: What is the same and what differs at matched sizes (a note under the table).
