@@ -31,8 +31,15 @@ ruamel reads them), then overrides (:func:`nm512_overrides`), each value through
 cpu``, ``precision: 32``; ``compile: False`` (its ``Dreamer`` would wrap the modules in
 ``torch.compile``, which compiles ``forward`` only, never ``_train``, so the step runs
 eagerly either way). Our side is our ``v3`` config with ``model.cell: ln_gru`` (NM512's
-GRU: one linear over ``cat(input, deter)``, LayerNorm, no bias), ``model.initial:
-learned`` and the same discount.
+GRU: one linear over ``cat(input, deter)``, LayerNorm, no bias) and ``model.initial:
+learned`` (NM512's ``initial: learned``); NM512 gets our discount and λ. The parameter
+counts of both (world model, actor, critic) are in the notes and match exactly at the
+debug and S sizes.
+
+Two rows per size, one per actor gradient on both sides: ``reinforce`` (our v3's, and
+NM512's ``imag_gradient`` in its discrete-action configs) and ``dynamics`` (NM512's
+``configs.yaml`` default, which its continuous-action configs keep). Observations: 5-dim
+vectors, one continuous action (NM512's ``normal`` actor = our ``bounded_normal``).
 
 Environment-specific stubs, the smallest faithful ones: the observation space is an
 object with ``.spaces`` mapping ``vector``, ``is_first``, ``is_last`` and
