@@ -51,9 +51,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peer", default=None, choices=["nm512", "sheeprl", "torchrl"],
                    help="integrations suite: the peer codebase (nm512: NM512/dreamerv3-torch; "
                         "sheeprl: its dreamer_v3, torchrl: its TD(λ); each with that peer's "
-                        "own dependencies installed)")
+                        "own dependencies installed); learner suite: nm512 only, adds rows "
+                        "with the peer's own full update at our matched sizes (an nm512 "
+                        "column)")
     p.add_argument("--path", type=Path, default=None,
-                   help="integrations suite: the peer's checkout to import its modules from")
+                   help="integrations and learner suites: the peer's checkout to import its "
+                        "modules from")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for the Markdown table (default benchmarks/results for a full "
                         "run, nothing for --quick)")
@@ -132,6 +135,11 @@ def _resolve_device(name: str) -> torch.device:
 def run(args: argparse.Namespace) -> int:
     import dreamer_fast
 
+    suites = [x.strip() for x in args.suite.split(",") if x.strip()]
+    if "learner" in suites and args.peer is not None:
+        from dreamer_fast.bench import peer_learner
+
+        peer_learner.check_peer(args.peer, args.path)  # before any work
     if not dreamer_fast.has_extension():
         print(f"dreamer-fast bench: the native extension is missing "
               f"({dreamer_fast.extension_error()}); rebuild with "
@@ -144,7 +152,6 @@ def run(args: argparse.Namespace) -> int:
     repeats = args.repeats or (10 if args.quick else 30)
     torch._dynamo.config.recompile_limit = 64  # one compiled graph per shape and mode
 
-    suites = [x.strip() for x in args.suite.split(",") if x.strip()]
     unknown = set(suites) - {"scan", "rssm", "imagine", "learner", "integrations"}
     if unknown:
         raise SystemExit(f"dreamer-fast bench: unknown --suite {sorted(unknown)}; "
@@ -172,8 +179,10 @@ def run(args: argparse.Namespace) -> int:
                                  f"({args.dtype})", precisions))
         _run_imagine(args, device, dtype, max(3, repeats // 3), sections[-1])
     if "learner" in suites:
+        peer = (", and NM512/dreamerv3-torch's own update (nm512)"
+                if args.peer is not None else "")
         sections.append(_Section("Learner update (world model + actor-critic), fused vs "
-                                 "reference backend (float32)", precisions))
+                                 f"reference backend{peer} (float32)", precisions))
         _run_learner(args, device, max(3, repeats // 5), sections[-1])
 
     if "integrations" in suites:
@@ -193,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         slug = re.sub(r"[^a-z0-9]+", "-", dev_name.lower()).strip("-")[:40]
-        name = "-".join(suites) + (f"-{args.peer}" if "integrations" in suites else "")
+        with_peer = args.peer is not None and {"integrations", "learner"} & set(suites)
+        name = "-".join(suites) + (f"-{args.peer}" if with_peer else "")
         path = out_dir / f"{slug}-{_dt.date.today().isoformat()}-{name}.md"
         path.write_text(text)
         print(f"wrote {path}")
@@ -307,6 +317,21 @@ def _run_learner(args, device, repeats, sec: _Section) -> None:
                     f"{saved['eager']:.1f} MiB")
             sec.notes.append(note)
             print(f"  {note}", flush=True)
+        if args.peer is not None:
+            _run_peer_learner(args, size, device, repeats, sec)
+
+
+def _run_peer_learner(args, size, device, repeats, sec: _Section) -> None:
+    """Rows of ``size`` with the peer's own update next to ours (bench/peer_learner.py)."""
+    from dreamer_fast.bench import peer_learner
+
+    for grad in peer_learner.ACTOR_GRADS:
+        row = peer_learner.nm512_row(args.path, size, grad, device)
+        _measure(row.candidates, device, repeats, row.case, "update", sec)
+        for note in row.notes:
+            if note not in sec.notes:
+                sec.notes.append(note)
+                print(f"  {note}", flush=True)
 
 
 def _run_integrations(args, device, dtype, repeats, sec: _Section) -> None:
