@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import platform
 import statistics
 import time
 from collections import defaultdict
@@ -36,6 +35,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from dreamer_fast.bench.learner_cases import make_pair, synthetic_batch
+from dreamer_fast.bench.timing import device_name
 
 LEAF_GEMMS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
@@ -111,8 +111,11 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     peak = measured_peak_gflops()
-    lines = [f"# One learner update, by part — {platform.processor() or platform.machine()}, "
-             f"{args.threads} threads, torch {torch.__version__}, {_dt.date.today()}", "",
+    lines = [f"# One learner update, by part — {device_name(device)} ({args.threads} threads), "
+             f"torch {torch.__version__}, {_dt.date.today()}", "",
+             f"Command: `python benchmarks/profile_learner.py --algos {args.algos} --sizes "
+             f"{args.sizes} --backends {args.backends} --repeats {args.repeats} --threads "
+             f"{args.threads}`", "",
              f"Measured float32 GEMM peak here: {peak:.1f} GFLOP/s (1024³ `torch.mm`, best "
              "of 5).", ""]
     for size in args.sizes.split(","):
