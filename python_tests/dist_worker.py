@@ -19,6 +19,7 @@ Each rank writes ``OUT/rank<r>.json`` (and ``.pt`` files) for the test to read.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -184,6 +185,13 @@ def main() -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(result))
     if dist.is_initialized():
         dist.destroy_process_group()
+    # Leave without the interpreter's finalisation: a rank that had written its results
+    # and destroyed its process group was seen to abort in it ("terminate called without
+    # an active exception", no Python frame left; gloo's and DDP's C++ objects torn down
+    # with the interpreter), failing a test whose work was done. The results are on disk.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
