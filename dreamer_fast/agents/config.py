@@ -139,7 +139,9 @@ def read_defaults() -> dict:
     return yaml.safe_load(text)
 
 
-_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+#: A number with an exponent and no dot (``1e-4``, ``3E+5``): YAML 1.2 reads it as a float,
+#: YAML 1.1 (PyYAML) as a string. Also used for the peer configs the benchmarks read.
+YAML11_STRING_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _check_type(key: str, default: Any, value: Any) -> Any:
@@ -152,7 +154,7 @@ def _check_type(key: str, default: Any, value: Any) -> Any:
             raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
         return value
     if isinstance(default, float):
-        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        if isinstance(value, str) and YAML11_STRING_FLOAT.fullmatch(value.strip()):
             # YAML 1.1 reads exponents without a dot ("1e-4") as strings
             value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -65,6 +65,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from dreamer_fast.agents.config import YAML11_STRING_FLOAT
 from dreamer_fast.bench.timing import Prepare
 
 #: Peers the learner suite can time.
@@ -72,10 +73,6 @@ PEERS = ("nm512",)
 
 #: Files of a dreamerv3-torch checkout the nm512 rows need.
 NM512_FILES = ("models.py", "networks.py", "tools.py", "configs.yaml")
-
-#: YAML 1.2 floats that YAML 1.1 (PyYAML) reads as strings: ``1e-4``, ``3e-5``, ``1e6``.
-_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
 
 def check_peer(peer: str | None, path: Path | None) -> None:
     """Raises ``SystemExit`` with a clear message for an unsupported ``peer``, a missing
@@ -109,7 +106,7 @@ def _yaml12_floats(value):
         return {k: _yaml12_floats(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_yaml12_floats(v) for v in value]
-    if isinstance(value, str) and _FLOAT.match(value):
+    if isinstance(value, str) and YAML11_STRING_FLOAT.fullmatch(value):
         return float(value)
     return value
 
